@@ -1,0 +1,567 @@
+//! Request and response bodies of HTTP API v1. Field names and meanings are the protocol: the
+//! OpenAPI document is generated from these types, and clients (the trainer) use them as is.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::series::Bucket;
+use crate::{HparamName, MetricName, MetricValue, RunId, value};
+
+/// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.
+pub const MAX_STEP: i64 = (1 << 53) - 1;
+/// The most tags a run may carry.
+pub const MAX_TAGS: usize = 64;
+/// The longest tag, project, run name or signal reason text, in characters.
+pub const MAX_TEXT: usize = 256;
+
+/// A request field that failed validation: `field` is a JSON path into the body, such as
+/// `steps[3].metrics.loss rate` or `tags[0]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for people and for programs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_field`, `not_found`, `payload_too_large`.
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// The offending field as a JSON path, when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    let len = s.chars().count();
+    if len > MAX_TEXT {
+        return Err(FieldError::new(
+            field,
+            format!("is {len} characters long; the limit is {MAX_TEXT}"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_optional_text(field: &str, s: Option<&str>) -> Result<(), FieldError> {
+    s.map_or(Ok(()), |s| check_text(field, s))
+}
+
+fn check_step(field: &str, step: i64) -> Result<(), FieldError> {
+    if (0..=MAX_STEP).contains(&step) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be between 0 and {MAX_STEP}, got {step}"),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------- runs
+
+/// Lifecycle state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Stopped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Running, Self::Completed, Self::Failed, Self::Stopped]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// Body of `PUT /api/v1/runs/{run_id}`: creates the run, or resumes it when it exists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// Display name; defaults to the run id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Project the run belongs to; defaults to `default`. Resuming under another project is refused.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Free-form labels, each 1 to 256 characters, at most 64.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The training configuration, any JSON object. Kept from the first create; a resume does not replace it.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// The project a run lands in when none is given.
+pub const DEFAULT_PROJECT: &str = "default";
+
+impl CreateRun {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_optional_text("name", self.name.as_deref())?;
+        check_optional_text("project", self.project.as_deref())?;
+        if self.tags.len() > MAX_TAGS {
+            return Err(FieldError::new(
+                "tags",
+                format!("has {} tags; the limit is {MAX_TAGS}", self.tags.len()),
+            ));
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            check_text(&format!("tags[{i}]"), tag)?;
+        }
+        match &self.config {
+            None | Some(serde_json::Value::Object(_)) => Ok(()),
+            Some(_) => Err(FieldError::new("config", "must be a JSON object")),
+        }
+    }
+
+    pub fn project_or_default(&self) -> &str {
+        self.project.as_deref().unwrap_or(DEFAULT_PROJECT)
+    }
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    #[schema(value_type = String)]
+    pub id: RunId,
+    pub name: String,
+    pub project: String,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    pub status: RunStatus,
+    /// Why the run ended, as given when it was finished.
+    pub status_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Highest step stored for any metric, absent before the first point.
+    pub last_step: Option<i64>,
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<Run>,
+}
+
+/// A status a run can be finished with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalStatus {
+    Completed,
+    Failed,
+    Stopped,
+}
+
+impl From<FinalStatus> for RunStatus {
+    fn from(s: FinalStatus) -> Self {
+        match s {
+            FinalStatus::Completed => Self::Completed,
+            FinalStatus::Failed => Self::Failed,
+            FinalStatus::Stopped => Self::Stopped,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/runs/{run_id}/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRun {
+    pub status: FinalStatus,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl FinishRun {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_optional_text("reason", self.reason.as_deref())
+    }
+}
+
+// ---------------------------------------------------------------- steps
+
+/// Body of `POST /api/v1/runs/{run_id}/steps`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepBatch {
+    pub steps: Vec<StepRecord>,
+}
+
+/// One training step's metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRecord {
+    /// The step number, 0 to 2^53 − 1.
+    pub step: i64,
+    /// Wall-clock time of the step, seconds since the Unix epoch; stored as the `_time` series.
+    #[serde(default, with = "value::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub time: Option<f64>,
+    /// Metric name → value. Names: 1 to 128 characters of ASCII letters, digits and `_ - . /`,
+    /// starting with a letter or digit.
+    pub metrics: BTreeMap<String, MetricValue>,
+}
+
+/// A validated batch, grouped by metric with each series sorted by step. Within a batch the first
+/// value given for a (metric, step) wins, exactly as against values already stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PointBatch {
+    pub series: BTreeMap<MetricName, Vec<(i64, f64)>>,
+    /// Points dropped because the same batch repeated a (metric, step).
+    pub repeated_in_batch: u64,
+}
+
+impl PointBatch {
+    pub fn len(&self) -> usize {
+        self.series.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.values().all(Vec::is_empty)
+    }
+
+    pub fn max_step(&self) -> Option<i64> {
+        self.series.values().filter_map(|s| s.last().map(|p| p.0)).max()
+    }
+}
+
+impl StepBatch {
+    /// Validates every step and metric name, naming the first offending field.
+    pub fn into_points(self) -> Result<PointBatch, FieldError> {
+        let mut series: BTreeMap<MetricName, Vec<(i64, f64)>> = BTreeMap::new();
+        // Names repeat on every step: validate each distinct name once.
+        let mut seen: BTreeMap<String, MetricName> = BTreeMap::new();
+        for (i, record) in self.steps.into_iter().enumerate() {
+            check_step(&format!("steps[{i}].step"), record.step)?;
+            if let Some(t) = record.time {
+                if !t.is_finite() {
+                    return Err(FieldError::new(
+                        format!("steps[{i}].time"),
+                        "must be a finite number of seconds since the Unix epoch",
+                    ));
+                }
+                series
+                    .entry(MetricName::time())
+                    .or_default()
+                    .push((record.step, t));
+            }
+            for (name, v) in record.metrics {
+                let metric = match seen.get(&name) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = MetricName::parse(name.as_str()).map_err(|e| {
+                            FieldError::new(format!("steps[{i}].metrics.{name}"), format!("metric name {e}"))
+                        })?;
+                        seen.insert(name, m.clone());
+                        m
+                    }
+                };
+                series.entry(metric).or_default().push((record.step, v.0));
+            }
+        }
+        let mut repeated_in_batch = 0;
+        for points in series.values_mut() {
+            // Stable sort keeps the first occurrence of a step first, so dedup keeps it.
+            points.sort_by_key(|p| p.0);
+            let before = points.len();
+            points.dedup_by_key(|p| p.0);
+            repeated_in_batch += (before - points.len()) as u64;
+        }
+        Ok(PointBatch {
+            series,
+            repeated_in_batch,
+        })
+    }
+}
+
+/// Answer to a step batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngestResult {
+    /// Points stored by this request.
+    pub new_points: u64,
+    /// Points already stored (or repeated within the batch) and therefore left unchanged.
+    pub duplicate_points: u64,
+    /// Signals not yet acknowledged, oldest first: the trainer applies them at its next step boundary.
+    pub signals: Vec<Signal>,
+}
+
+// ---------------------------------------------------------------- series
+
+/// Summary of one series of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetricSummary {
+    pub name: String,
+    pub points: u64,
+    pub last_step: i64,
+    #[serde(with = "value::plain")]
+    #[schema(value_type = MetricValue)]
+    pub last_value: f64,
+}
+
+/// The series a run has.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetricList {
+    pub metrics: Vec<MetricSummary>,
+}
+
+/// One stored point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SeriesPoint {
+    pub step: i64,
+    #[serde(with = "value::plain")]
+    #[schema(value_type = MetricValue)]
+    pub value: f64,
+}
+
+/// A series read back point by point.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RawSeries {
+    pub metric: String,
+    pub points: Vec<SeriesPoint>,
+    /// Present when the answer was cut at `limit`: ask again with `from` set to this step.
+    pub next_from: Option<i64>,
+}
+
+/// A series read back in equal-width step buckets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DownsampledSeries {
+    pub metric: String,
+    pub from: i64,
+    pub to: i64,
+    pub bucket_width: i64,
+    /// Non-empty buckets in step order.
+    pub buckets: Vec<Bucket>,
+}
+
+// ---------------------------------------------------------------- signals
+
+/// What a signal asks the trainer to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// Stop training; `keep_step`, when given, names the checkpoint to keep as best.
+    Stop,
+    /// Write a checkpoint now.
+    Checkpoint,
+    /// Set hyperparameter `name` to `value` (e.g. `beta`, `nll_alpha`).
+    SetHparam,
+}
+
+impl SignalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Checkpoint => "checkpoint",
+            Self::SetHparam => "set_hparam",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Stop, Self::Checkpoint, Self::SetHparam]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Body of `POST /api/v1/runs/{run_id}/signals`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSignal {
+    pub kind: SignalKind,
+    /// Hyperparameter name, for `set_hparam` only.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New hyperparameter value (finite), for `set_hparam` only.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// For `stop` only: the step whose checkpoint the trainer should keep as best.
+    #[serde(default)]
+    pub keep_step: Option<i64>,
+    /// Why, for people reading the run later.
+    pub reason: String,
+    /// The rule that raised it, when a rule did.
+    #[serde(default)]
+    pub source_rule: Option<String>,
+}
+
+/// A [`NewSignal`] whose fields agree with its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSignal {
+    pub kind: SignalKind,
+    pub hparam: Option<(HparamName, f64)>,
+    pub keep_step: Option<i64>,
+    pub reason: String,
+    pub source_rule: Option<String>,
+}
+
+impl NewSignal {
+    pub fn validate(self) -> Result<ValidSignal, FieldError> {
+        check_text("reason", &self.reason)?;
+        check_optional_text("source_rule", self.source_rule.as_deref())?;
+        let only_for = |field: &str, kind: &str| {
+            FieldError::new(field, format!("is only allowed for kind {kind}"))
+        };
+        let hparam = if self.kind == SignalKind::SetHparam {
+            let name = self
+                .name
+                .ok_or_else(|| FieldError::new("name", "is required for kind set_hparam"))?;
+            let name = HparamName::parse(name)
+                .map_err(|e| FieldError::new("name", format!("hyperparameter name {e}")))?;
+            let value = self
+                .value
+                .ok_or_else(|| FieldError::new("value", "is required for kind set_hparam"))?;
+            if !value.is_finite() {
+                return Err(FieldError::new("value", "must be a finite number"));
+            }
+            Some((name, value))
+        } else {
+            if self.name.is_some() {
+                return Err(only_for("name", "set_hparam"));
+            }
+            if self.value.is_some() {
+                return Err(only_for("value", "set_hparam"));
+            }
+            None
+        };
+        if let Some(step) = self.keep_step {
+            if self.kind != SignalKind::Stop {
+                return Err(only_for("keep_step", "stop"));
+            }
+            check_step("keep_step", step)?;
+        }
+        Ok(ValidSignal {
+            kind: self.kind,
+            hparam,
+            keep_step: self.keep_step,
+            reason: self.reason,
+            source_rule: self.source_rule,
+        })
+    }
+}
+
+/// A signal as stored and delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Signal {
+    /// Increasing id; also the SSE event id, so `Last-Event-ID` resumes after it.
+    pub id: i64,
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    pub kind: SignalKind,
+    pub name: Option<String>,
+    pub value: Option<f64>,
+    pub keep_step: Option<i64>,
+    pub reason: String,
+    pub source_rule: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub acked_at: Option<DateTime<Utc>>,
+    /// The step at which the trainer applied it.
+    pub applied_step: Option<i64>,
+}
+
+/// The signals of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignalList {
+    pub signals: Vec<Signal>,
+}
+
+/// Body of `POST /api/v1/runs/{run_id}/signals/{signal_id}/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckSignal {
+    /// The training step at which the signal took effect.
+    pub step: i64,
+}
+
+impl AckSignal {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_step("step", self.step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(json: &str) -> Result<PointBatch, FieldError> {
+        serde_json::from_str::<StepBatch>(json).unwrap().into_points()
+    }
+
+    #[test]
+    fn batches_group_by_metric_and_keep_the_first_repeat() {
+        let b = batch(
+            r#"{"steps":[{"step":2,"time":10.5,"metrics":{"loss":1,"kl":"NaN"}},
+                         {"step":1,"metrics":{"loss":2}},
+                         {"step":2,"metrics":{"loss":3}}]}"#,
+        )
+        .unwrap();
+        let loss = &b.series[&MetricName::parse("loss").unwrap()];
+        assert_eq!(loss, &vec![(1, 2.0), (2, 1.0)]);
+        assert!(b.series[&MetricName::parse("kl").unwrap()][0].1.is_nan());
+        assert_eq!(b.series[&MetricName::time()], vec![(2, 10.5)]);
+        assert_eq!((b.repeated_in_batch, b.len(), b.max_step()), (1, 4, Some(2)));
+    }
+
+    #[test]
+    fn bad_steps_and_names_are_named() {
+        let e = batch(r#"{"steps":[{"step":0,"metrics":{}},{"step":-1,"metrics":{}}]}"#).unwrap_err();
+        assert_eq!(e.field, "steps[1].step");
+        let e = batch(r#"{"steps":[{"step":0,"metrics":{"bad name":1}}]}"#).unwrap_err();
+        assert_eq!(e.field, "steps[0].metrics.bad name");
+        assert!(e.message.contains("allowed are"), "{}", e.message);
+        let e = batch(r#"{"steps":[{"step":0,"metrics":{"_time":1}}]}"#).unwrap_err();
+        assert!(e.message.contains("reserved"));
+    }
+
+    #[test]
+    fn signals_must_agree_with_their_kind() {
+        let s = |json: &str| serde_json::from_str::<NewSignal>(json).unwrap().validate();
+        assert!(s(r#"{"kind":"set_hparam","name":"beta","value":0.2,"reason":"r"}"#).is_ok());
+        assert_eq!(s(r#"{"kind":"set_hparam","name":"beta","reason":"r"}"#).unwrap_err().field, "value");
+        assert_eq!(s(r#"{"kind":"stop","name":"beta","reason":"r"}"#).unwrap_err().field, "name");
+        assert_eq!(s(r#"{"kind":"checkpoint","keep_step":3,"reason":"r"}"#).unwrap_err().field, "keep_step");
+        assert_eq!(s(r#"{"kind":"stop","reason":" "}"#).unwrap_err().field, "reason");
+        assert!(s(r#"{"kind":"stop","keep_step":40,"reason":"entropy turned"}"#).is_ok());
+    }
+}

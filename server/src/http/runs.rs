@@ -1,0 +1,104 @@
+//! Run lifecycle: create or resume, read, list, finish.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus};
+
+use super::extract::{JsonBody, QueryParams};
+use super::run_id;
+use crate::error::Result;
+use crate::state::AppState;
+use crate::store::RunFilter;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/runs", get(list_runs))
+        .route("/runs/{run_id}", put(create_or_resume).get(get_run))
+        .route("/runs/{run_id}/finish", post(finish))
+}
+
+/// Creates the run with this id, or resumes it if it exists (a retry never makes two runs).
+#[utoipa::path(put, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "Client-chosen id: 1-64 of [A-Za-z0-9_.-]")),
+    request_body = CreateRun,
+    responses(
+        (status = 201, description = "Created", body = Run),
+        (status = 200, description = "Resumed: the run existed and is running again", body = Run),
+        (status = 400, description = "Invalid field", body = redline_core::wire::ErrorBody),
+        (status = 409, description = "The id belongs to a run of another project", body = redline_core::wire::ErrorBody),
+    ))]
+async fn create_or_resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CreateRun>,
+) -> Result<(StatusCode, Json<Run>)> {
+    let id = run_id(id)?;
+    req.validate()?;
+    let (run, created) = state.store.create_or_resume_run(&id, &req).await?;
+    tracing::info!(run = %id, created, "run opened");
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(run)))
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path)),
+    responses((status = 200, body = Run), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Run>> {
+    Ok(Json(state.store.run(&run_id(id)?).await?))
+}
+
+/// Lists runs, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs",
+    params(
+        ("project" = Option<String>, Query),
+        ("status" = Option<RunStatus>, Query),
+        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
+        ("offset" = Option<u32>, Query),
+    ),
+    responses((status = 200, body = RunList), (status = 400, body = redline_core::wire::ErrorBody)))]
+async fn list_runs(State(state): State<AppState>, q: QueryParams) -> Result<Json<RunList>> {
+    q.only(&["project", "status", "limit", "offset"])?;
+    let status = q
+        .str("status")
+        .map(|s| {
+            RunStatus::parse(s).ok_or_else(|| {
+                FieldError::new(
+                    "status",
+                    format!("must be running, completed, failed or stopped, got {s:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        project: q.str("project").map(str::to_owned),
+        status,
+        limit: q.parse("limit", 1..=1000)?.unwrap_or(100),
+        offset: q.parse("offset", 0..=u32::MAX)?.unwrap_or(0),
+    };
+    Ok(Json(RunList {
+        runs: state.store.list_runs(&filter).await?,
+    }))
+}
+
+/// Ends the run. Finishing again with the same status is a no-op.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/finish", tag = "runs",
+    params(("run_id" = String, Path)),
+    request_body = FinishRun,
+    responses(
+        (status = 200, body = Run),
+        (status = 404, body = redline_core::wire::ErrorBody),
+        (status = 409, description = "Already finished with another status", body = redline_core::wire::ErrorBody),
+    ))]
+async fn finish(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<FinishRun>,
+) -> Result<Json<Run>> {
+    let id = run_id(id)?;
+    req.validate()?;
+    let run = state.store.finish_run(&id, &req).await?;
+    tracing::info!(run = %id, status = run.status.as_str(), "run finished");
+    Ok(Json(run))
+}

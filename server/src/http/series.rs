@@ -1,0 +1,168 @@
+//! Reading series back: the list of a run's series, and one series raw or downsampled, as JSON or CSV.
+
+use std::fmt::Write;
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use redline_core::series::{bucket_width, downsample};
+use redline_core::wire::{
+    DownsampledSeries, FieldError, MAX_STEP, MetricList, RawSeries, SeriesPoint,
+};
+use redline_core::{MetricName, MetricValue};
+
+use super::extract::QueryParams;
+use super::run_id;
+use crate::error::Result;
+use crate::state::AppState;
+
+/// Points a raw read returns when no `limit` is given.
+const DEFAULT_RAW_LIMIT: usize = 100_000;
+const MAX_RAW_LIMIT: usize = 1_000_000;
+const MAX_BUCKETS: u32 = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/runs/{run_id}/metrics", get(list_metrics))
+        .route("/runs/{run_id}/series", get(read_series))
+}
+
+/// The series of a run, with point counts and last values.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/metrics", tag = "series",
+    params(("run_id" = String, Path)),
+    responses((status = 200, body = MetricList), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn list_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MetricList>> {
+    Ok(Json(MetricList {
+        metrics: state.store.metrics(&run_id(id)?).await?,
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+/// One series: raw points in a step range (at most `limit`, with `next_from` to page on), or,
+/// with `buckets`, downsampled to equal-width step buckets keeping min, max and last.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/series", tag = "series",
+    params(
+        ("run_id" = String, Path),
+        ("metric" = String, Query, description = "Series name; `_time` holds step wall-clock times"),
+        ("from" = Option<i64>, Query, description = "First step, inclusive"),
+        ("to" = Option<i64>, Query, description = "Last step, inclusive"),
+        ("buckets" = Option<u32>, Query, description = "Downsample to at most this many buckets (1-10000)"),
+        ("limit" = Option<u32>, Query, description = "Raw reads: most points returned (default 100000, at most 1000000)"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+    ),
+    responses(
+        (status = 200, description = "RawSeries, or DownsampledSeries with `buckets`; text/csv with format=csv", body = RawSeries),
+        (status = 400, body = redline_core::wire::ErrorBody),
+        (status = 404, body = redline_core::wire::ErrorBody),
+    ))]
+async fn read_series(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: QueryParams,
+) -> Result<Response> {
+    q.only(&["metric", "from", "to", "buckets", "limit", "format"])?;
+    let id = run_id(id)?;
+    let metric = q
+        .str("metric")
+        .ok_or_else(|| FieldError::new("metric", "is required"))?;
+    let metric = MetricName::parse_readable(metric)
+        .map_err(|e| FieldError::new("metric", format!("metric name {e}")))?;
+    let from = q.parse("from", 0..=MAX_STEP)?;
+    let to = q.parse("to", 0..=MAX_STEP)?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(FieldError::new("to", format!("must not be below from ({f}), got {t}")).into());
+        }
+    }
+    let format = match q.str("format") {
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
+        Some(other) => {
+            return Err(FieldError::new("format", format!("must be json or csv, got {other:?}")).into());
+        }
+    };
+    let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
+    if let Some(buckets) = q.parse("buckets", 1..=MAX_BUCKETS)? {
+        if q.str("limit").is_some() {
+            return Err(FieldError::new("limit", "applies to raw reads only, not with buckets").into());
+        }
+        let points = state
+            .store
+            .read_series(&id, &metric, lo, hi, usize::MAX)
+            .await?;
+        // Without an explicit range the buckets span the data, not the whole step space.
+        let lo = from.or(points.first().map(|p| p.0)).unwrap_or(lo);
+        let hi = to.or(points.last().map(|p| p.0)).unwrap_or(lo);
+        let series = DownsampledSeries {
+            metric: metric.to_string(),
+            from: lo,
+            to: hi,
+            bucket_width: bucket_width(lo, hi, buckets),
+            buckets: downsample(&points, lo, hi, buckets),
+        };
+        return Ok(match format {
+            Format::Json => Json(series).into_response(),
+            Format::Csv => csv(&downsampled_csv(&series)),
+        });
+    }
+    let limit = q.parse("limit", 1..=MAX_RAW_LIMIT)?.unwrap_or(DEFAULT_RAW_LIMIT);
+    let mut points = state.store.read_series(&id, &metric, lo, hi, limit + 1).await?;
+    let next_from = (points.len() > limit).then(|| points[limit].0);
+    points.truncate(limit);
+    let series = RawSeries {
+        metric: metric.to_string(),
+        points: points
+            .into_iter()
+            .map(|(step, value)| SeriesPoint { step, value })
+            .collect(),
+        next_from,
+    };
+    Ok(match format {
+        Format::Json => Json(series).into_response(),
+        Format::Csv => csv(&raw_csv(&series)),
+    })
+}
+
+fn csv(body: &str) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body.to_owned()).into_response()
+}
+
+/// `step,value`, non-finite values spelled as in JSON (`NaN`, `Infinity`, `-Infinity`).
+fn raw_csv(s: &RawSeries) -> String {
+    let mut out = String::with_capacity(s.points.len() * 24 + 16);
+    out.push_str("step,value\n");
+    for p in &s.points {
+        let _ = writeln!(out, "{},{}", p.step, MetricValue(p.value));
+    }
+    out
+}
+
+fn downsampled_csv(s: &DownsampledSeries) -> String {
+    let cell = |v: Option<f64>| v.map(|v| MetricValue(v).to_string()).unwrap_or_default();
+    let mut out = String::from("start,end,count,min,max,last_step,last,nan_count\n");
+    for b in &s.buckets {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{}",
+            b.start,
+            b.end,
+            b.count,
+            cell(b.min),
+            cell(b.max),
+            b.last_step,
+            MetricValue(b.last),
+            b.nan_count
+        );
+    }
+    out
+}

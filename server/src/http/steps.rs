@@ -1,0 +1,39 @@
+//! Ingest: a batch of steps in, the run's pending signals out.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use redline_core::wire::{IngestResult, StepBatch};
+
+use super::extract::JsonBody;
+use super::run_id;
+use crate::error::Result;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/runs/{run_id}/steps", post(append_steps))
+}
+
+/// Appends a batch of steps. Idempotent on (run, metric, step): points already stored keep
+/// their value, so a resent batch changes nothing. A rejected batch writes nothing.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/steps", tag = "steps",
+    params(("run_id" = String, Path)),
+    request_body = StepBatch,
+    responses(
+        (status = 200, description = "Stored; carries the run's pending signals", body = IngestResult),
+        (status = 400, description = "Invalid field: nothing was written", body = redline_core::wire::ErrorBody),
+        (status = 404, body = redline_core::wire::ErrorBody),
+        (status = 413, description = "Body over the limit", body = redline_core::wire::ErrorBody),
+    ))]
+async fn append_steps(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(batch): JsonBody<StepBatch>,
+) -> Result<Json<IngestResult>> {
+    let id = run_id(id)?;
+    let steps = batch.steps.len();
+    let points = batch.into_points()?;
+    let result = state.store.ingest(&id, &points).await?;
+    tracing::debug!(run = %id, steps, new = result.new_points, dup = result.duplicate_points, "ingested");
+    Ok(Json(result))
+}

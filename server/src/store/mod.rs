@@ -1,0 +1,223 @@
+//! Persistence: one [`Store`] interface, implemented over SQLite (the embedded default) and
+//! PostgreSQL (the production store). The series layout both share is in [`chunk`].
+
+pub mod chunk;
+mod postgres;
+mod rows;
+mod sqlite;
+pub mod throwaway;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redline_core::wire::{
+    CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
+    ValidSignal,
+};
+use redline_core::{MetricName, RunId};
+use tokio::sync::broadcast;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run {0} does not exist")]
+    RunNotFound(RunId),
+    #[error("run {run} has no series named {metric}")]
+    SeriesNotFound { run: RunId, metric: MetricName },
+    #[error("run {run} has no signal {signal}")]
+    SignalNotFound { run: RunId, signal: i64 },
+    #[error("no token named {0}")]
+    TokenNotFound(String),
+    /// The request contradicts what is stored; the message says how.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Where the data lives, parsed from `--database-url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("sqlite URL has no file path: use sqlite://PATH".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        Err(format!(
+            "unsupported database URL {url:?}: use postgres://USER@HOST/DB or sqlite://PATH"
+        ))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    /// Never prints a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(url) => match url.split_once('@') {
+                Some((creds, rest)) if creds.contains(':') && creds.rfind(':') > Some(12) => {
+                    let user_end = creds.rfind(':').unwrap_or(creds.len());
+                    write!(f, "{}:***@{rest}", &creds[..user_end])
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Filters for listing runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub project: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A stored API token, without its secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Everything Redline keeps. Implementations must make each call atomic: a failed call leaves
+/// nothing half-written.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// `sqlite` or `postgres`, for logs and benchmarks.
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates the run, or resumes it (status back to running) when the id exists.
+    /// Returns the run and whether it was created.
+    async fn create_or_resume_run(&self, id: &RunId, req: &CreateRun) -> StoreResult<(Run, bool)>;
+    async fn run(&self, id: &RunId) -> StoreResult<Run>;
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
+    /// Finishing again with the same status is a no-op; with another status it is a conflict.
+    async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run>;
+
+    /// Stores the points not already stored, in one transaction, and returns the pending signals.
+    async fn ingest(&self, id: &RunId, batch: &PointBatch) -> StoreResult<IngestResult>;
+    async fn metrics(&self, id: &RunId) -> StoreResult<Vec<MetricSummary>>;
+    /// Points of one series with steps in `from..=to`, at most `limit`, in step order.
+    async fn read_series(
+        &self,
+        id: &RunId,
+        metric: &MetricName,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<chunk::Point>>;
+
+    async fn create_signal(&self, id: &RunId, signal: &ValidSignal) -> StoreResult<Signal>;
+    /// Signals with id above `after`, oldest first; only unacknowledged ones when `pending_only`.
+    async fn signals(&self, id: &RunId, after: i64, pending_only: bool) -> StoreResult<Vec<Signal>>;
+    /// Acknowledging again with the same step is a no-op; with another step it is a conflict.
+    async fn ack_signal(&self, id: &RunId, signal: i64, step: i64) -> StoreResult<Signal>;
+    /// Wakes on every new signal, with the run id; peers' signals too where the store can tell.
+    fn signal_events(&self) -> broadcast::Receiver<RunId>;
+
+    async fn create_token(&self, name: &str, token_hash: &str) -> StoreResult<()>;
+    async fn token_is_active(&self, token_hash: &str) -> StoreResult<bool>;
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+    async fn revoke_token(&self, name: &str) -> StoreResult<()>;
+}
+
+/// Opens (creating where needed) and migrates the store at `url`.
+pub async fn connect(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+    })
+}
+
+/// Caches metric-name ids. Names are only ever added to `metric_names`, so a cached id stays right.
+#[derive(Debug, Default)]
+struct MetricIds(RwLock<HashMap<String, i32>>);
+
+impl MetricIds {
+    /// The ids of `names` known so far, and the names still to look up.
+    fn split<'a>(&self, names: impl Iterator<Item = &'a str>) -> (HashMap<String, i32>, Vec<String>) {
+        let cache = self.0.read().expect("metric id cache poisoned");
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match cache.get(name) {
+                Some(&id) => {
+                    known.insert(name.to_owned(), id);
+                }
+                None => missing.push(name.to_owned()),
+            }
+        }
+        (known, missing)
+    }
+
+    fn remember(&self, found: &HashMap<String, i32>) {
+        let mut cache = self.0.write().expect("metric id cache poisoned");
+        cache.extend(found.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+}
+
+fn signal_channel() -> broadcast::Sender<RunId> {
+    broadcast::channel(1024).0
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// Decodes the chunk rows of a read as they arrive, keeping the points within `from..=to`, and
+/// stops fetching once `limit` points are in hand.
+async fn collect_range(
+    mut chunks: impl futures::Stream<Item = Result<Vec<u8>, sqlx::Error>> + Unpin,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> StoreResult<Vec<chunk::Point>> {
+    use futures::TryStreamExt;
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    while let Some(data) = chunks.try_next().await? {
+        scratch.clear();
+        chunk::decode_into(&data, &mut scratch).map_err(StoreError::Corrupt)?;
+        out.extend(scratch.iter().filter(|p| (from..=to).contains(&p.0)));
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,200 @@
+//! `redline bench ingest`: points per second accepted over HTTP and stored.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Databases, Running, client, create_run, fmt_rate, mlflow, post_batch};
+use crate::cli::{BenchIngestArgs, BenchStore};
+
+/// The metric names of a DPO step, as the MLflow peer script uses them.
+const NAMES: [&str; 10] = [
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "topk_entropy/chosen",
+    "topk_mass/chosen",
+    "grad_norm",
+];
+
+struct Row {
+    store: &'static str,
+    batch: usize,
+    clients: usize,
+    requests: usize,
+    points: usize,
+    seconds: f64,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.points as f64 / self.seconds
+    }
+}
+
+fn metric_name(i: usize) -> String {
+    NAMES
+        .get(i)
+        .map_or_else(|| format!("metric_{i}"), |n| (*n).to_owned())
+}
+
+/// The JSON body of `batch` steps from `first_step`, `metrics` values each.
+fn body(first_step: usize, batch: usize, metrics: usize) -> Bytes {
+    let names: Vec<String> = (0..metrics).map(metric_name).collect();
+    let mut s = String::with_capacity(batch * (24 + metrics * 28));
+    s.push_str(r#"{"steps":["#);
+    for step in first_step..first_step + batch {
+        if step > first_step {
+            s.push(',');
+        }
+        let _ = write!(s, r#"{{"step":{step},"metrics":{{"#);
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, r#""{n}":{}"#, 0.5 + step as f64 * 1e-4 + i as f64);
+        }
+        s.push_str("}}");
+    }
+    s.push_str("]}");
+    Bytes::from(s)
+}
+
+async fn measure(
+    dbs: &mut Databases,
+    kind: BenchStore,
+    batch: usize,
+    clients: usize,
+    args: &BenchIngestArgs,
+) -> anyhow::Result<Row> {
+    let server = Running::start(dbs.fresh(kind).await?).await?;
+    let http = client();
+    let per_request = batch * args.metrics;
+    let requests = (args.points / per_request).clamp(1, args.max_requests);
+    // Bodies are built before the clock starts: the server is what is measured.
+    let bodies: Vec<Bytes> = (0..requests)
+        .map(|r| body(r * batch, batch, args.metrics))
+        .collect();
+    let mut urls = Vec::new();
+    for c in 0..clients {
+        let run = format!("bench-{batch}-{c}");
+        create_run(&http, &server, &run).await?;
+        urls.push(server.url(&format!("/api/v1/runs/{run}/steps")));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for url in urls {
+        let (http, bodies) = (http.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            for b in bodies {
+                post_batch(&http, &url, b, per_request as u64).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let row = Row {
+        store: server.backend,
+        batch,
+        clients,
+        requests: requests * clients,
+        points: requests * clients * per_request,
+        seconds,
+    };
+    eprintln!(
+        "{:<8} batch {:>6} × {} metrics, {} client(s): {} points/s",
+        row.store,
+        batch,
+        args.metrics,
+        clients,
+        fmt_rate(row.rate())
+    );
+    Ok(row)
+}
+
+pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
+    let mut dbs = Databases::new(args.targets.clone())?;
+    let mut rows = Vec::new();
+    for kind in dbs.stores() {
+        for &batch in &args.batch_sizes {
+            rows.push(measure(&mut dbs, kind, batch, 1, &args).await?);
+        }
+        if args.clients > 1 {
+            for &batch in &args.batch_sizes {
+                rows.push(measure(&mut dbs, kind, batch, args.clients, &args).await?);
+            }
+        }
+    }
+    let peers = mlflow::measure_all(&mut dbs, &args).await?;
+
+    println!("| store | steps per request | clients | requests | points | seconds | points/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| redline {} | {} | {} | {} | {} | {:.3} | {} |",
+            r.store,
+            r.batch,
+            r.clients,
+            r.requests,
+            r.points,
+            r.seconds,
+            fmt_rate(r.rate())
+        );
+    }
+    for p in &peers {
+        println!(
+            "| mlflow {} | 100 | 1 | {} | {} | {:.3} | {} |",
+            p.backend,
+            p.points / 1000,
+            p.points,
+            p.seconds,
+            fmt_rate(p.points_per_second)
+        );
+    }
+    if peers.is_empty() {
+        println!(
+            "\nMLflow not measured: no peers venv at {} (run ../shared/peers/setup.sh {0}).",
+            args.peers_venv.display()
+        );
+    }
+    for p in &peers {
+        let same_shape = rows
+            .iter()
+            .find(|r| r.store == p.backend && r.batch == 100 && r.clients == 1);
+        let best = rows
+            .iter()
+            .filter(|r| r.store == p.backend && r.clients == 1)
+            .max_by(|a, b| a.rate().total_cmp(&b.rate()));
+        if let (Some(same), Some(best)) = (same_shape, best) {
+            println!(
+                "\n{}: Redline / MLflow at MLflow's request shape (100 steps × 10 metrics): {:.1}×; \
+                 Redline at batch {} / MLflow at its 1,000-point maximum: {:.1}×",
+                p.backend,
+                same.rate() / p.points_per_second,
+                best.batch,
+                best.rate() / p.points_per_second
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bench_bodies_are_valid_step_batches() {
+        let b = super::body(5, 3, 12);
+        let batch: redline_core::wire::StepBatch = serde_json::from_slice(&b).unwrap();
+        let points = batch.into_points().unwrap();
+        assert_eq!(points.len(), 36);
+        assert_eq!(points.max_step(), Some(7));
+    }
+}

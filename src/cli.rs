@@ -1,0 +1,177 @@
+//! The command line. Every option can also be set through the environment variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redline",
+    version,
+    about = "Watches preference-optimisation training for likelihood over-optimisation, and acts on the run",
+    long_about = "Redline stores the per-step metrics of DPO-family training runs (losses, rewards, \
+        log-likelihoods, top-k entropy and mass), serves them over HTTP API v1, and sends signals \
+        (stop, checkpoint, set a hyperparameter) back to the trainer.\n\n\
+        Start here: `redline serve`, then open http://127.0.0.1:8080/api/v1/openapi.json."
+)]
+pub struct Cli {
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `redline_server=debug`).
+    #[arg(long, env = "REDLINE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, env = "REDLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP API v1 over the chosen store.
+    Serve(ServeArgs),
+    /// Create, list or revoke API tokens kept (hashed) in the store.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure ingest and read throughput over real HTTP on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Store URL: `postgres://USER@HOST/DB` for PostgreSQL, or `sqlite://PATH`. Without it,
+    /// Redline uses the SQLite file `redline.db` inside --data-dir.
+    #[arg(long, env = "REDLINE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder for the embedded SQLite store, created on first use.
+    #[arg(long, env = "REDLINE_DATA_DIR", default_value = "./redline-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without tokens, only a loopback address is accepted
+    /// (see --allow-unauthenticated-remote).
+    #[arg(long, env = "REDLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// A bearer token that may write (repeatable; in the environment, comma-separated).
+    /// With any token configured, here or by `redline token create`, every write needs one.
+    #[arg(long = "token", env = "REDLINE_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub tokens: Vec<String>,
+    /// Let reads (GET) through without a token even when tokens are configured.
+    #[arg(long, env = "REDLINE_PUBLIC_READ")]
+    pub public_read: bool,
+    /// Allow a non-loopback --listen address with no token configured. Only on a trusted network.
+    #[arg(long, env = "REDLINE_ALLOW_UNAUTHENTICATED_REMOTE")]
+    pub allow_unauthenticated_remote: bool,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "REDLINE_MAX_BODY_BYTES", default_value_t = redline_server::config::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once; only its hash is stored. Restart running servers
+    /// after creating the first token, since auth is switched on at start.
+    Create {
+        /// A name to recognise the token by, e.g. the machine or person using it.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tokens by name (secrets are never shown).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by name; requests using it are refused from then on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Points per second accepted over HTTP and stored, per store and batch size, with a
+    /// concurrent-clients variant, and MLflow's tracking server side by side when a peers venv exists.
+    Ingest(BenchIngestArgs),
+    /// Time to read a 1,000,000-step series back downsampled to 1,000 buckets, per store.
+    Read(BenchReadArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchStore {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchTargets {
+    /// Stores to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchStore::Sqlite, BenchStore::Postgres])]
+    pub stores: Vec<BenchStore>,
+    /// PostgreSQL to measure (each run makes its own database there). Without it, a throwaway
+    /// cluster is started with PostgreSQL's production durability settings.
+    #[arg(long, env = "REDLINE_BENCH_DATABASE_URL")]
+    pub postgres_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    #[command(flatten)]
+    pub targets: BenchTargets,
+    /// Steps per request (each step carries --metrics points).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 100, 10_000])]
+    pub batch_sizes: Vec<usize>,
+    /// Metrics per step.
+    #[arg(long, default_value_t = 10)]
+    pub metrics: usize,
+    /// Points each measurement sends per client (rounded to whole requests).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub points: usize,
+    /// Requests cap per measurement, so batch size 1 stays short.
+    #[arg(long, default_value_t = 2_000)]
+    pub max_requests: usize,
+    /// Concurrent clients for the concurrent variant (each feeds its own run); 0 skips it.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Python virtual environment with MLflow (../shared/peers/setup.sh makes one). When it
+    /// exists, MLflow's tracking server is measured too, with ../shared/peers/mlflow_ingest.py.
+    #[arg(long, env = "REDLINE_PEERS_VENV", default_value = ".peers-venv")]
+    pub peers_venv: PathBuf,
+    /// The peers folder holding mlflow_ingest.py.
+    #[arg(long, env = "REDLINE_PEERS_DIR", default_value = "../shared/peers")]
+    pub peers_dir: PathBuf,
+    /// Requests of 1,000 points sent to MLflow.
+    #[arg(long, default_value_t = 20)]
+    pub mlflow_requests: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchReadArgs {
+    #[command(flatten)]
+    pub targets: BenchTargets,
+    /// Steps in the series read back.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub steps: usize,
+    /// Buckets to downsample to.
+    #[arg(long, default_value_t = 1_000)]
+    pub buckets: u32,
+    /// Timed reads (the median is reported).
+    #[arg(long, default_value_t = 21)]
+    pub repeats: usize,
+}

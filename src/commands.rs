@@ -1,0 +1,112 @@
+//! What each subcommand does. The server itself lives in `redline-server`; this is the glue.
+
+
+use anyhow::Context;
+use redline_server::auth::{generate_token, hash_token};
+use redline_server::startup::shutdown_signal;
+use redline_server::store::{self, DatabaseUrl};
+use redline_server::{Server, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+use crate::bench;
+use crate::cli::{BenchCommand, Command, LogFormat, ServeArgs, StoreArgs, TokenCommand};
+
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("ignoring the log filter {filter:?} ({e}); logging at info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Token(cmd) => token(cmd).await,
+        Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
+        Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
+    }
+}
+
+impl StoreArgs {
+    pub fn database(&self) -> anyhow::Result<DatabaseUrl> {
+        match &self.database_url {
+            Some(url) => DatabaseUrl::parse(url).map_err(anyhow::Error::msg),
+            None => Ok(DatabaseUrl::Sqlite(self.data_dir.join("redline.db"))),
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        listen: args.listen,
+        database: args.store.database()?,
+        tokens: args.tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+        public_read: args.public_read,
+        allow_unauthenticated_remote: args.allow_unauthenticated_remote,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let database = config.database.clone();
+    let server = Server::build(config).await?;
+    let addr = server.local_addr();
+    let auth = if server.auth_enabled() {
+        "bearer tokens required"
+    } else {
+        "off (no tokens configured: loopback only)"
+    };
+    // The one line meant for people (and scripts) to read: where the server is.
+    println!("Redline listening on http://{addr} (store: {database}; auth: {auth})");
+    tracing::info!(%addr, store = %database, "listening");
+    let shutdown = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and closing event streams");
+        shutdown.cancel();
+    });
+    server.run().await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
+    let url = store.database()?;
+    store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, store } => {
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 64,
+                "a token name must be 1 to 64 characters"
+            );
+            let token = generate_token();
+            open(&store).await?.create_token(name, &hash_token(&token)).await?;
+            eprintln!("Created token {name:?}. It is shown only now; keep it secret:");
+            println!("{token}");
+        }
+        TokenCommand::List { store } => {
+            for t in open(&store).await?.tokens().await? {
+                let state = t
+                    .revoked_at
+                    .map_or_else(|| "active".to_owned(), |r| format!("revoked {r}"));
+                println!("{}\tcreated {}\t{state}", t.name, t.created_at);
+            }
+        }
+        TokenCommand::Revoke { name, store } => {
+            open(&store).await?.revoke_token(&name).await?;
+            eprintln!("Revoked token {name:?}.");
+        }
+    }
+    Ok(())
+}
+

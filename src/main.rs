@@ -1,0 +1,16 @@
+//! `redline`: one command-line program for the server, its tokens and its benchmarks.
+
+mod bench;
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    commands::init_logging(&cli.log, cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(commands::run(cli.command))
+}
