@@ -47,11 +47,14 @@ impl From<f64> for MetricValue {
 }
 
 impl fmt::Display for MetricValue {
-    /// Writes the same spelling as the JSON encoding, so CSV and JSON agree.
+    /// Writes the same spelling as the JSON encoding, so CSV and JSON agree: the shortest
+    /// digits that read back to the same `f64`, with an exponent for very large or small values.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match Self::non_finite_str(self.0) {
+        let v = self.0;
+        match Self::non_finite_str(v) {
             Some(s) => f.write_str(s),
-            None => write!(f, "{}", self.0),
+            None if v != 0.0 && !(1e-5..1e16).contains(&v.abs()) => write!(f, "{v:e}"),
+            None => write!(f, "{v}"),
         }
     }
 }
@@ -152,6 +155,15 @@ mod tests {
         }
         assert_eq!(serde_json::to_string(&MetricValue(f64::NAN)).unwrap(), r#""NaN""#);
         assert_eq!(serde_json::to_string(&MetricValue(f64::NEG_INFINITY)).unwrap(), r#""-Infinity""#);
+    }
+
+    #[test]
+    fn display_is_short_and_reads_back_exactly() {
+        for (v, text) in [(1e-300, "1e-300"), (0.5, "0.5"), (-0.0, "-0"), (1.5e20, "1.5e20"), (f64::NAN, "NaN")] {
+            assert_eq!(MetricValue(v).to_string(), text);
+        }
+        let v = 0.1 + 0.2;
+        assert_eq!(MetricValue(v).to_string().parse::<f64>().unwrap(), v);
     }
 
     #[test]

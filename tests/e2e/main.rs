@@ -1,1 +1,12 @@
+//! End-to-end tests: the real server over real HTTP, on both real stores, and the real binary.
+//! One test binary (fast to link); each `both_stores!` test runs once per store.
 
+mod harness;
+
+mod auth;
+mod bad_input;
+mod cli;
+mod runs;
+mod series;
+mod signals;
+mod steps;

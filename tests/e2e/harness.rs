@@ -1,0 +1,260 @@
+//! Test harness: the real server on a loopback port 0 over a real store — a SQLite file in a temp
+//! dir, or a fresh database on PostgreSQL (`REDLINE_TEST_DATABASE_URL`, or else a throwaway
+//! cluster started once per test binary). No store is ever mocked.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
+use redline_server::store::DatabaseUrl;
+use redline_server::{Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_util::sync::DropGuard;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `sqlite` and `postgres` tests for each listed `async fn name(Backend)`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::harness::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use both_stores;
+
+enum PgAdmin {
+    External(String),
+    Throwaway(ThrowawayPostgres),
+}
+
+fn pg_admin_url() -> String {
+    static ADMIN: OnceLock<Result<PgAdmin, String>> = OnceLock::new();
+    let admin = ADMIN.get_or_init(|| match std::env::var("REDLINE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Ok(PgAdmin::External(url)),
+        _ => ThrowawayPostgres::start(Durability::Disposable).map(PgAdmin::Throwaway),
+    });
+    match admin {
+        Ok(PgAdmin::External(url)) => url.clone(),
+        Ok(PgAdmin::Throwaway(pg)) => pg.admin_url(),
+        Err(why) => panic!("the PostgreSQL tests cannot run: {why}"),
+    }
+}
+
+/// A fresh, empty database of `backend`, and the temp dir that holds it (SQLite).
+pub async fn fresh_database(backend: Backend) -> (DatabaseUrl, Option<tempfile::TempDir>) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            (DatabaseUrl::Sqlite(dir.path().join("redline.db")), Some(dir))
+        }
+        Backend::Postgres => {
+            let name = format!(
+                "redline_test_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let admin = pg_admin_url();
+            let url = throwaway::create_database(&admin, &name)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+            (DatabaseUrl::Postgres(url), None)
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+    stop: Option<DropGuard>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let (db, dir) = fresh_database(backend).await;
+        let mut config = ServerConfig::local(db);
+        tweak(&mut config);
+        let server = Server::build(config).await.expect("server builds");
+        let base = format!("http://{}", server.local_addr());
+        let stop = server.shutdown_token().drop_guard();
+        let handle = tokio::spawn(server.run());
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            token: None,
+            stop: Some(stop),
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    /// Shuts the server down the way a signal does, and waits for it to stop.
+    pub async fn shutdown(&mut self) {
+        drop(self.stop.take());
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("server stops after shutdown")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = self.authed(req).send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
+        let resp = self.authed(self.http.get(self.url(path))).send().await.expect("sent");
+        (resp.status(), resp.text().await.expect("body"))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Creates run `id` in project `p` and asserts it was new.
+    pub async fn create_run(&self, id: &str) -> Value {
+        let (status, run) = self
+            .put(&format!("/api/v1/runs/{id}"), &serde_json::json!({ "project": "p" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run
+    }
+
+    /// Posts steps and returns the ingest answer, asserting success.
+    pub async fn ingest(&self, run: &str, steps: Value) -> Value {
+        let (status, body) = self
+            .post(&format!("/api/v1/runs/{run}/steps"), &serde_json::json!({ "steps": steps }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Total points stored for a run, from its metric summaries.
+    pub async fn stored_points(&self, run: &str) -> u64 {
+        let (status, body) = self.get(&format!("/api/v1/runs/{run}/metrics")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["metrics"]
+            .as_array()
+            .expect("metrics")
+            .iter()
+            .map(|m| m["points"].as_u64().expect("points"))
+            .sum()
+    }
+}
+
+/// Reads Server-Sent Events from a response.
+pub struct SseReader {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+#[derive(Debug)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            stream: resp.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped); `None` when the stream ends.
+    /// Waits at most 30 s, so a broken server fails the test instead of hanging it.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        tokio::time::timeout(Duration::from_secs(30), self.next_inner())
+            .await
+            .expect("an SSE event or the end of the stream within 30 s")
+    }
+
+    async fn next_inner(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent { id: None, event: None, data: String::new() };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        ev.data.push_str(v.trim_start());
+                    }
+                }
+                if ev.event.is_some() || !ev.data.is_empty() {
+                    return Some(ev);
+                }
+                continue;
+            }
+            match self.stream.next().await {
+                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
