@@ -68,7 +68,12 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     /// A bearer token that may write (repeatable; in the environment, comma-separated).
     /// With any token configured, here or by `redline token create`, every write needs one.
-    #[arg(long = "token", env = "REDLINE_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "token",
+        env = "REDLINE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub tokens: Vec<String>,
     /// Let reads (GET) through without a token even when tokens are configured.
     #[arg(long, env = "REDLINE_PUBLIC_READ")]

@@ -1,6 +1,5 @@
 //! What each subcommand does. The server itself lives in `redline-server`; this is the glue.
 
-
 use anyhow::Context;
 use redline_server::auth::{generate_token, hash_token};
 use redline_server::startup::shutdown_signal;
@@ -90,7 +89,10 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 "a token name must be 1 to 64 characters"
             );
             let token = generate_token();
-            open(&store).await?.create_token(name, &hash_token(&token)).await?;
+            open(&store)
+                .await?
+                .create_token(name, &hash_token(&token))
+                .await?;
             eprintln!("Created token {name:?}. It is shown only now; keep it secret:");
             println!("{token}");
         }
@@ -109,4 +111,3 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -71,6 +71,13 @@ macro_rules! name_type {
             }
         }
 
+        // Eq, Ord and Hash are the inner string's, so maps keyed by the name can be searched by `&str`.
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0
@@ -177,7 +184,13 @@ mod tests {
 
     #[test]
     fn metric_names_follow_the_documented_rules() {
-        for ok in ["loss", "rewards/chosen", "eval/topk_entropy/generated", "a.b-c_d", "0"] {
+        for ok in [
+            "loss",
+            "rewards/chosen",
+            "eval/topk_entropy/generated",
+            "a.b-c_d",
+            "0",
+        ] {
             assert!(MetricName::parse(ok).is_ok(), "{ok}");
         }
         assert_eq!(MetricName::parse(""), Err(NameError::Empty));

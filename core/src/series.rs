@@ -87,7 +87,11 @@ mod tests {
         points[7_000].1 = f64::NAN;
         let buckets = downsample(&points, 0, 9_999, 100);
         assert_eq!(buckets.len(), 100);
-        assert!(buckets.iter().all(|b| b.end - b.start + 1 == 100 && b.count == 100));
+        assert!(
+            buckets
+                .iter()
+                .all(|b| b.end - b.start + 1 == 100 && b.count == 100)
+        );
         let spike = &buckets[43];
         assert_eq!(spike.max, Some(1e9));
         assert_eq!(spike.min, Some(1.0));
@@ -102,8 +106,14 @@ mod tests {
         let buckets = downsample(&points, 3, 22, 3);
         assert_eq!(bucket_width(3, 22, 3), 7);
         assert_eq!(buckets.len(), 2);
-        assert_eq!((buckets[0].start, buckets[0].end, buckets[0].last), (3, 9, 2.0));
-        assert_eq!((buckets[1].start, buckets[1].end, buckets[1].last_step), (17, 22, 20));
+        assert_eq!(
+            (buckets[0].start, buckets[0].end, buckets[0].last),
+            (3, 9, 2.0)
+        );
+        assert_eq!(
+            (buckets[1].start, buckets[1].end, buckets[1].last_step),
+            (17, 22, 20)
+        );
     }
 
     #[test]

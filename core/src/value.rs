@@ -7,8 +7,8 @@ use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
 
 /// A metric value: any `f64`, non-finite ones included.
@@ -132,7 +132,6 @@ pub mod option {
     use super::MetricValue;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    #[expect(clippy::ref_option, reason = "serde's `with` passes a reference")]
     pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
         v.map(MetricValue).serialize(s)
     }
@@ -148,18 +147,41 @@ mod tests {
 
     #[test]
     fn non_finite_values_round_trip_through_json() {
-        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.1, -3.0, 1e-300, f64::MAX] {
+        for v in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.1,
+            -3.0,
+            1e-300,
+            f64::MAX,
+        ] {
             let json = serde_json::to_string(&MetricValue(v)).unwrap();
             let back: MetricValue = serde_json::from_str(&json).unwrap();
-            assert!(back.0.to_bits() == v.to_bits() || (v.is_nan() && back.0.is_nan()), "{v} -> {json}");
+            assert!(
+                back.0.to_bits() == v.to_bits() || (v.is_nan() && back.0.is_nan()),
+                "{v} -> {json}"
+            );
         }
-        assert_eq!(serde_json::to_string(&MetricValue(f64::NAN)).unwrap(), r#""NaN""#);
-        assert_eq!(serde_json::to_string(&MetricValue(f64::NEG_INFINITY)).unwrap(), r#""-Infinity""#);
+        assert_eq!(
+            serde_json::to_string(&MetricValue(f64::NAN)).unwrap(),
+            r#""NaN""#
+        );
+        assert_eq!(
+            serde_json::to_string(&MetricValue(f64::NEG_INFINITY)).unwrap(),
+            r#""-Infinity""#
+        );
     }
 
     #[test]
     fn display_is_short_and_reads_back_exactly() {
-        for (v, text) in [(1e-300, "1e-300"), (0.5, "0.5"), (-0.0, "-0"), (1.5e20, "1.5e20"), (f64::NAN, "NaN")] {
+        for (v, text) in [
+            (1e-300, "1e-300"),
+            (0.5, "0.5"),
+            (-0.0, "-0"),
+            (1.5e20, "1.5e20"),
+            (f64::NAN, "NaN"),
+        ] {
             assert_eq!(MetricValue(v).to_string(), text);
         }
         let v = 0.1 + 0.2;

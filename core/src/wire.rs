@@ -65,7 +65,10 @@ fn check_text(field: &str, s: &str) -> Result<(), FieldError> {
         ));
     }
     if s.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -236,7 +239,11 @@ pub struct StepRecord {
     /// The step number, 0 to 2^53 − 1.
     pub step: i64,
     /// Wall-clock time of the step, seconds since the Unix epoch; stored as the `_time` series.
-    #[serde(default, with = "value::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "value::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<f64>)]
     pub time: Option<f64>,
     /// Metric name → value. Names: 1 to 128 characters of ASCII letters, digits and `_ - . /`,
@@ -263,7 +270,10 @@ impl PointBatch {
     }
 
     pub fn max_step(&self) -> Option<i64> {
-        self.series.values().filter_map(|s| s.last().map(|p| p.0)).max()
+        self.series
+            .values()
+            .filter_map(|s| s.last().map(|p| p.0))
+            .max()
     }
 }
 
@@ -271,8 +281,6 @@ impl StepBatch {
     /// Validates every step and metric name, naming the first offending field.
     pub fn into_points(self) -> Result<PointBatch, FieldError> {
         let mut series: BTreeMap<MetricName, Vec<(i64, f64)>> = BTreeMap::new();
-        // Names repeat on every step: validate each distinct name once.
-        let mut seen: BTreeMap<String, MetricName> = BTreeMap::new();
         for (i, record) in self.steps.into_iter().enumerate() {
             check_step(&format!("steps[{i}].step"), record.step)?;
             if let Some(t) = record.time {
@@ -288,17 +296,21 @@ impl StepBatch {
                     .push((record.step, t));
             }
             for (name, v) in record.metrics {
-                let metric = match seen.get(&name) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m = MetricName::parse(name.as_str()).map_err(|e| {
-                            FieldError::new(format!("steps[{i}].metrics.{name}"), format!("metric name {e}"))
-                        })?;
-                        seen.insert(name, m.clone());
-                        m
-                    }
-                };
-                series.entry(metric).or_default().push((record.step, v.0));
+                // Names repeat on every step: validate each distinct name once. Reserved
+                // names (`_time` is already a key) always take the validating path.
+                if !name.starts_with('_')
+                    && let Some(points) = series.get_mut(name.as_str())
+                {
+                    points.push((record.step, v.0));
+                    continue;
+                }
+                let metric = MetricName::parse(name.as_str()).map_err(|e| {
+                    FieldError::new(
+                        format!("steps[{i}].metrics.{name}"),
+                        format!("metric name {e}"),
+                    )
+                })?;
+                series.insert(metric, vec![(record.step, v.0)]);
             }
         }
         let mut repeated_in_batch = 0;
@@ -525,7 +537,9 @@ mod tests {
     use super::*;
 
     fn batch(json: &str) -> Result<PointBatch, FieldError> {
-        serde_json::from_str::<StepBatch>(json).unwrap().into_points()
+        serde_json::from_str::<StepBatch>(json)
+            .unwrap()
+            .into_points()
     }
 
     #[test]
@@ -540,28 +554,55 @@ mod tests {
         assert_eq!(loss, &vec![(1, 2.0), (2, 1.0)]);
         assert!(b.series[&MetricName::parse("kl").unwrap()][0].1.is_nan());
         assert_eq!(b.series[&MetricName::time()], vec![(2, 10.5)]);
-        assert_eq!((b.repeated_in_batch, b.len(), b.max_step()), (1, 4, Some(2)));
+        assert_eq!(
+            (b.repeated_in_batch, b.len(), b.max_step()),
+            (1, 4, Some(2))
+        );
     }
 
     #[test]
     fn bad_steps_and_names_are_named() {
-        let e = batch(r#"{"steps":[{"step":0,"metrics":{}},{"step":-1,"metrics":{}}]}"#).unwrap_err();
+        let e =
+            batch(r#"{"steps":[{"step":0,"metrics":{}},{"step":-1,"metrics":{}}]}"#).unwrap_err();
         assert_eq!(e.field, "steps[1].step");
         let e = batch(r#"{"steps":[{"step":0,"metrics":{"bad name":1}}]}"#).unwrap_err();
         assert_eq!(e.field, "steps[0].metrics.bad name");
         assert!(e.message.contains("allowed are"), "{}", e.message);
         let e = batch(r#"{"steps":[{"step":0,"metrics":{"_time":1}}]}"#).unwrap_err();
         assert!(e.message.contains("reserved"));
+        let e = batch(r#"{"steps":[{"step":0,"time":5,"metrics":{"_time":1}}]}"#).unwrap_err();
+        assert!(
+            e.message.contains("reserved"),
+            "a client cannot write the time series through metrics"
+        );
     }
 
     #[test]
     fn signals_must_agree_with_their_kind() {
         let s = |json: &str| serde_json::from_str::<NewSignal>(json).unwrap().validate();
         assert!(s(r#"{"kind":"set_hparam","name":"beta","value":0.2,"reason":"r"}"#).is_ok());
-        assert_eq!(s(r#"{"kind":"set_hparam","name":"beta","reason":"r"}"#).unwrap_err().field, "value");
-        assert_eq!(s(r#"{"kind":"stop","name":"beta","reason":"r"}"#).unwrap_err().field, "name");
-        assert_eq!(s(r#"{"kind":"checkpoint","keep_step":3,"reason":"r"}"#).unwrap_err().field, "keep_step");
-        assert_eq!(s(r#"{"kind":"stop","reason":" "}"#).unwrap_err().field, "reason");
+        assert_eq!(
+            s(r#"{"kind":"set_hparam","name":"beta","reason":"r"}"#)
+                .unwrap_err()
+                .field,
+            "value"
+        );
+        assert_eq!(
+            s(r#"{"kind":"stop","name":"beta","reason":"r"}"#)
+                .unwrap_err()
+                .field,
+            "name"
+        );
+        assert_eq!(
+            s(r#"{"kind":"checkpoint","keep_step":3,"reason":"r"}"#)
+                .unwrap_err()
+                .field,
+            "keep_step"
+        );
+        assert_eq!(
+            s(r#"{"kind":"stop","reason":" "}"#).unwrap_err().field,
+            "reason"
+        );
         assert!(s(r#"{"kind":"stop","keep_step":40,"reason":"entropy turned"}"#).is_ok());
     }
 }

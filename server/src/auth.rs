@@ -81,7 +81,9 @@ pub async fn require_token(
         ));
     };
     if !auth.accepts(token, &state.store).await? {
-        return Err(AppError::Unauthorized("the token is not known or was revoked"));
+        return Err(AppError::Unauthorized(
+            "the token is not known or was revoked",
+        ));
     }
     Ok(next.run(req).await)
 }

@@ -74,7 +74,10 @@ impl IntoResponse for AppError {
             Self::InvalidField(e) => (e.message, Some(e.field)),
             Self::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
-                ("internal server error; the server log has the details".to_owned(), None)
+                (
+                    "internal server error; the server log has the details".to_owned(),
+                    None,
+                )
             }
             Self::Unavailable(ref m) => {
                 tracing::warn!(reason = %m, "not ready");

@@ -30,13 +30,12 @@ impl Server {
 
     /// As [`Server::build`], over a store already open.
     pub async fn with_store(config: ServerConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
-        let stored_tokens = store
-            .tokens()
-            .await?
-            .iter()
-            .any(|t| t.revoked_at.is_none());
+        let stored_tokens = store.tokens().await?.iter().any(|t| t.revoked_at.is_none());
         let auth = Auth::new(&config.tokens, stored_tokens, config.public_read);
-        if !auth.enabled && !config.listen.ip().is_loopback() && !config.allow_unauthenticated_remote {
+        if !auth.enabled
+            && !config.listen.ip().is_loopback()
+            && !config.allow_unauthenticated_remote
+        {
             bail!(
                 "refusing to listen on {} without auth: no tokens are configured. Create one with \
                  `redline token create NAME` or pass --token, listen on 127.0.0.1, or pass \
@@ -67,7 +66,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

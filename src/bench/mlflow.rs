@@ -6,6 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use redline_server::store::throwaway;
 
 use super::Databases;
@@ -39,13 +41,22 @@ pub async fn measure_all(
                 let admin = dbs.postgres_admin_url()?;
                 let name = format!("mlflow_bench_{}", std::process::id());
                 let url = throwaway::create_database(&admin, &name).await?;
-                ("postgres", url.replacen("postgres://", "postgresql+psycopg2://", 1))
+                (
+                    "postgres",
+                    url.replacen("postgres://", "postgresql+psycopg2://", 1),
+                )
             }
         };
         eprintln!("starting MLflow's tracking server on {backend}…");
-        let r = measure(&mlflow, &args.peers_dir, &uri, scratch.path(), args.mlflow_requests)
-            .await
-            .with_context(|| format!("measuring MLflow on {backend}"))?;
+        let r = measure(
+            &mlflow,
+            &args.peers_dir,
+            &uri,
+            scratch.path(),
+            args.mlflow_requests,
+        )
+        .await
+        .with_context(|| format!("measuring MLflow on {backend}"))?;
         eprintln!("mlflow {backend}: {} points/s", super::fmt_rate(r.1));
         out.push(PeerResult {
             backend,
@@ -64,9 +75,17 @@ async fn measure(
     scratch: &Path,
     requests: usize,
 ) -> anyhow::Result<(u64, f64, f64)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut server = tokio::process::Command::new(mlflow)
-        .args(["server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1"])
+        .args([
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--host",
+            "127.0.0.1",
+        ])
         .args(["--port", &port.to_string()])
         .arg("--default-artifact-root")
         .arg(scratch.join("artifacts"))
@@ -90,17 +109,23 @@ async fn measure(
             .await
             .with_context(|| format!("running {}", script.display()))?;
         if !out.status.success() {
-            bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let field = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
-        Ok((field("points")? as u64, field("points_per_second")?, field("seconds")?))
+        Ok((
+            field("points")? as u64,
+            field("points_per_second")?,
+            field("seconds")?,
+        ))
     }
     .await;
-    // mlflow starts worker processes: stop the whole group.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &format!("-{pgid}")])
-        .status();
+    // mlflow starts worker processes: stop the whole group it leads.
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGTERM);
     let _ = server.wait().await;
     result
 }
@@ -109,10 +134,10 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
     let http = super::client();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(180) {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = http.get(format!("{base}/health")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use redline_server::store::DatabaseUrl;
 use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::{Server, ServerConfig};
-use bytes::Bytes;
 use tokio_util::sync::DropGuard;
 
 use crate::cli::{BenchStore, BenchTargets};
@@ -46,9 +46,8 @@ impl Databases {
         }
         if self.cluster.is_none() {
             eprintln!("starting a throwaway PostgreSQL cluster (production durability settings)…");
-            self.cluster = Some(
-                ThrowawayPostgres::start(Durability::Production).map_err(anyhow::Error::msg)?,
-            );
+            self.cluster =
+                Some(ThrowawayPostgres::start(Durability::Production).map_err(anyhow::Error::msg)?);
         }
         Ok(self.cluster.as_ref().expect("just started").admin_url())
     }
@@ -111,7 +110,11 @@ pub async fn create_run(http: &reqwest::Client, server: &Running, id: &str) -> a
         .json(&serde_json::json!({ "project": "bench" }))
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "creating run {id}: {}", resp.text().await?);
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "creating run {id}: {}",
+        resp.text().await?
+    );
     Ok(())
 }
 
@@ -146,7 +149,7 @@ pub fn fmt_rate(points_per_second: f64) -> String {
     let v = points_per_second.round() as u64;
     let digits = v.to_string();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             s.push(',');
         }
         s.push(c);

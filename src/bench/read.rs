@@ -13,7 +13,11 @@ const SPIKE: f64 = 1e6;
 fn body(first: usize, n: usize, spike_at: usize) -> bytes::Bytes {
     let steps: Vec<serde_json::Value> = (first..first + n)
         .map(|s| {
-            let v = if s == spike_at { SPIKE } else { (s as f64 * 1e-3).sin() };
+            let v = if s == spike_at {
+                SPIKE
+            } else {
+                (s as f64 * 1e-3).sin()
+            };
             serde_json::json!({ "step": s, "metrics": { "loss": v } })
         })
         .collect();

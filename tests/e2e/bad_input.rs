@@ -5,7 +5,13 @@ use serde_json::{Value, json};
 
 use crate::harness::{Backend, TestApp, both_stores};
 
-both_stores!(malformed_requests_are_refused_by_field_and_write_nothing, bodies_over_the_limit_get_413);
+both_stores!(
+    malformed_step_batches_are_refused_by_field_and_write_nothing,
+    malformed_runs_are_refused_and_create_nothing,
+    malformed_series_queries_name_the_parameter,
+    malformed_signals_are_refused_and_store_nothing,
+    bodies_over_the_limit_get_413
+);
 
 /// Asserts an error answer: status, code and (when given) the field it names.
 fn refused(got: (StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
@@ -13,97 +19,321 @@ fn refused(got: (StatusCode, Value), status: StatusCode, code: &str, field: Opti
     assert_eq!(s, status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     assert_eq!(body["error"]["field"].as_str(), field, "{body}");
-    assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty(), "{body}");
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{body}"
+    );
 }
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
-async fn malformed_requests_are_refused_by_field_and_write_nothing(b: Backend) {
+async fn malformed_step_batches_are_refused_by_field_and_write_nothing(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.create_run("r").await;
-    app.ingest("r", json!([{"step": 0, "metrics": {"loss": 1.0}}])).await;
+    app.ingest("r", json!([{"step": 0, "metrics": {"loss": 1.0}}]))
+        .await;
     let steps = "/api/v1/runs/r/steps";
 
-    refused(app.post_raw(steps, "application/json", "{\"steps\": [").await, BAD, "invalid_json", None);
-    refused(app.post_raw(steps, "application/json", "{} {}").await, BAD, "invalid_json", None);
-    refused(app.post_raw(steps, "text/plain", "{}").await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None);
+    for raw in ["{\"steps\": [", "{} {}", "[]"] {
+        let got = app.post_raw(steps, "application/json", raw).await;
+        refused(got, BAD, "invalid_json", None);
+    }
+    let got = app.post_raw(steps, "text/plain", "{}").await;
+    refused(
+        got,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        None,
+    );
     refused(app.post(steps, &json!({})).await, BAD, "invalid_json", None);
-    refused(app.post(steps, &json!({"steps": {}})).await, BAD, "invalid_field", Some("steps"));
-    refused(app.post(steps, &json!({"steps": [], "extra": 1})).await, BAD, "invalid_json", None);
-    refused(app.post(steps, &json!({"steps": [{"step": "1", "metrics": {}}]})).await, BAD, "invalid_field", Some("steps[0].step"));
-    refused(app.post(steps, &json!({"steps": [{"step": 1.5, "metrics": {}}]})).await, BAD, "invalid_field", Some("steps[0].step"));
-    refused(app.post(steps, &json!({"steps": [{"step": 1, "metric": {}}]})).await, BAD, "invalid_field", Some("steps[0].metric"));
-    refused(app.post(steps, &json!({"steps": [{"step": 1, "metrics": {"loss": null}}]})).await, BAD, "invalid_field", Some("steps[0].metrics.loss"));
-    refused(app.post(steps, &json!({"steps": [{"step": 1, "metrics": {"loss": "nan"}}]})).await, BAD, "invalid_field", Some("steps[0].metrics.loss"));
-    refused(app.post(steps, &json!({"steps": [{"step": 1, "time": "Infinity", "metrics": {}}]})).await, BAD, "invalid_field", Some("steps[0].time"));
-    // One bad record among good ones: the whole batch is refused and nothing of it is stored.
-    let mixed = json!({"steps": [
-        {"step": 1, "metrics": {"loss": 2.0}},
-        {"step": 2, "metrics": {"loss": 3.0}},
-        {"step": -3, "metrics": {"loss": 4.0}},
-    ]});
-    refused(app.post(steps, &mixed).await, BAD, "invalid_field", Some("steps[2].step"));
-    let too_big = json!({"steps": [{"step": 1, "metrics": {"a": 1}}, {"step": 9_007_199_254_740_992_i64, "metrics": {}}]});
-    refused(app.post(steps, &too_big).await, BAD, "invalid_field", Some("steps[1].step"));
-    for (name, why) in [("bad name", "contains"), ("/lead", "start"), ("_time", "reserved"), ("ä", "start")] {
-        let (s, body) = app.post(steps, &json!({"steps": [{"step": 5, "metrics": {"ok": 1, name: 1}}]})).await;
-        assert_eq!(s, BAD, "{body}");
-        assert_eq!(body["error"]["field"], format!("steps[0].metrics.{name}"));
-        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+
+    let step = |s: Value| json!({"steps": [s]});
+    let cases = [
+        (json!({"steps": {}}), "steps"),
+        (json!({"steps": [], "extra": 1}), "extra"),
+        (step(json!({"step": "1", "metrics": {}})), "steps[0].step"),
+        (step(json!({"step": 1.5, "metrics": {}})), "steps[0].step"),
+        (step(json!({"step": 1, "metric": {}})), "steps[0].metric"),
+        (
+            step(json!({"step": 1, "metrics": {"loss": null}})),
+            "steps[0].metrics.loss",
+        ),
+        (
+            step(json!({"step": 1, "metrics": {"loss": "nan"}})),
+            "steps[0].metrics.loss",
+        ),
+        (
+            step(json!({"step": 1, "time": "Infinity", "metrics": {}})),
+            "steps[0].time",
+        ),
+        // One bad record among good ones: the whole batch is refused.
+        (
+            json!({"steps": [
+                {"step": 1, "metrics": {"loss": 2.0}},
+                {"step": 2, "metrics": {"loss": 3.0}},
+                {"step": -3, "metrics": {"loss": 4.0}},
+            ]}),
+            "steps[2].step",
+        ),
+        (
+            json!({"steps": [
+                {"step": 1, "metrics": {"a": 1}},
+                {"step": 9_007_199_254_740_992_i64, "metrics": {}},
+            ]}),
+            "steps[1].step",
+        ),
+    ];
+    for (body, field) in cases {
+        refused(
+            app.post(steps, &body).await,
+            BAD,
+            "invalid_field",
+            Some(field),
+        );
     }
     let long = "m".repeat(129);
-    let (_, body) = app.post(steps, &json!({"steps": [{"step": 5, "metrics": {long.clone(): 1}}]})).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("limit is 128"), "{body}");
-    assert_eq!(app.stored_points("r").await, 1, "no refused batch wrote anything");
+    for (name, why) in [
+        ("bad name", "contains"),
+        ("/lead", "start"),
+        ("_time", "reserved"),
+        ("ä", "start"),
+        (long.as_str(), "limit is 128"),
+    ] {
+        let body = step(json!({"step": 5, "metrics": {"ok": 1, name: 1}}));
+        let (s, body) = app.post(steps, &body).await;
+        assert_eq!(s, BAD, "{body}");
+        assert_eq!(body["error"]["field"], format!("steps[0].metrics.{name}"));
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        app.stored_points("r").await,
+        1,
+        "no refused batch wrote anything"
+    );
 
-    refused(app.post("/api/v1/runs/ghost/steps", &json!({"steps": []})).await, StatusCode::NOT_FOUND, "not_found", None);
-    refused(app.post("/api/v1/runs/bad%20id/steps", &json!({"steps": []})).await, BAD, "invalid_field", Some("run_id"));
-    refused(app.get("/api/v1/nowhere").await, StatusCode::NOT_FOUND, "not_found", None);
+    let not_found = StatusCode::NOT_FOUND;
+    let empty = json!({"steps": []});
+    refused(
+        app.post("/api/v1/runs/ghost/steps", &empty).await,
+        not_found,
+        "not_found",
+        None,
+    );
+    let got = app.post("/api/v1/runs/bad%20id/steps", &empty).await;
+    refused(got, BAD, "invalid_field", Some("run_id"));
+    refused(
+        app.get("/api/v1/nowhere").await,
+        not_found,
+        "not_found",
+        None,
+    );
+}
 
-    // Runs.
-    refused(app.put("/api/v1/runs/x", &json!({"tags": "dpo"})).await, BAD, "invalid_field", Some("tags"));
-    refused(app.put("/api/v1/runs/x", &json!({"tags": ["ok", ""]})).await, BAD, "invalid_field", Some("tags[1]"));
-    refused(app.put("/api/v1/runs/x", &json!({"config": [1, 2]})).await, BAD, "invalid_field", Some("config"));
-    refused(app.put("/api/v1/runs/x", &json!({"project": " "})).await, BAD, "invalid_field", Some("project"));
-    refused(app.put(&format!("/api/v1/runs/{}", "x".repeat(65)), &json!({})).await, BAD, "invalid_field", Some("run_id"));
-    refused(app.get("/api/v1/runs?limit=0").await, BAD, "invalid_field", Some("limit"));
-    refused(app.get("/api/v1/runs?limit=ten").await, BAD, "invalid_field", Some("limit"));
-    refused(app.get("/api/v1/runs?projekt=p").await, BAD, "invalid_field", Some("projekt"));
+async fn malformed_runs_are_refused_and_create_nothing(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("r").await;
+    refused(
+        app.put("/api/v1/runs/x", &json!({"tags": "dpo"})).await,
+        BAD,
+        "invalid_field",
+        Some("tags"),
+    );
+    refused(
+        app.put("/api/v1/runs/x", &json!({"tags": ["ok", ""]}))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("tags[1]"),
+    );
+    refused(
+        app.put("/api/v1/runs/x", &json!({"config": [1, 2]})).await,
+        BAD,
+        "invalid_field",
+        Some("config"),
+    );
+    refused(
+        app.put("/api/v1/runs/x", &json!({"project": " "})).await,
+        BAD,
+        "invalid_field",
+        Some("project"),
+    );
+    refused(
+        app.put(&format!("/api/v1/runs/{}", "x".repeat(65)), &json!({}))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("run_id"),
+    );
+    refused(
+        app.get("/api/v1/runs?limit=0").await,
+        BAD,
+        "invalid_field",
+        Some("limit"),
+    );
+    refused(
+        app.get("/api/v1/runs?limit=ten").await,
+        BAD,
+        "invalid_field",
+        Some("limit"),
+    );
+    refused(
+        app.get("/api/v1/runs?projekt=p").await,
+        BAD,
+        "invalid_field",
+        Some("projekt"),
+    );
     let (_, list) = app.get("/api/v1/runs").await;
-    assert_eq!(list["runs"].as_array().unwrap().len(), 1, "no refused create made a run");
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        1,
+        "no refused create made a run"
+    );
+}
 
-    // Series.
+async fn malformed_series_queries_name_the_parameter(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("r").await;
+    app.ingest("r", json!([{"step": 0, "metrics": {"loss": 1.0}}]))
+        .await;
     let series = "/api/v1/runs/r/series";
     refused(app.get(series).await, BAD, "invalid_field", Some("metric"));
-    refused(app.get(&format!("{series}?metric=loss&buckets=0")).await, BAD, "invalid_field", Some("buckets"));
-    refused(app.get(&format!("{series}?metric=loss&buckets=10001")).await, BAD, "invalid_field", Some("buckets"));
-    refused(app.get(&format!("{series}?metric=loss&from=-1")).await, BAD, "invalid_field", Some("from"));
-    refused(app.get(&format!("{series}?metric=loss&from=9&to=3")).await, BAD, "invalid_field", Some("to"));
-    refused(app.get(&format!("{series}?metric=loss&format=xml")).await, BAD, "invalid_field", Some("format"));
-    refused(app.get(&format!("{series}?metric=loss&buckets=5&limit=5")).await, BAD, "invalid_field", Some("limit"));
-    refused(app.get(&format!("{series}?metric=lo%20ss")).await, BAD, "invalid_field", Some("metric"));
+    refused(
+        app.get(&format!("{series}?metric=loss&buckets=0")).await,
+        BAD,
+        "invalid_field",
+        Some("buckets"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=loss&buckets=10001"))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("buckets"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=loss&from=-1")).await,
+        BAD,
+        "invalid_field",
+        Some("from"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=loss&from=9&to=3")).await,
+        BAD,
+        "invalid_field",
+        Some("to"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=loss&format=xml")).await,
+        BAD,
+        "invalid_field",
+        Some("format"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=loss&buckets=5&limit=5"))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("limit"),
+    );
+    refused(
+        app.get(&format!("{series}?metric=lo%20ss")).await,
+        BAD,
+        "invalid_field",
+        Some("metric"),
+    );
+}
 
-    // Signals.
+async fn malformed_signals_are_refused_and_store_nothing(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("r").await;
     let signals = "/api/v1/runs/r/signals";
-    refused(app.post(signals, &json!({"kind": "explode", "reason": "x"})).await, BAD, "invalid_field", Some("kind"));
-    refused(app.post(signals, &json!({"kind": "set_hparam", "name": "beta", "reason": "x"})).await, BAD, "invalid_field", Some("value"));
-    refused(app.post(signals, &json!({"kind": "set_hparam", "name": "Beta!", "value": 1, "reason": "x"})).await, BAD, "invalid_field", Some("name"));
-    refused(app.post(signals, &json!({"kind": "stop"})).await, BAD, "invalid_json", None);
-    refused(app.post(signals, &json!({"kind": "stop", "reason": "x", "keep_step": -1})).await, BAD, "invalid_field", Some("keep_step"));
-    refused(app.post("/api/v1/runs/r/signals/abc/ack", &json!({"step": 1})).await, BAD, "invalid_field", Some("signal_id"));
-    refused(app.post("/api/v1/runs/r/signals/1/ack", &json!({"step": -1})).await, BAD, "invalid_field", Some("step"));
+    refused(
+        app.post(signals, &json!({"kind": "explode", "reason": "x"}))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("kind"),
+    );
+    refused(
+        app.post(
+            signals,
+            &json!({"kind": "set_hparam", "name": "beta", "reason": "x"}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("value"),
+    );
+    refused(
+        app.post(
+            signals,
+            &json!({"kind": "set_hparam", "name": "Beta!", "value": 1, "reason": "x"}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("name"),
+    );
+    refused(
+        app.post(signals, &json!({"kind": "stop"})).await,
+        BAD,
+        "invalid_json",
+        None,
+    );
+    refused(
+        app.post(
+            signals,
+            &json!({"kind": "stop", "reason": "x", "keep_step": -1}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("keep_step"),
+    );
+    refused(
+        app.post("/api/v1/runs/r/signals/abc/ack", &json!({"step": 1}))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("signal_id"),
+    );
+    refused(
+        app.post("/api/v1/runs/r/signals/1/ack", &json!({"step": -1}))
+            .await,
+        BAD,
+        "invalid_field",
+        Some("step"),
+    );
     let (_, all) = app.get("/api/v1/runs/r/signals?pending=false").await;
     assert_eq!(all["signals"], json!([]), "no refused signal was stored");
-    refused(app.get("/api/v1/runs/r/signals?pending=maybe").await, BAD, "invalid_field", Some("pending"));
+    refused(
+        app.get("/api/v1/runs/r/signals?pending=maybe").await,
+        BAD,
+        "invalid_field",
+        Some("pending"),
+    );
 }
 
 async fn bodies_over_the_limit_get_413(b: Backend) {
     let app = TestApp::spawn_with(b, |c| c.max_body_bytes = 4_096).await;
     app.create_run("r").await;
-    let steps: Vec<Value> = (0..500).map(|s| json!({"step": s, "metrics": {"loss": 1.0}})).collect();
-    let (s, body) = app.post("/api/v1/runs/r/steps", &json!({ "steps": steps })).await;
+    let steps: Vec<Value> = (0..500)
+        .map(|s| json!({"step": s, "metrics": {"loss": 1.0}}))
+        .collect();
+    let (s, body) = app
+        .post("/api/v1/runs/r/steps", &json!({ "steps": steps }))
+        .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
-    assert!(body["error"]["message"].as_str().unwrap().contains("4096"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("4096"),
+        "{body}"
+    );
     assert_eq!(app.stored_points("r").await, 0);
 }

@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,7 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_redline");
 
 fn redline(cwd: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.current_dir(cwd).env("REDLINE_LOG", "warn").kill_on_drop(true);
+    c.current_dir(cwd)
+        .env("REDLINE_LOG", "warn")
+        .kill_on_drop(true);
     for (k, _) in std::env::vars() {
         if k.starts_with("REDLINE_") && k != "REDLINE_LOG" {
             c.env_remove(k);
@@ -29,10 +33,13 @@ async fn serve(cmd: &mut Command) -> (Child, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("redline starts");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).read_line(&mut line))
-        .await
-        .expect("redline prints where it listens")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("redline prints where it listens")
+    .unwrap();
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -42,9 +49,8 @@ async fn serve(cmd: &mut Command) -> (Child, String) {
 }
 
 async fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
+    let pid = Pid::from_raw(child.id().expect("running") as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM sent");
     tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("redline exits after SIGTERM")
@@ -54,25 +60,60 @@ async fn terminate(child: &mut Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn serve_creates_the_embedded_store_and_shuts_down_cleanly_on_sigterm() {
     let cwd = tempfile::tempdir().unwrap();
-    let (mut child, url) = serve(redline(cwd.path()).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    let (mut child, url) =
+        serve(redline(cwd.path()).args(["serve", "--listen", "127.0.0.1:0"])).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    assert!(cwd.path().join("redline-data/redline.db").is_file(), "store created in ./redline-data");
+    assert!(
+        cwd.path().join("redline-data/redline.db").is_file(),
+        "store created in ./redline-data"
+    );
 
     let http = reqwest::Client::new();
-    assert_eq!(http.get(format!("{url}/healthz")).send().await.unwrap().status(), StatusCode::OK);
-    let ready: serde_json::Value = http.get(format!("{url}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready: serde_json::Value = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["store"], "sqlite");
-    let r = http.put(format!("{url}/api/v1/runs/r")).json(&json!({})).send().await.unwrap();
+    let r = http
+        .put(format!("{url}/api/v1/runs/r"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = http.post(format!("{url}/api/v1/runs/r/signals")).json(&json!({"kind": "checkpoint", "reason": "t"})).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/api/v1/runs/r/signals"))
+        .json(&json!({"kind": "checkpoint", "reason": "t"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let resp = http.get(format!("{url}/api/v1/runs/r/signals/stream")).send().await.unwrap();
+    let resp = http
+        .get(format!("{url}/api/v1/runs/r/signals/stream"))
+        .send()
+        .await
+        .unwrap();
     let mut stream = SseReader::new(resp);
     assert!(stream.next().await.is_some());
 
     let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
-    assert!(stream.next().await.is_none(), "open event streams end on shutdown");
+    assert!(
+        stream.next().await.is_none(),
+        "open event streams end on shutdown"
+    );
 }
 
 #[tokio::test]
@@ -83,10 +124,18 @@ async fn a_created_token_is_required_for_writes() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("rl_"), "{token}");
-    let again = redline(cwd.path()).args(["token", "create", "trainer-1", "--data-dir", "store"]).output().await.unwrap();
+    let again = redline(cwd.path())
+        .args(["token", "create", "trainer-1", "--data-dir", "store"])
+        .output()
+        .await
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
@@ -100,24 +149,62 @@ async fn a_created_token_is_required_for_writes() {
     .await;
     let http = reqwest::Client::new();
     let put = || http.put(format!("{url}/api/v1/runs/r")).json(&json!({}));
-    assert_eq!(put().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(put().bearer_auth(&token).send().await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        put().send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        put().bearer_auth(&token).send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
     terminate(&mut child).await;
 
-    let list = redline(cwd.path()).args(["token", "list", "--data-dir", "store"]).output().await.unwrap();
+    let list = redline(cwd.path())
+        .args(["token", "list", "--data-dir", "store"])
+        .output()
+        .await
+        .unwrap();
     let listed = String::from_utf8(list.stdout).unwrap();
-    assert!(listed.starts_with("trainer-1\t") && listed.contains("active"), "{listed}");
+    assert!(
+        listed.starts_with("trainer-1\t") && listed.contains("active"),
+        "{listed}"
+    );
     assert!(!listed.contains(&token), "secrets are never listed");
 }
 
 #[tokio::test]
 async fn help_explains_every_option_and_its_environment_variable() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .await
+        .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["--database-url", "REDLINE_DATABASE_URL", "--listen", "REDLINE_LISTEN", "127.0.0.1:8080", "--token", "REDLINE_TOKENS", "--public-read", "./redline-data"] {
-        assert!(help.contains(needle), "serve --help lacks {needle}:\n{help}");
+    for needle in [
+        "--database-url",
+        "REDLINE_DATABASE_URL",
+        "--listen",
+        "REDLINE_LISTEN",
+        "127.0.0.1:8080",
+        "--token",
+        "REDLINE_TOKENS",
+        "--public-read",
+        "./redline-data",
+    ] {
+        assert!(
+            help.contains(needle),
+            "serve --help lacks {needle}:\n{help}"
+        );
     }
-    let bad = Command::new(BIN).args(["serve", "--database-url", "mysql://x"]).env("REDLINE_LOG", "error").output().await.unwrap();
+    let bad = Command::new(BIN)
+        .args(["serve", "--database-url", "mysql://x"])
+        .env("REDLINE_LOG", "error")
+        .output()
+        .await
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("postgres://"), "the error says what is supported");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("postgres://"),
+        "the error says what is supported"
+    );
 }

@@ -2,13 +2,13 @@
 //! dir, or a fresh database on PostgreSQL (`REDLINE_TEST_DATABASE_URL`, or else a throwaway
 //! cluster started once per test binary). No store is ever mocked.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::store::DatabaseUrl;
+use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -62,7 +62,10 @@ pub async fn fresh_database(backend: Backend) -> (DatabaseUrl, Option<tempfile::
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            (DatabaseUrl::Sqlite(dir.path().join("redline.db")), Some(dir))
+            (
+                DatabaseUrl::Sqlite(dir.path().join("redline.db")),
+                Some(dir),
+            )
         }
         Backend::Postgres => {
             let name = format!(
@@ -150,7 +153,11 @@ impl TestApp {
     }
 
     pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
-        let resp = self.authed(self.http.get(self.url(path))).send().await.expect("sent");
+        let resp = self
+            .authed(self.http.get(self.url(path)))
+            .send()
+            .await
+            .expect("sent");
         (resp.status(), resp.text().await.expect("body"))
     }
 
@@ -162,7 +169,12 @@ impl TestApp {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         self.send(
             self.http
                 .post(self.url(path))
@@ -175,7 +187,10 @@ impl TestApp {
     /// Creates run `id` in project `p` and asserts it was new.
     pub async fn create_run(&self, id: &str) -> Value {
         let (status, run) = self
-            .put(&format!("/api/v1/runs/{id}"), &serde_json::json!({ "project": "p" }))
+            .put(
+                &format!("/api/v1/runs/{id}"),
+                &serde_json::json!({ "project": "p" }),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{run}");
         run
@@ -184,7 +199,10 @@ impl TestApp {
     /// Posts steps and returns the ingest answer, asserting success.
     pub async fn ingest(&self, run: &str, steps: Value) -> Value {
         let (status, body) = self
-            .post(&format!("/api/v1/runs/{run}/steps"), &serde_json::json!({ "steps": steps }))
+            .post(
+                &format!("/api/v1/runs/{run}/steps"),
+                &serde_json::json!({ "steps": steps }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
@@ -236,7 +254,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent { id: None, event: None, data: String::new() };
+                let mut ev = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
                         ev.id = Some(v.trim().to_owned());

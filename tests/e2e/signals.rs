@@ -17,16 +17,39 @@ async fn signals_are_pending_until_acknowledged(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.create_run("r").await;
     let (s, beta) = app
-        .post("/api/v1/runs/r/signals", &json!({"kind": "set_hparam", "name": "beta", "value": 0.2, "reason": "mass falling"}))
+        .post(
+            "/api/v1/runs/r/signals",
+            &json!({"kind": "set_hparam", "name": "beta", "value": 0.2, "reason": "mass falling"}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{beta}");
-    assert_eq!((beta["kind"].as_str(), beta["name"].as_str(), beta["value"].as_f64()), (Some("set_hparam"), Some("beta"), Some(0.2)));
+    assert_eq!(
+        (
+            beta["kind"].as_str(),
+            beta["name"].as_str(),
+            beta["value"].as_f64()
+        ),
+        (Some("set_hparam"), Some("beta"), Some(0.2))
+    );
     let (_, stopping) = app.post("/api/v1/runs/r/signals", &stop()).await;
-    assert_eq!((stopping["keep_step"].as_i64(), stopping["source_rule"].as_str()), (Some(300), Some("entropy-reversal")));
+    assert_eq!(
+        (
+            stopping["keep_step"].as_i64(),
+            stopping["source_rule"].as_str()
+        ),
+        (Some(300), Some("entropy-reversal"))
+    );
 
     // The ingest answer carries what is pending, oldest first.
-    let answer = app.ingest("r", json!([{"step": 1, "metrics": {"loss": 1.0}}])).await;
-    let ids: Vec<&Value> = answer["signals"].as_array().unwrap().iter().map(|s| &s["id"]).collect();
+    let answer = app
+        .ingest("r", json!([{"step": 1, "metrics": {"loss": 1.0}}]))
+        .await;
+    let ids: Vec<&Value> = answer["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
     assert_eq!(ids, [&beta["id"], &stopping["id"]]);
 
     let ack = format!("/api/v1/runs/r/signals/{}/ack", beta["id"]);
@@ -43,24 +66,36 @@ async fn signals_are_pending_until_acknowledged(b: Backend) {
     assert_eq!(pending["signals"].as_array().unwrap().len(), 1);
     let (_, all) = app.get("/api/v1/runs/r/signals?pending=false").await;
     assert_eq!(all["signals"].as_array().unwrap().len(), 2);
-    let answer = app.ingest("r", json!([{"step": 2, "metrics": {"loss": 1.0}}])).await;
+    let answer = app
+        .ingest("r", json!([{"step": 2, "metrics": {"loss": 1.0}}]))
+        .await;
     assert_eq!(answer["signals"].as_array().unwrap().len(), 1);
 
-    let (s, _) = app.post("/api/v1/runs/r/signals/999999/ack", &json!({"step": 1})).await;
+    let (s, _) = app
+        .post("/api/v1/runs/r/signals/999999/ack", &json!({"step": 1}))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    app.post("/api/v1/runs/r/finish", &json!({"status": "completed"})).await;
+    app.post("/api/v1/runs/r/finish", &json!({"status": "completed"}))
+        .await;
     let (s, e) = app.post("/api/v1/runs/r/signals", &stop()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
 }
 
 async fn open_stream(app: &TestApp, run: &str, last_event_id: Option<&str>) -> SseReader {
-    let mut req = app.http.get(app.url(&format!("/api/v1/runs/{run}/signals/stream")));
+    let mut req = app
+        .http
+        .get(app.url(&format!("/api/v1/runs/{run}/signals/stream")));
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
     let resp = req.send().await.expect("stream opens");
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     SseReader::new(resp)
 }
 
@@ -71,15 +106,27 @@ async fn the_event_stream_delivers_at_once_and_resumes_after_last_event_id(b: Ba
     let (_, first) = app.post("/api/v1/runs/r/signals", &stop()).await;
 
     let mut stream = open_stream(&app, "r", None).await;
-    let ev = stream.next().await.expect("pending signal delivered on connect");
+    let ev = stream
+        .next()
+        .await
+        .expect("pending signal delivered on connect");
     assert_eq!(ev.event.as_deref(), Some("signal"));
     assert_eq!(ev.id.as_deref(), Some(first["id"].to_string().as_str()));
     let data: Value = serde_json::from_str(&ev.data).unwrap();
     assert_eq!(data["reason"], "top-k entropy turned down");
 
     // Another run's signal does not appear; this run's next one does, without polling.
-    app.post("/api/v1/runs/other/signals", &json!({"kind": "checkpoint", "reason": "x"})).await;
-    let (_, second) = app.post("/api/v1/runs/r/signals", &json!({"kind": "checkpoint", "reason": "before the turn"})).await;
+    app.post(
+        "/api/v1/runs/other/signals",
+        &json!({"kind": "checkpoint", "reason": "x"}),
+    )
+    .await;
+    let (_, second) = app
+        .post(
+            "/api/v1/runs/r/signals",
+            &json!({"kind": "checkpoint", "reason": "before the turn"}),
+        )
+        .await;
     let ev = stream.next().await.expect("new signal delivered");
     assert_eq!(ev.id.as_deref(), Some(second["id"].to_string().as_str()));
     drop(stream);
@@ -91,7 +138,13 @@ async fn the_event_stream_delivers_at_once_and_resumes_after_last_event_id(b: Ba
 
     let (s, e) = app.get("/api/v1/runs/nobody/signals/stream").await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
-    let resp = app.http.get(app.url("/api/v1/runs/r/signals/stream")).header("Last-Event-ID", "abc").send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/api/v1/runs/r/signals/stream"))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -102,5 +155,8 @@ async fn shutdown_ends_open_event_streams(b: Backend) {
     let mut stream = open_stream(&app, "r", None).await;
     assert_eq!(stream.next().await.unwrap().id, Some(sig["id"].to_string()));
     app.shutdown().await;
-    assert!(stream.next().await.is_none(), "the stream ends with the server");
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends with the server"
+    );
 }

@@ -144,20 +144,28 @@ impl QueryParams {
     }
 
     /// Parses an optional parameter, which must lie in `range` when given.
-    pub fn parse<T>(&self, name: &str, range: std::ops::RangeInclusive<T>) -> Result<Option<T>, AppError>
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<Option<T>, AppError>
     where
         T: FromStr + PartialOrd + Display + Copy,
     {
         let Some(raw) = self.str(name) else {
             return Ok(None);
         };
-        let v: T = raw.parse().map_err(|_| {
-            FieldError::new(name, format!("must be a whole number, got {raw:?}"))
-        })?;
+        let v: T = raw
+            .parse()
+            .map_err(|_| FieldError::new(name, format!("must be a whole number, got {raw:?}")))?;
         if !range.contains(&v) {
             return Err(FieldError::new(
                 name,
-                format!("must be between {} and {}, got {v}", range.start(), range.end()),
+                format!(
+                    "must be between {} and {}, got {v}",
+                    range.start(),
+                    range.end()
+                ),
             )
             .into());
         }
@@ -169,11 +177,9 @@ impl QueryParams {
             None => Ok(None),
             Some("true" | "1") => Ok(Some(true)),
             Some("false" | "0") => Ok(Some(false)),
-            Some(other) => Err(FieldError::new(
-                name,
-                format!("must be true or false, got {other:?}"),
-            )
-            .into()),
+            Some(other) => {
+                Err(FieldError::new(name, format!("must be true or false, got {other:?}")).into())
+            }
         }
     }
 }

@@ -21,10 +21,13 @@ async fn healthz() -> Json<Value> {
 
 /// The store answers.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| AppError::Unavailable(format!("{} store is not reachable: {e}", state.store.backend())))?;
-    Ok(Json(json!({ "status": "ready", "store": state.store.backend() })))
+    state.store.ping().await.map_err(|e| {
+        AppError::Unavailable(format!(
+            "{} store is not reachable: {e}",
+            state.store.backend()
+        ))
+    })?;
+    Ok(Json(
+        json!({ "status": "ready", "store": state.store.backend() }),
+    ))
 }

@@ -1,8 +1,9 @@
-//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health and the landing page.
+//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health and the pages.
 
 mod extract;
 mod health;
 mod openapi;
+mod pages;
 mod runs;
 mod series;
 mod signals;
@@ -39,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(openapi::router())
         .merge(health::router())
+        .merge(pages::router())
         .fallback(not_found)
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
             req.extensions_mut().insert(BodyLimit(limit));

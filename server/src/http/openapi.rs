@@ -45,10 +45,16 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    Router::new().route(
+        "/api/v1/openapi.json",
+        get(|| async { Json(ApiDoc::openapi()) }),
+    )
 }

@@ -38,7 +38,11 @@ async fn create_or_resume(
     req.validate()?;
     let (run, created) = state.store.create_or_resume_run(&id, &req).await?;
     tracing::info!(run = %id, created, "run opened");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(run)))
 }
 

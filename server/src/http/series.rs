@@ -79,22 +79,27 @@ async fn read_series(
         .map_err(|e| FieldError::new("metric", format!("metric name {e}")))?;
     let from = q.parse("from", 0..=MAX_STEP)?;
     let to = q.parse("to", 0..=MAX_STEP)?;
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(FieldError::new("to", format!("must not be below from ({f}), got {t}")).into());
-        }
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        let message = format!("must not be below from ({f}), got {t}");
+        return Err(FieldError::new("to", message).into());
     }
     let format = match q.str("format") {
         None | Some("json") => Format::Json,
         Some("csv") => Format::Csv,
         Some(other) => {
-            return Err(FieldError::new("format", format!("must be json or csv, got {other:?}")).into());
+            return Err(
+                FieldError::new("format", format!("must be json or csv, got {other:?}")).into(),
+            );
         }
     };
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
     if let Some(buckets) = q.parse("buckets", 1..=MAX_BUCKETS)? {
         if q.str("limit").is_some() {
-            return Err(FieldError::new("limit", "applies to raw reads only, not with buckets").into());
+            return Err(
+                FieldError::new("limit", "applies to raw reads only, not with buckets").into(),
+            );
         }
         let points = state
             .store
@@ -115,8 +120,13 @@ async fn read_series(
             Format::Csv => csv(&downsampled_csv(&series)),
         });
     }
-    let limit = q.parse("limit", 1..=MAX_RAW_LIMIT)?.unwrap_or(DEFAULT_RAW_LIMIT);
-    let mut points = state.store.read_series(&id, &metric, lo, hi, limit + 1).await?;
+    let limit = q
+        .parse("limit", 1..=MAX_RAW_LIMIT)?
+        .unwrap_or(DEFAULT_RAW_LIMIT);
+    let mut points = state
+        .store
+        .read_series(&id, &metric, lo, hi, limit + 1)
+        .await?;
     let next_from = (points.len() > limit).then(|| points[limit].0);
     points.truncate(limit);
     let series = RawSeries {
@@ -134,7 +144,11 @@ async fn read_series(
 }
 
 fn csv(body: &str) -> Response {
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body.to_owned()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        body.to_owned(),
+    )
+        .into_response()
 }
 
 /// `step,value`, non-finite values spelled as in JSON (`NaN`, `Infinity`, `-Infinity`).

@@ -22,7 +22,10 @@ use crate::store::Store;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/runs/{run_id}/signals", post(create_signal).get(list_signals))
+        .route(
+            "/runs/{run_id}/signals",
+            post(create_signal).get(list_signals),
+        )
         .route("/runs/{run_id}/signals/stream", get(stream_signals))
         .route("/runs/{run_id}/signals/{signal_id}/ack", post(ack_signal))
 }
@@ -85,9 +88,12 @@ async fn ack_signal(
     JsonBody(req): JsonBody<AckSignal>,
 ) -> Result<Json<Signal>> {
     let id = run_id(id)?;
-    let signal: i64 = signal
-        .parse()
-        .map_err(|_| FieldError::new("signal_id", format!("must be a whole number, got {signal:?}")))?;
+    let signal: i64 = signal.parse().map_err(|_| {
+        FieldError::new(
+            "signal_id",
+            format!("must be a whole number, got {signal:?}"),
+        )
+    })?;
     req.validate()?;
     let acked = state.store.ack_signal(&id, signal, req.step).await?;
     tracing::info!(run = %id, signal, step = req.step, "signal acknowledged");
@@ -121,12 +127,12 @@ async fn stream_signals(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
-                .ok_or_else(|| FieldError::new("Last-Event-ID", "must be a signal id (a whole number)"))
+                .ok_or_else(|| {
+                    FieldError::new("Last-Event-ID", "must be a signal id (a whole number)")
+                })
         })
         .transpose()?;
-    let after = from_header
-        .or(q.parse("after", 0..=i64::MAX)?)
-        .unwrap_or(0);
+    let after = from_header.or(q.parse("after", 0..=i64::MAX)?).unwrap_or(0);
     // Subscribe before the first read, so a signal created in between is not missed.
     let events = state.store.signal_events();
     state.store.run(&id).await?;

@@ -32,7 +32,7 @@ pub fn encode(points: &[Point]) -> Vec<u8> {
 
 /// Appends the points of `data` to `out`. Fails when the length is not a whole number of points.
 pub fn decode_into(data: &[u8], out: &mut Vec<Point>) -> Result<(), String> {
-    if data.len() % POINT_BYTES != 0 {
+    if !data.len().is_multiple_of(POINT_BYTES) {
         return Err(format!(
             "chunk of {} bytes is not a whole number of points",
             data.len()
@@ -204,9 +204,10 @@ mod tests {
     fn a_plan_splits_at_chunk_boundaries_and_skips_unchanged_chunks() {
         let name = MetricName::parse("loss").unwrap();
         let mut batch = PointBatch::default();
-        batch
-            .series
-            .insert(name, vec![(1020, 1.0), (1023, 2.0), (1024, 3.0), (2050, 4.0)]);
+        batch.series.insert(
+            name,
+            vec![(1020, 1.0), (1023, 2.0), (1024, 3.0), (2050, 4.0)],
+        );
         let ids = HashMap::from([("loss".to_owned(), 7)]);
         assert_eq!(touched_chunks(&batch, &ids), vec![(7, 0), (7, 1), (7, 2)]);
         let existing = HashMap::from([((7, 0), encode(&[(1020, 9.0), (1023, 9.0)]))]);
@@ -218,7 +219,12 @@ mod tests {
         );
         assert_eq!(
             plan.summaries,
-            vec![SummaryUpdate { metric_id: 7, added: 2, last_step: 2050, last_value: 4.0 }]
+            vec![SummaryUpdate {
+                metric_id: 7,
+                added: 2,
+                last_step: 2050,
+                last_value: 4.0
+            }]
         );
     }
 }

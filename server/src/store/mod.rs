@@ -144,7 +144,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     async fn create_signal(&self, id: &RunId, signal: &ValidSignal) -> StoreResult<Signal>;
     /// Signals with id above `after`, oldest first; only unacknowledged ones when `pending_only`.
-    async fn signals(&self, id: &RunId, after: i64, pending_only: bool) -> StoreResult<Vec<Signal>>;
+    async fn signals(&self, id: &RunId, after: i64, pending_only: bool)
+    -> StoreResult<Vec<Signal>>;
     /// Acknowledging again with the same step is a no-op; with another step it is a conflict.
     async fn ack_signal(&self, id: &RunId, signal: i64, step: i64) -> StoreResult<Signal>;
     /// Wakes on every new signal, with the run id; peers' signals too where the store can tell.
@@ -170,7 +171,10 @@ struct MetricIds(RwLock<HashMap<String, i32>>);
 
 impl MetricIds {
     /// The ids of `names` known so far, and the names still to look up.
-    fn split<'a>(&self, names: impl Iterator<Item = &'a str>) -> (HashMap<String, i32>, Vec<String>) {
+    fn split<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> (HashMap<String, i32>, Vec<String>) {
         let cache = self.0.read().expect("metric id cache poisoned");
         let mut known = HashMap::new();
         let mut missing = Vec::new();

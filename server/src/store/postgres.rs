@@ -233,20 +233,19 @@ impl Store for PostgresStore {
         let pk = Self::run_pk(&mut tx, id, true).await?;
         let (key_metrics, key_chunks): (Vec<i32>, Vec<i64>) =
             chunk::touched_chunks(batch, &ids).into_iter().unzip();
-        let existing: HashMap<(i32, i64), Vec<u8>> =
-            sqlx::query_as::<_, (i32, i64, Vec<u8>)>(
-                "SELECT c.metric_id, c.chunk, c.data FROM series_chunks c \
+        let existing: HashMap<(i32, i64), Vec<u8>> = sqlx::query_as::<_, (i32, i64, Vec<u8>)>(
+            "SELECT c.metric_id, c.chunk, c.data FROM series_chunks c \
                  JOIN UNNEST($2::int[], $3::bigint[]) AS k (metric_id, chunk) \
                  ON c.metric_id = k.metric_id AND c.chunk = k.chunk WHERE c.run_pk = $1",
-            )
-            .bind(pk)
-            .bind(&key_metrics)
-            .bind(&key_chunks)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(m, c, d)| ((m, c), d))
-            .collect();
+        )
+        .bind(pk)
+        .bind(&key_metrics)
+        .bind(&key_chunks)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(m, c, d)| ((m, c), d))
+        .collect();
         let plan = chunk::plan(batch, &ids, &existing).map_err(StoreError::Corrupt)?;
         if !plan.writes.is_empty() {
             let metric_ids: Vec<i32> = plan.writes.iter().map(|w| w.metric_id).collect();
@@ -387,7 +386,12 @@ impl Store for PostgresStore {
         row.into_signal(id)
     }
 
-    async fn signals(&self, id: &RunId, after: i64, pending_only: bool) -> StoreResult<Vec<Signal>> {
+    async fn signals(
+        &self,
+        id: &RunId,
+        after: i64,
+        pending_only: bool,
+    ) -> StoreResult<Vec<Signal>> {
         let pk = self.read_run_pk(id).await?;
         let rows: Vec<SignalRow> = sqlx::query_as(&format!(
             "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND id > $2 \

@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode. Writes go through a single connection, which
 //! is how SQLite works anyway and spares every writer a busy-retry; reads use a pool of their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,13 +16,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
     MetricIds, RunFilter, Store, StoreError, StoreResult, TokenInfo, chunk, now, signal_channel,
 };
+
+/// Rows per multi-row INSERT: 5 parameters each, far below SQLite's 32,766-parameter limit.
+const ROWS_PER_STATEMENT: usize = 200;
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -230,51 +233,68 @@ impl Store for SqliteStore {
         let ids = self.metric_ids(batch).await?;
         let mut tx = self.writer.begin().await?;
         let pk = self.run_pk(&mut tx, id).await?;
+        // Few statements per batch whatever its size: each statement costs a round trip to
+        // sqlx's SQLite worker thread, which dominates small batches.
+        let touched: HashSet<(i32, i64)> = chunk::touched_chunks(batch, &ids).into_iter().collect();
         let mut existing = HashMap::new();
-        for (metric_id, c) in chunk::touched_chunks(batch, &ids) {
-            let data: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT data FROM series_chunks WHERE run_pk = ? AND metric_id = ? AND chunk = ?",
+        if let (Some(lo), Some(hi)) = (
+            touched.iter().map(|k| k.1).min(),
+            touched.iter().map(|k| k.1).max(),
+        ) {
+            let metric_ids: Vec<i32> = ids.values().copied().collect();
+            let rows = sqlx::query_as::<_, (i32, i64, Vec<u8>)>(
+                "SELECT metric_id, chunk, data FROM series_chunks WHERE run_pk = ? \
+                 AND metric_id IN (SELECT value FROM json_each(?)) AND chunk BETWEEN ? AND ?",
             )
             .bind(pk)
-            .bind(metric_id)
-            .bind(c)
-            .fetch_optional(&mut *tx)
+            .bind(Json(&metric_ids))
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&mut *tx)
             .await?;
-            if let Some(data) = data {
-                existing.insert((metric_id, c), data);
-            }
+            existing.extend(
+                rows.into_iter()
+                    .filter(|(m, c, _)| touched.contains(&(*m, *c)))
+                    .map(|(m, c, d)| ((m, c), d)),
+            );
         }
         let plan = chunk::plan(batch, &ids, &existing).map_err(StoreError::Corrupt)?;
-        for w in &plan.writes {
-            sqlx::query(
-                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_pk, metric_id, chunk) \
+        for rows in plan.writes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data) ",
+            );
+            q.push_values(rows, |mut b, w| {
+                b.push_bind(pk)
+                    .push_bind(w.metric_id)
+                    .push_bind(w.chunk)
+                    .push_bind(w.points)
+                    .push_bind(w.data.as_slice());
+            });
+            q.push(
+                " ON CONFLICT (run_pk, metric_id, chunk) \
                  DO UPDATE SET points = excluded.points, data = excluded.data",
-            )
-            .bind(pk)
-            .bind(w.metric_id)
-            .bind(w.chunk)
-            .bind(w.points)
-            .bind(&w.data)
-            .execute(&mut *tx)
-            .await?;
+            );
+            q.build().execute(&mut *tx).await?;
         }
-        for s in &plan.summaries {
-            sqlx::query(
-                "INSERT INTO run_metrics (run_pk, metric_id, points, last_step, last_value_bits) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (run_pk, metric_id) DO UPDATE SET \
+        for rows in plan.summaries.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO run_metrics (run_pk, metric_id, points, last_step, last_value_bits) ",
+            );
+            q.push_values(rows, |mut b, s| {
+                b.push_bind(pk)
+                    .push_bind(s.metric_id)
+                    .push_bind(s.added)
+                    .push_bind(s.last_step)
+                    .push_bind(s.last_value.to_bits() as i64);
+            });
+            q.push(
+                " ON CONFLICT (run_pk, metric_id) DO UPDATE SET \
                  points = points + excluded.points, \
                  last_value_bits = CASE WHEN excluded.last_step >= last_step \
                      THEN excluded.last_value_bits ELSE last_value_bits END, \
                  last_step = max(last_step, excluded.last_step)",
-            )
-            .bind(pk)
-            .bind(s.metric_id)
-            .bind(s.added)
-            .bind(s.last_step)
-            .bind(s.last_value.to_bits() as i64)
-            .execute(&mut *tx)
-            .await?;
+            );
+            q.build().execute(&mut *tx).await?;
         }
         if let Some(max_step) = plan.summaries.iter().map(|s| s.last_step).max() {
             sqlx::query(
@@ -373,7 +393,12 @@ impl Store for SqliteStore {
         row.into_signal(id)
     }
 
-    async fn signals(&self, id: &RunId, after: i64, pending_only: bool) -> StoreResult<Vec<Signal>> {
+    async fn signals(
+        &self,
+        id: &RunId,
+        after: i64,
+        pending_only: bool,
+    ) -> StoreResult<Vec<Signal>> {
         let pk = self.read_run_pk(id).await?;
         let rows: Vec<SignalRow> = sqlx::query_as(&format!(
             "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = ? AND id > ? \
@@ -468,4 +493,3 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
-

@@ -61,7 +61,9 @@ fn postgres_ids() -> Result<(u32, u32), String> {
         .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
         .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
         .ok_or_else(|| {
-            format!("running as root, and there is no postgres user to run the cluster as: {HOW_TO_FIX}")
+            format!(
+                "running as root, and there is no postgres user to run the cluster as: {HOW_TO_FIX}"
+            )
         })
 }
 
@@ -124,7 +126,16 @@ impl ThrowawayPostgres {
             as_user(user, &bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "redline", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                .args([
+                    "-U",
+                    "redline",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]),
             "initdb",
         )?;
         let mut options = format!(
@@ -153,7 +164,10 @@ impl ThrowawayPostgres {
 
     /// A URL for database `db` of the cluster.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://redline@localhost/{db}?host={}", self.dir.display())
+        format!(
+            "postgres://redline@localhost/{db}?host={}",
+            self.dir.display()
+        )
     }
 
     /// The folder holding the socket, the data and the server log.
@@ -217,16 +231,22 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<String, supe
         "database names are made by Redline's own harness"
     );
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
     conn.close().await?;
     Ok(with_database(admin_url, name))
 }
 
 /// `url` with its database path replaced by `db`.
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{db}", &base[..host_end]);
     if let Some(q) = query {
         out.push('?');
@@ -243,6 +263,9 @@ mod tests {
             super::with_database("postgres://u@localhost/postgres?host=/tmp/x", "b"),
             "postgres://u@localhost/b?host=/tmp/x"
         );
-        assert_eq!(super::with_database("postgres://u:p@h:5432", "b"), "postgres://u:p@h:5432/b");
+        assert_eq!(
+            super::with_database("postgres://u:p@h:5432", "b"),
+            "postgres://u:p@h:5432/b"
+        );
     }
 }

@@ -1,0 +1,61 @@
+use reqwest::StatusCode;
+
+use crate::harness::{Backend, TestApp, both_stores};
+
+both_stores!(the_landing_page_names_the_store_and_links_the_api);
+
+async fn the_landing_page_names_the_store_and_links_the_api(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| c.tokens = vec!["t".into()]).await;
+    let resp = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    let backend = match b {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert!(html.contains(&format!("<dd>{backend}</dd>")), "{html}");
+    assert!(html.contains("bearer token for reads and writes"));
+    assert!(html.contains(r#"href="/api/v1/openapi.json""#));
+    let (s, css) = app.get_text("/static/redline.css").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(css.contains("--accent"));
+}
+
+both_stores!(the_openapi_document_describes_every_route);
+
+async fn the_openapi_document_describes_every_route(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (s, doc) = app.get("/api/v1/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let routes = [
+        ("/api/v1/runs", "get"),
+        ("/api/v1/runs/{run_id}", "put"),
+        ("/api/v1/runs/{run_id}", "get"),
+        ("/api/v1/runs/{run_id}/finish", "post"),
+        ("/api/v1/runs/{run_id}/steps", "post"),
+        ("/api/v1/runs/{run_id}/metrics", "get"),
+        ("/api/v1/runs/{run_id}/series", "get"),
+        ("/api/v1/runs/{run_id}/signals", "post"),
+        ("/api/v1/runs/{run_id}/signals", "get"),
+        ("/api/v1/runs/{run_id}/signals/stream", "get"),
+        ("/api/v1/runs/{run_id}/signals/{signal_id}/ack", "post"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not described"
+        );
+    }
+    let value = &doc["components"]["schemas"]["MetricValue"];
+    assert!(
+        value.to_string().contains("Infinity"),
+        "the non-finite encoding is documented: {value}"
+    );
+}
