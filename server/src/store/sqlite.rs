@@ -77,6 +77,16 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::RunNotFound(id.clone()))
     }
 
+    /// The run, read inside a write transaction (the single writer connection serialises it).
+    async fn run_in(tx: &mut Transaction<'_, Sqlite>, id: &RunId) -> StoreResult<Run> {
+        sqlx::query_as::<_, RunRow>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::RunNotFound(id.clone()))?
+            .try_into()
+    }
+
     async fn read_run_pk(&self, id: &RunId) -> StoreResult<i64> {
         sqlx::query_scalar("SELECT pk FROM runs WHERE run_id = ?")
             .bind(id.as_str())
@@ -156,13 +166,7 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok((row.try_into()?, true));
         }
-        let existing: Run = sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_into()?;
+        let existing = Self::run_in(&mut tx, id).await?;
         rows::check_resume(&existing, req.project_or_default())?;
         let row: RunRow = sqlx::query_as(&format!(
             "UPDATE runs SET status = 'running', status_reason = NULL, finished_at = NULL, \
@@ -201,14 +205,7 @@ impl Store for SqliteStore {
 
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run> {
         let mut tx = self.writer.begin().await?;
-        let run: Run = sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RunNotFound(id.clone()))?
-        .try_into()?;
+        let run = Self::run_in(&mut tx, id).await?;
         let status = RunStatus::from(req.status);
         if !rows::check_finish(&run, status)? {
             return Ok(run);
@@ -364,14 +361,7 @@ impl Store for SqliteStore {
 
     async fn create_signal(&self, id: &RunId, s: &ValidSignal) -> StoreResult<Signal> {
         let mut tx = self.writer.begin().await?;
-        let run: Run = sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::RunNotFound(id.clone()))?
-        .try_into()?;
+        let run = Self::run_in(&mut tx, id).await?;
         rows::check_signal_target(&run)?;
         let row: SignalRow = sqlx::query_as(&format!(
             "INSERT INTO signals (run_pk, kind, name, value, keep_step, reason, source_rule, created_at) \
