@@ -1,0 +1,116 @@
+//! Per-token log-probabilities and the next-token distribution metrics of REFERENCE.md: top-k
+//! mass and top-k entropy (arXiv 2410.11677 §4.1), full-vocabulary entropy. Everything but the
+//! log-probabilities is computed detached: metrics must not add to the gradient graph.
+
+use candle_core::{D, DType, Result, Tensor};
+
+use crate::model::log_softmax;
+
+/// Log-probability of each next token: `logits (b, t, v)` scored against `input_ids (b, t)`;
+/// position `i` of the result is `log p(input[i+1] | input[..=i])`, shape `(b, t-1)`.
+pub fn token_logps(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    let (_, t, _) = logits.dims3()?;
+    let logp = log_softmax(&logits.narrow(1, 0, t - 1)?)?;
+    let targets = input_ids
+        .narrow(1, 1, t - 1)?
+        .contiguous()?
+        .unsqueeze(D::Minus1)?;
+    logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)
+}
+
+/// Top-k mass and top-k entropy (log base 2, renormalised within the top k) of the next-token
+/// distributions at the positions where `mask (b, t-1)` is 1, averaged over those positions.
+/// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
+pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)> {
+    let (b, t, v) = logits.dims3()?;
+    let n = b * (t - 1);
+    let mut probs =
+        candle_nn::ops::softmax_last_dim(&logits.narrow(1, 0, t - 1)?.detach().contiguous()?)?
+            .reshape((n, v))?;
+    let mut top = Vec::with_capacity(k);
+    for _ in 0..k.min(v) {
+        let idx = probs.argmax_keepdim(1)?;
+        top.push(probs.gather(&idx, 1)?);
+        // Push the chosen entry below every probability so the next round finds the next one.
+        let hit = Tensor::zeros((n, v), DType::F32, probs.device())?.scatter_add(
+            &idx,
+            &Tensor::full(2.0f32, (n, 1), probs.device())?,
+            1,
+        )?;
+        probs = (probs - hit)?;
+    }
+    let top = Tensor::cat(&top, 1)?; // (n, k)
+    let mass = top.sum_keepdim(1)?;
+    let q = top.broadcast_div(&mass)?;
+    // 0·log 0 = 0: clamp keeps log finite where a probability underflowed to zero.
+    let entropy = (q.clone() * q.clamp(1e-30f32, 1.0f32)?.log()?)?
+        .sum_keepdim(1)?
+        .neg()?
+        / std::f64::consts::LN_2;
+    let w = mask.reshape((n, 1))?.to_dtype(DType::F32)?;
+    let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    let avg = |x: Tensor| -> Result<f64> {
+        Ok(f64::from((x * &w)?.sum_all()?.to_scalar::<f32>()?) / f64::from(count))
+    };
+    Ok((avg(mass)?, avg(entropy?)?))
+}
+
+/// Full-vocabulary Shannon entropy in nats, averaged over the positions where `mask` is 1.
+pub fn entropy(logits: &Tensor, mask: &Tensor) -> Result<f64> {
+    let (_, t, _) = logits.dims3()?;
+    let logp = log_softmax(&logits.narrow(1, 0, t - 1)?.detach())?;
+    let h = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
+    let w = mask.to_dtype(DType::F32)?;
+    let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok(f64::from((h * w)?.sum_all()?.to_scalar::<f32>()?) / f64::from(count))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn topk_metrics_match_a_hand_computation() {
+        // One sequence of 3 tokens: two scored positions; the second is masked out.
+        let first = [2.0f32, 1.0, 0.0, -1.0, -5.0];
+        let logits = Tensor::new(
+            &[[first, [0.0; 5], [9.0, 0.0, 0.0, 0.0, 0.0]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1u8, 0]], &Device::Cpu).unwrap();
+        let z: f64 = first.iter().map(|x| f64::from(*x).exp()).sum();
+        let p: Vec<f64> = first.iter().map(|x| f64::from(*x).exp() / z).collect();
+        let mass2 = p[0] + p[1];
+        let ent2 = -[p[0], p[1]]
+            .iter()
+            .map(|x| (x / mass2) * (x / mass2).log2())
+            .sum::<f64>();
+        let (mass, ent) = topk_stats(&logits, &mask, 2).unwrap();
+        assert!(
+            (mass - mass2).abs() < 1e-6 && (ent - ent2).abs() < 1e-5,
+            "{mass} {ent}"
+        );
+        let full: f64 = -p.iter().map(|x| x * x.ln()).sum::<f64>();
+        assert!((entropy(&logits, &mask).unwrap() - full).abs() < 1e-5);
+        // Uniform over the top k: entropy is log2 k.
+        let (m, e) = topk_stats(
+            &Tensor::zeros((1, 2, 16), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::new(&[[1u8]], &Device::Cpu).unwrap(),
+            4,
+        )
+        .unwrap();
+        assert!((m - 0.25).abs() < 1e-6 && (e - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn token_logps_score_the_next_token() {
+        let logits = Tensor::new(&[[[0.0f32, 1.0], [3.0, 0.0]]], &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[0u32, 1]], &Device::Cpu).unwrap();
+        let lp: Vec<Vec<f32>> = token_logps(&logits, &ids).unwrap().to_vec2().unwrap();
+        let expected = 1.0 - (1.0f64.exp() + 1.0).ln();
+        assert!((f64::from(lp[0][0]) - expected).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,165 @@
+//! Model folders in Hugging Face format: `config.json` and `model.safetensors` (or shards listed
+//! in `model.safetensors.index.json`), any float dtype converted to f32 on load.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::{Decoder, ModelConfig};
+use crate::error::{Result, TrainError};
+
+/// A checkpoint read into memory: its configuration and its tensors as f32.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Reads the model folder `dir`.
+pub fn load_weights(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<std::path::PathBuf> = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| TrainError::io(&index, e))?;
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", index.display())))?;
+        let map = parsed["weight_map"].as_object().ok_or_else(|| {
+            TrainError::Config(format!("{}: no weight_map object", index.display()))
+        })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        return Err(TrainError::Config(format!(
+            "{} has neither model.safetensors nor model.safetensors.index.json",
+            dir.display()
+        )));
+    };
+    let mut tensors = HashMap::new();
+    for file in files {
+        let loaded = candle_core::safetensors::load(&file, device)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", file.display())))?;
+        for (name, t) in loaded {
+            // `VarMap::load` would keep bf16/f16 as is; training runs in f32.
+            tensors.insert(name, t.to_dtype(DType::F32)?);
+        }
+    }
+    Ok(LoadedModel { config, tensors })
+}
+
+/// Tensors a checkpoint may carry that the model recomputes or shares.
+fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (cfg.tie_word_embeddings && name == "lm_head.weight")
+}
+
+/// A trainable decoder whose parameters live in the returned `VarMap`: copied from `weights`
+/// when given (every parameter must be there, with its shape), else initialised deterministically.
+pub fn trainable_model(
+    cfg: &ModelConfig,
+    weights: Option<&HashMap<String, Tensor>>,
+    device: &Device,
+) -> Result<(Decoder, VarMap)> {
+    let varmap = VarMap::new();
+    let model = Decoder::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    match weights {
+        Some(w) => copy_into(&varmap, w, cfg)?,
+        None => init_deterministic(&varmap, 0)?,
+    }
+    Ok((model, varmap))
+}
+
+pub(crate) fn copy_into(
+    varmap: &VarMap,
+    weights: &HashMap<String, Tensor>,
+    cfg: &ModelConfig,
+) -> Result<()> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    for (name, var) in vars.iter() {
+        let t = weights
+            .get(name)
+            .ok_or_else(|| TrainError::Config(format!("the checkpoint has no tensor {name}")))?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Config(format!(
+                "tensor {name} has shape {:?} in the checkpoint; the config implies {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    if let Some(extra) = weights
+        .keys()
+        .find(|k| !vars.contains_key(k.as_str()) && !ignorable(k, cfg))
+    {
+        return Err(TrainError::Config(format!(
+            "the checkpoint has tensor {extra}, which this {:?} model does not use: is config.json right?",
+            cfg.family
+        )));
+    }
+    Ok(())
+}
+
+/// The frozen reference model: plain tensors, so no gradient graph is ever recorded through it.
+pub fn reference_model(
+    cfg: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<Decoder> {
+    let frozen: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.detach()))
+        .collect();
+    Ok(Decoder::new(
+        cfg,
+        VarBuilder::from_tensors(frozen, DType::F32, device),
+    )?)
+}
+
+/// Fills every parameter from a seeded generator (candle's CPU random init cannot be seeded):
+/// weights ~ N(0, 0.02²), norms 1, biases 0. The same seed gives the same model everywhere.
+pub fn init_deterministic(varmap: &VarMap, seed: u64) -> Result<()> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut rng = SplitMix64(seed);
+    for name in names {
+        let var = &vars[name];
+        let n = var.elem_count();
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            (0..n).map(|_| 0.02 * rng.normal()).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// A small, well-known generator: enough for reproducible initial weights.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Box–Muller.
+    fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}

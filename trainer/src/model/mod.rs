@@ -1,0 +1,93 @@
+//! A trainable Llama/Qwen2-family decoder. Weight names match Hugging Face checkpoints, so a
+//! `VarBuilder` over a checkpoint's tensors builds the model directly.
+
+mod config;
+mod layers;
+mod load;
+
+use candle_core::{D, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+pub use config::{Family, ModelConfig};
+pub use load::{LoadedModel, init_deterministic, load_weights, reference_model, trainable_model};
+
+use layers::{Block, RmsNorm, Rotary};
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    /// `None` when the output projection is the embedding matrix (tied).
+    lm_head: Option<Linear>,
+    rotary: Rotary,
+    config: ModelConfig,
+}
+
+impl Decoder {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let layers = (0..cfg.num_layers)
+            .map(|i| Block::new(cfg, m.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(candle_nn::linear_no_bias(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                vb.pp("lm_head"),
+            )?)
+        };
+        Ok(Self {
+            embed_tokens: layers::embedding(cfg, m.pp("embed_tokens"))?,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            lm_head,
+            rotary: Rotary::new(cfg),
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits `(batch, seq, vocab)` for right-padded `input_ids` `(batch, seq)`. Padding needs no
+    /// mask: with causal attention a real token never sees the padding after it.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = input_ids.dims2()?;
+        let device = input_ids.device();
+        let dtype = self.embed_tokens.embeddings().dtype();
+        let (cos, sin) = self.rotary.tables(t, device)?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let mask = causal_mask(t, device)?.to_dtype(dtype)?;
+        let mut x = self.embed_tokens.forward(input_ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, &mask)?;
+        }
+        let x = self.norm.forward(&x)?;
+        match &self.lm_head {
+            Some(head) => head.forward(&x),
+            None => x.broadcast_matmul(&self.embed_tokens.embeddings().t()?),
+        }
+    }
+}
+
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+/// Log-softmax over the vocabulary, from differentiable primitives.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&log_sum)
+}
+
+#[cfg(test)]
+mod tests;

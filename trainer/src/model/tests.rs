@@ -1,0 +1,178 @@
+//! The decoder against PyTorch, and its gradients: every parameter receives one, and a few match
+//! finite differences.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+use crate::metrics::token_logps;
+
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny-{arch}"))
+}
+
+fn expected(arch: &str) -> (Tensor, Vec<f32>, Vec<usize>) {
+    let text = std::fs::read_to_string(fixture(arch).join("expected_logits.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone()).unwrap();
+    let logits: Vec<f32> = serde_json::from_value(v["logits"].clone()).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).unwrap();
+    (Tensor::new(ids, &Device::Cpu).unwrap(), logits, shape)
+}
+
+#[test]
+fn logits_match_pytorch_for_llama_and_qwen2() {
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let (ids, want, shape) = expected(arch);
+        let (policy, _) =
+            trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let reference = reference_model(&loaded.config, &loaded.tensors, &Device::Cpu).unwrap();
+        for model in [&policy, &reference] {
+            let got = model.forward(&ids).unwrap();
+            assert_eq!(got.dims(), shape.as_slice());
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{arch}: logits differ from PyTorch by up to {worst}"
+            );
+        }
+    }
+}
+
+fn ids() -> Tensor {
+    Tensor::new(
+        &[
+            [1u32, 5, 17, 42, 99, 250, 3, 7],
+            [1, 200, 13, 2, 45, 66, 77, 88],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// A smooth scalar of every parameter: the mean next-token log-likelihood.
+fn objective(model: &Decoder) -> Tensor {
+    let logits = model.forward(&ids()).unwrap();
+    token_logps(&logits, &ids()).unwrap().mean_all().unwrap()
+}
+
+#[test]
+fn every_parameter_receives_a_gradient() {
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let (model, varmap) =
+            trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let grads = objective(&model).backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        assert!(vars.len() >= 20, "{arch}: {} parameters", vars.len());
+        for (name, var) in vars.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{arch}: no gradient for {name}"));
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{arch}: gradient of {name} has norm {norm}"
+            );
+        }
+    }
+}
+
+/// Finite differences in f64, where round-off is far below the effect being measured.
+#[test]
+fn gradients_match_finite_differences() {
+    let loaded = load_weights(&fixture("qwen2"), &Device::Cpu).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let model = Decoder::new(&loaded.config, vb).unwrap();
+    load::copy_into(&varmap, &loaded.tensors, &loaded.config).unwrap();
+    let grads = objective(&model).backward().unwrap();
+    let names = [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.bias",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+    ];
+    let h = 1e-5;
+    for name in names {
+        let var = varmap.data().lock().unwrap()[name].clone();
+        let analytic: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let original: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        // Three entries: the largest gradient, the first, and one in the middle.
+        let largest = (0..analytic.len())
+            .max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs()))
+            .unwrap();
+        for i in [largest, 0, analytic.len() / 2] {
+            let at = |delta: f64| -> f64 {
+                let mut w = original.clone();
+                w[i] += delta;
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                objective(&model).to_scalar().unwrap()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            let g = analytic[i];
+            assert!(
+                (numeric - g).abs() <= 1e-6 + 1e-4 * g.abs(),
+                "{name}[{i}]: backprop {g}, finite difference {numeric}"
+            );
+        }
+        var.set(&Tensor::from_vec(original, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
+#[test]
+fn checkpoints_that_do_not_fit_the_config_are_refused() {
+    let loaded = load_weights(&fixture("llama"), &Device::Cpu).unwrap();
+    let mut cfg = loaded.config.clone();
+    cfg.intermediate_size += 1;
+    let err = trainable_model(&cfg, Some(&loaded.tensors), &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("shape"), "{err}");
+    let mut missing = loaded.tensors.clone();
+    missing.remove("model.norm.weight");
+    let err = trainable_model(&loaded.config, Some(&missing), &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("model.norm.weight"), "{err}");
+    let err = load_weights(std::path::Path::new("/nonexistent"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/config.json"), "{err}");
+}
+
+#[test]
+fn a_model_from_a_config_alone_is_deterministic() {
+    let cfg = load_weights(&fixture("llama"), &Device::Cpu)
+        .unwrap()
+        .config;
+    let run = || {
+        let (m, _) = trainable_model(&cfg, None, &Device::Cpu).unwrap();
+        m.forward(&ids())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(run(), run());
+}
