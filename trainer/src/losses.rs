@@ -73,9 +73,31 @@ pub struct PairLogps {
     pub rejected_len: Tensor,
 }
 
-/// `−log σ(u)`, stable for large |u|: `max(−u, 0) + log(1 + e^−|u|)`.
+/// Beyond this |u|, `e^u` would overflow f32; inputs are clamped to it inside the branch not taken.
+const EXP_SAFE: f64 = 80.0;
+
+/// Picks `on_nonneg(u)` where `u ≥ 0` and `on_neg(u)` elsewhere. Each branch sees its input
+/// clamped far from its own region, so the branch not taken stays finite and its (zero) gradient
+/// stays zero instead of `0 · ∞ = NaN`. No kink sits at 0, unlike `relu`/`abs` formulations,
+/// whose subgradients at exactly 0 (every pair at step 0, where policy = reference) are wrong.
+fn piecewise(
+    u: &Tensor,
+    on_nonneg: impl Fn(&Tensor) -> Result<Tensor>,
+    on_neg: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let nonneg = u.ge(0.0)?;
+    let a = on_nonneg(&u.clamp(-EXP_SAFE, f64::INFINITY)?)?;
+    let b = on_neg(&u.clamp(f64::NEG_INFINITY, EXP_SAFE)?)?;
+    nonneg.where_cond(&a, &b)
+}
+
+/// `−log σ(u) = log(1 + e^−u)`, stable for any u.
 pub fn f_dpo(u: &Tensor) -> Result<Tensor> {
-    u.neg()?.relu()? + (u.abs()?.neg()?.exp()? + 1.0)?.log()?
+    piecewise(
+        u,
+        |u| (u.neg()?.exp()? + 1.0)?.log(),
+        |u| u.neg()? + (u.exp()? + 1.0)?.log()?,
+    )
 }
 
 pub fn f_slic(u: &Tensor) -> Result<Tensor> {
@@ -86,8 +108,16 @@ pub fn f_exp(u: &Tensor) -> Result<Tensor> {
     u.neg()?.exp()
 }
 
+/// `σ(u)`, stable for any u.
 pub fn sigmoid(u: &Tensor) -> Result<Tensor> {
-    (u.neg()?.exp()? + 1.0)?.recip()
+    piecewise(
+        u,
+        |u| (u.neg()?.exp()? + 1.0)?.recip(),
+        |u| {
+            let e = u.exp()?;
+            &e / (&e + 1.0)?
+        },
+    )
 }
 
 fn mean(x: &Tensor) -> Result<Tensor> {

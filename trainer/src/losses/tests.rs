@@ -176,3 +176,30 @@ fn dpo_is_ln2_when_policy_equals_reference_and_nll_adds_per_token_nll() {
     let nll = (4.0 / 2.0 + 9.0 / 3.0) / 2.0;
     assert!((f64::from(with_nll) - (std::f64::consts::LN_2 + 0.5 * nll)).abs() < 1e-5);
 }
+
+#[test]
+fn logistic_pieces_have_the_right_gradient_at_zero_and_stay_finite_far_out() {
+    let u = Var::new(&[0.0f32, 200.0, -200.0, 3.0], &Device::Cpu).unwrap();
+    let total = (f_dpo(u.as_tensor()).unwrap() + sigmoid(u.as_tensor()).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g: Vec<f32> = total
+        .backward()
+        .unwrap()
+        .get(u.as_tensor())
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // d/du [−log σ(u) + σ(u)] = −σ(−u) + σ(u)σ(−u).
+    let want = |u: f64| -sig(-u) + sig(u) * sig(-u);
+    for (got, u) in g.iter().zip([0.0, 200.0, -200.0, 3.0]) {
+        assert!(
+            (f64::from(*got) - want(u)).abs() < 1e-6,
+            "at {u}: {got} vs {}",
+            want(u)
+        );
+    }
+    let v: Vec<f32> = f_dpo(u.as_tensor()).unwrap().to_vec1().unwrap();
+    assert!((v[2] - 200.0).abs() < 1e-3 && v[1].abs() < 1e-6, "{v:?}");
+}

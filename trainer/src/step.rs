@@ -1,0 +1,99 @@
+//! One preference-optimisation step: policy and reference forward passes over a collated batch,
+//! the loss, and every per-step metric of REFERENCE.md from the same forward pass.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, Result, Tensor};
+
+use crate::data::Batch;
+use crate::losses::{LossKind, PairLogps, objective};
+use crate::metrics::{entropy, token_logps, topk_stats};
+use crate::model::Decoder;
+
+/// The settings a step needs; `beta` and `nll_alpha` may change between steps (signals).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSettings {
+    pub loss: LossKind,
+    pub beta: f64,
+    pub nll_alpha: f64,
+    pub top_k: usize,
+}
+
+/// The loss to differentiate and the step's metrics (TRL's names).
+#[derive(Debug)]
+pub struct StepResult {
+    pub loss: Tensor,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+fn mean(t: &Tensor) -> Result<f64> {
+    Ok(f64::from(t.mean_all()?.to_scalar::<f32>()?))
+}
+
+/// Runs the step's forward passes. The reference pass records no graph: its weights are plain
+/// tensors and its outputs are detached.
+pub fn forward(
+    policy: &Decoder,
+    reference: &Decoder,
+    batch: &Batch,
+    s: &StepSettings,
+) -> Result<StepResult> {
+    let b = batch.pairs;
+    let mask = &batch.loss_mask;
+    let logits = policy.forward(&batch.input_ids)?;
+    let per_token = (token_logps(&logits, &batch.input_ids)? * mask)?;
+    let logps = per_token.sum(D::Minus1)?;
+    let ref_logits = reference.forward(&batch.input_ids)?.detach();
+    let ref_per_token = (token_logps(&ref_logits, &batch.input_ids)? * mask)?.detach();
+    let ref_logps = ref_per_token.sum(D::Minus1)?;
+    let lens = mask.sum(D::Minus1)?;
+    let half = |t: &Tensor, i: usize| t.narrow(0, i * b, b);
+    let p = PairLogps {
+        chosen: half(&logps, 0)?,
+        rejected: half(&logps, 1)?,
+        ref_chosen: half(&ref_logps, 0)?,
+        ref_rejected: half(&ref_logps, 1)?,
+        chosen_len: half(&lens, 0)?,
+        rejected_len: half(&lens, 1)?,
+    };
+    let loss = objective(s.loss, &p, s.beta, s.nll_alpha)?;
+
+    let mut m = BTreeMap::new();
+    m.insert("loss".into(), f64::from(loss.to_scalar::<f32>()?));
+    let reward_w = ((p.chosen.detach() - &p.ref_chosen)? * s.beta)?;
+    let reward_l = ((p.rejected.detach() - &p.ref_rejected)? * s.beta)?;
+    m.insert("rewards/chosen".into(), mean(&reward_w)?);
+    m.insert("rewards/rejected".into(), mean(&reward_l)?);
+    m.insert("rewards/margins".into(), mean(&(&reward_w - &reward_l)?)?);
+    m.insert(
+        "rewards/accuracies".into(),
+        mean(&reward_w.gt(&reward_l)?.to_dtype(reward_w.dtype())?)?,
+    );
+    m.insert("logps/chosen".into(), mean(&p.chosen.detach())?);
+    m.insert("logps/rejected".into(), mean(&p.rejected.detach())?);
+    m.insert(
+        "logps_mean/chosen".into(),
+        mean(&(p.chosen.detach() / &p.chosen_len)?)?,
+    );
+    m.insert(
+        "logps_mean/rejected".into(),
+        mean(&(p.rejected.detach() / &p.rejected_len)?)?,
+    );
+    let logits = logits.detach();
+    for (i, side) in ["chosen", "rejected"].iter().enumerate() {
+        let (mass, ent) = topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?;
+        m.insert(format!("topk_mass/{side}"), mass);
+        m.insert(format!("topk_entropy/{side}"), ent);
+    }
+    m.insert("entropy".into(), entropy(&logits, mask)?);
+    // Per-token log-ratio on chosen completions: an estimate of KL (the tokens are not sampled from the policy).
+    let chosen_tokens = half(mask, 0)?.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    let log_ratio = (half(&per_token.detach(), 0)? - half(&ref_per_token, 0)?)?.sum_all()?;
+    m.insert(
+        "kl/chosen".into(),
+        f64::from(log_ratio.to_scalar::<f32>()? / chosen_tokens),
+    );
+    m.insert("beta".into(), s.beta);
+    m.insert("nll_alpha".into(), s.nll_alpha);
+    Ok(StepResult { loss, metrics: m })
+}
