@@ -1,5 +1,14 @@
 //! Redline's trainer: a trainable Llama/Qwen2-family decoder in candle, the DPO-family losses and
 //! the over-optimisation metrics of ../shared/REFERENCE.md.
+#![expect(
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    reason = "tensor code reads best with the papers' names: b, t, v, z, ρ; mass and max"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "candle's convention: modules are built with `new(cfg, vb: VarBuilder)`"
+)]
 
 pub mod data;
 pub mod error;

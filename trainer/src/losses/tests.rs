@@ -173,7 +173,7 @@ fn dpo_is_ln2_when_policy_equals_reference_and_nll_adds_per_token_nll() {
         .unwrap()
         .to_scalar()
         .unwrap();
-    let nll = (4.0 / 2.0 + 9.0 / 3.0) / 2.0;
+    let nll = [4.0 / 2.0, 9.0 / 3.0].iter().sum::<f64>() / 2.0;
     assert!((f64::from(with_nll) - (std::f64::consts::LN_2 + 0.5 * nll)).abs() < 1e-5);
 }
 

@@ -15,6 +15,7 @@ pub enum Family {
 
 /// What the decoder needs to know, whichever family it comes from.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(clippy::struct_excessive_bools, reason = "mirrors config.json's flags")]
 pub struct ModelConfig {
     pub family: Family,
     pub vocab_size: usize,
@@ -45,6 +46,7 @@ struct RopeParameters {
 
 /// `config.json` as written by transformers 4.x and 5.x for Llama and Qwen2 models.
 #[derive(Debug, Deserialize)]
+#[expect(clippy::struct_excessive_bools, reason = "mirrors config.json's flags")]
 struct HfConfig {
     model_type: Option<String>,
     vocab_size: usize,
@@ -128,12 +130,12 @@ impl ModelConfig {
             .or(hf.rope_theta)
             .unwrap_or(10_000.0);
         if hf.num_attention_heads == 0
-            || hf.hidden_size % hf.num_attention_heads != 0 && hf.head_dim.is_none()
+            || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) && hf.head_dim.is_none()
         {
             return unsupported("hidden_size must divide evenly into num_attention_heads".into());
         }
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if num_kv_heads == 0 || hf.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !hf.num_attention_heads.is_multiple_of(num_kv_heads) {
             return unsupported(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_kv_heads})",
                 hf.num_attention_heads

@@ -146,6 +146,7 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
+#[expect(clippy::struct_field_names, reason = "the checkpoint's weight names")]
 pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,

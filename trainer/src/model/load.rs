@@ -131,7 +131,7 @@ pub fn init_deterministic(varmap: &VarMap, seed: u64) -> Result<()> {
         let n = var.elem_count();
         let values: Vec<f32> = if name.ends_with("norm.weight") {
             vec![1.0; n]
-        } else if name.ends_with(".bias") {
+        } else if name.rsplit('.').next() == Some("bias") {
             vec![0.0; n]
         } else {
             (0..n).map(|_| 0.02 * rng.normal()).collect()
