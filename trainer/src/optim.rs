@@ -1,9 +1,11 @@
 //! Optimisation: global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`, AdamW as
 //! `torch.optim.AdamW`, and the learning-rate schedules of transformers.
 
+use std::collections::HashMap;
+
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Result, Tensor, Var};
+use candle_nn::VarMap;
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`, and returns the norm
 /// before clipping (what TRL logs as `grad_norm`). As torch: coefficient `max_norm / (norm + 1e-6)`,
@@ -62,29 +64,95 @@ impl Schedule {
     }
 }
 
-/// AdamW with torch's defaults for everything not given.
-pub fn adamw(vars: Vec<Var>, lr: f64, weight_decay: f64) -> Result<AdamW> {
-    AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
+/// AdamW exactly as `torch.optim.AdamW`, with its state open for checkpoints (candle's keeps
+/// its moments private, which rules out exact resume).
+#[derive(Debug)]
+pub struct AdamW {
+    params: Vec<(String, Var)>,
+    first: Vec<Tensor>,
+    second: Vec<Tensor>,
+    /// Updates taken so far (bias correction uses it).
+    pub steps: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamW {
+    /// Every variable of `varmap`, in name order, with torch's betas and epsilon.
+    pub fn new(varmap: &VarMap, weight_decay: f64) -> Result<Self> {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut params: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |v: &Var| v.as_tensor().zeros_like();
+        Ok(Self {
+            first: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
+            second: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
+            params,
+            steps: 0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
-        },
-    )
-}
+        })
+    }
 
-/// One optimizer step at learning rate `lr`.
-pub fn step(opt: &mut AdamW, grads: &GradStore, lr: f64) -> Result<()> {
-    opt.set_learning_rate(lr);
-    opt.step(grads)
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// One update at learning rate `lr`: decoupled weight decay, then the bias-corrected Adam step.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = ((&self.first[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+            let v = ((&self.second[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + self.eps)?;
+            let update = ((&m / denom)? * (lr / bc1))?;
+            var.set(&(decayed - update)?)?;
+            self.first[i] = m;
+            self.second[i] = v;
+        }
+        Ok(())
+    }
+
+    /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.insert(format!("m.{name}"), self.first[i].clone());
+            out.insert(format!("v.{name}"), self.second[i].clone());
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::state`]; every parameter must have both.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        for (i, (name, var)) in self.params.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.first[i]), ("v", &mut self.second[i])] {
+                let key = format!("{prefix}.{name}");
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state has no {key}")))?;
+                *slot = t.to_dtype(var.dtype())?.to_device(var.device())?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     use super::*;
 
@@ -118,6 +186,5 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-6);
         let ga: Vec<f32> = grads.get(a.as_tensor()).unwrap().to_vec1().unwrap();
         assert!((f64::from(ga[0]) - 3.0 / (5.0 + 1e-6)).abs() < 1e-6);
-        let _ = Tensor::new(&[0f32], &Device::Cpu).unwrap();
     }
 }

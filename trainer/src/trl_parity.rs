@@ -10,7 +10,7 @@ use candle_core::Device;
 use crate::data::{PairTokenizer, collate, load_pairs};
 use crate::losses::LossKind;
 use crate::model::{load_weights, reference_model, trainable_model};
-use crate::optim::{adamw, clip_grad_norm, step};
+use crate::optim::{AdamW, clip_grad_norm};
 use crate::step::{StepSettings, forward};
 
 const COMPARED: [&str; 8] = [
@@ -39,8 +39,8 @@ fn run(
     let reference = reference_model(&loaded.config, &loaded.tensors, &dev).unwrap();
     let tok = PairTokenizer::from_dir(&fixture(), loaded.config.eos_token_id).unwrap();
     let (pairs, _) = load_pairs(&fixture().join("train.jsonl"), &tok, 64).unwrap();
-    let vars = varmap.all_vars();
-    let mut opt = adamw(vars.clone(), 1e-3, 0.0).unwrap();
+    let mut opt = AdamW::new(&varmap, 0.0).unwrap();
+    let vars = opt.vars();
     let settings = StepSettings {
         loss: LossKind::parse(loss).unwrap(),
         beta: 0.1,
@@ -64,7 +64,7 @@ fn run(
         let mut grads = result.loss.backward().unwrap();
         let norm = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
         result.metrics.insert("grad_norm".into(), norm);
-        step(&mut opt, &grads, 1e-3).unwrap();
+        opt.step(&grads, 1e-3).unwrap();
         out.push((want, result.metrics));
     }
     out
