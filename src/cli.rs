@@ -41,9 +41,25 @@ pub enum Command {
     /// Create, list or revoke API tokens kept (hashed) in the store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Train a model with a DPO-family loss, streaming every step to a server (or offline).
+    Train(Box<TrainCommand>),
     /// Measure ingest and read throughput over real HTTP on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Every setting can be given in the TOML file (same names, with _ for -) \
+    or as a flag; flags win. Example: redline train --model trainer/tests/fixtures/tiny-llama \
+    --lr 1e-3 --max-steps 20 --server http://127.0.0.1:8080"
+)]
+pub struct TrainCommand {
+    /// TOML file with the run's settings.
+    #[arg(long, env = "REDLINE_TRAIN_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub args: redline_trainer::config::TrainArgs,
 }
 
 /// Where the data lives.

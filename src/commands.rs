@@ -8,7 +8,9 @@ use redline_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench;
-use crate::cli::{BenchCommand, Command, LogFormat, ServeArgs, StoreArgs, TokenCommand};
+use crate::cli::{
+    BenchCommand, Command, LogFormat, ServeArgs, StoreArgs, TokenCommand, TrainCommand,
+};
 
 pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
@@ -30,7 +32,32 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(cmd) => token(cmd).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
+        Command::Train(_) => unreachable!("training runs outside the async runtime"),
     }
+}
+
+/// `redline train`: runs on the main thread, outside any async runtime (the reporter uses
+/// blocking HTTP on its own threads).
+pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<()> {
+    use redline_trainer::config::{TrainArgs, TrainConfig};
+    let file = match &cmd.config {
+        Some(path) => TrainArgs::from_toml_file(path)?,
+        None => TrainArgs::default(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let config = TrainConfig::resolve(file.overlaid_with(cmd.args), now)?;
+    eprintln!(
+        "redline: run {} ({}; {}), writing to {}",
+        config.run_id,
+        config.loss_name,
+        config.server.as_deref().unwrap_or("offline"),
+        config.output_dir.display()
+    );
+    let outcome = redline_trainer::train::train(&config)?;
+    println!("Run {} {}", config.run_id, outcome.message);
+    Ok(())
 }
 
 impl StoreArgs {

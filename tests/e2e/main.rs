@@ -11,3 +11,4 @@ mod runs;
 mod series;
 mod signals;
 mod steps;
+mod train;

@@ -10,13 +10,16 @@
     reason = "candle's convention: modules are built with `new(cfg, vb: VarBuilder)`"
 )]
 
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod reporter;
 pub mod step;
+pub mod train;
 #[cfg(test)]
 mod trl_parity;
 

@@ -83,12 +83,19 @@ impl AdamW {
     /// Every variable of `varmap`, in name order, with torch's betas and epsilon.
     pub fn new(varmap: &VarMap, weight_decay: f64) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
-        let mut params: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut params: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |v: &Var| v.as_tensor().zeros_like();
         Ok(Self {
-            first: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
-            second: params.iter().map(|(_, v)| zeros(v)).collect::<Result<_>>()?,
+            first: params
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<Result<_>>()?,
+            second: params
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<Result<_>>()?,
             params,
             steps: 0,
             beta1: 0.9,
@@ -139,9 +146,9 @@ impl AdamW {
         for (i, (name, var)) in self.params.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.first[i]), ("v", &mut self.second[i])] {
                 let key = format!("{prefix}.{name}");
-                let t = state
-                    .get(&key)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state has no {key}")))?;
+                let t = state.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state has no {key}"))
+                })?;
                 *slot = t.to_dtype(var.dtype())?.to_device(var.device())?;
             }
         }

@@ -1,0 +1,426 @@
+//! The training configuration: a TOML file (`redline train --config run.toml`) whose every field
+//! can also be given as a flag; flags win. [`TrainArgs`] is both shapes; [`TrainConfig`] is the
+//! validated result with defaults filled in.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::error::{Result, TrainError};
+use crate::losses::LossKind;
+use crate::optim::Schedule;
+
+/// Every setting, optional, as read from TOML or from flags.
+#[derive(Debug, Clone, Default, Deserialize, Args)]
+#[serde(deny_unknown_fields)]
+pub struct TrainArgs {
+    /// Model folder in Hugging Face format (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Reference model folder [default: the model folder].
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Training pairs, JSONL {prompt, chosen, rejected} [default: MODEL/train.jsonl].
+    #[arg(long)]
+    pub train_data: Option<PathBuf>,
+    /// Held-out pairs for evaluation [default: MODEL/eval.jsonl when it exists].
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Loss: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, aql, aqfl, padll, cell, pfl [default: sigmoid].
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// β, the strength of the reference constraint [default: 0.1].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Weight of the NLL (RPO) term on chosen completions [default: 0].
+    #[arg(long)]
+    pub nll_alpha: Option<f64>,
+    /// ε of the robust loss [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Peak learning rate [default: 1e-6].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warmup steps [default: 0].
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Learning-rate schedule after warmup: constant, linear, cosine [default: linear].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// AdamW weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip gradients to this global L2 norm; 0 disables [default: 1].
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Pairs per micro-batch [default: 8].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Tokens kept of each prompt+completion (the start is kept) [default: 512].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Optimizer steps to run [default: all epochs].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the training data, when max_steps is not set [default: 1].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed of the data order [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Shuffle the pairs each epoch [default: true].
+    #[arg(long)]
+    pub shuffle: Option<bool>,
+    /// k of the top-k entropy and mass metrics [default: 10].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Evaluate on the held-out pairs every N steps; 0 disables [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Write a checkpoint every N steps; 0: only at the end [default: 0].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Folder for metrics.jsonl, checkpoints and resume state [default: redline-runs/RUN_ID].
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// cpu, or cuda / cuda:N with the `cuda` feature [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Redline server URL, e.g. http://127.0.0.1:8080; without it the run is offline (metrics.jsonl only).
+    #[arg(long, env = "REDLINE_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token for the server.
+    #[arg(long, env = "REDLINE_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Run id on the server (1-64 of [A-Za-z0-9_.-]); reusing one resumes that run [default: RUN_NAME-TIME].
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Display name of the run [default: the run id].
+    #[arg(long)]
+    pub run_name: Option<String>,
+    /// Project of the run [default: default].
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Tags of the run (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Option<Vec<String>>,
+}
+
+macro_rules! overlay {
+    ($base:ident, $top:ident, $($field:ident),*) => {
+        TrainArgs { $($field: $top.$field.or($base.$field)),* }
+    };
+}
+
+impl TrainArgs {
+    /// Reads a TOML file; unknown keys are errors that name the key.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// `self` with every field that `top` sets replaced.
+    #[must_use]
+    pub fn overlaid_with(self, top: TrainArgs) -> TrainArgs {
+        let base = self;
+        overlay!(
+            base,
+            top,
+            model,
+            reference,
+            train_data,
+            eval_data,
+            loss,
+            beta,
+            nll_alpha,
+            label_smoothing,
+            lr,
+            warmup_steps,
+            schedule,
+            weight_decay,
+            max_grad_norm,
+            batch_size,
+            grad_accum,
+            max_length,
+            max_steps,
+            epochs,
+            seed,
+            shuffle,
+            top_k,
+            eval_every,
+            checkpoint_every,
+            output_dir,
+            device,
+            server,
+            token,
+            run_id,
+            run_name,
+            project,
+            tags
+        )
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub model: PathBuf,
+    pub reference: PathBuf,
+    pub train_data: PathBuf,
+    pub eval_data: Option<PathBuf>,
+    pub loss: LossKind,
+    pub loss_name: String,
+    pub beta: f64,
+    pub nll_alpha: f64,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_length: usize,
+    pub max_steps: Option<usize>,
+    pub epochs: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub top_k: usize,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+    pub output_dir: PathBuf,
+    pub device: String,
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub run_id: String,
+    pub run_name: String,
+    pub project: String,
+    pub tags: Vec<String>,
+}
+
+fn bad(field: &str, message: impl std::fmt::Display) -> TrainError {
+    TrainError::Config(format!("{field}: {message}"))
+}
+
+fn positive(field: &str, v: usize) -> Result<usize> {
+    if v == 0 {
+        Err(bad(field, "must be at least 1"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn finite_non_negative(field: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(bad(field, format!("must be a finite number ≥ 0, got {v}")))
+    }
+}
+
+fn resolve_loss(name: Option<String>, label_smoothing: Option<f64>) -> Result<(String, LossKind)> {
+    let name = name.unwrap_or_else(|| "sigmoid".into());
+    let mut loss = LossKind::parse(&name).ok_or_else(|| {
+        bad(
+            "loss",
+            format!(
+                "unknown loss {name:?}; known: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, \
+                 aql, aqfl, padll, cell, pfl"
+            ),
+        )
+    })?;
+    if let Some(eps) = label_smoothing {
+        match &mut loss {
+            LossKind::Robust { epsilon } if (0.0..0.5).contains(&eps) => *epsilon = eps,
+            LossKind::Robust { .. } => return Err(bad("label_smoothing", "must be in [0, 0.5)")),
+            _ => return Err(bad("label_smoothing", "applies to the robust loss only")),
+        }
+    }
+    Ok((name, loss))
+}
+
+/// The given id, or one made from the run name and the time, checked against the server's rules.
+fn resolve_run_id(id: Option<String>, run_name: &str, now: u64) -> Result<String> {
+    let id = id.unwrap_or_else(|| {
+        let base: String = run_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(48)
+            .collect();
+        format!(
+            "{}-{now}",
+            base.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        )
+    });
+    redline_core::RunId::parse(id.as_str()).map_err(|e| bad("run_id", format!("run id {e}")))?;
+    Ok(id)
+}
+
+impl TrainConfig {
+    /// Fills defaults and checks every field. `now` (Unix seconds) names runs that have no id.
+    pub fn resolve(a: TrainArgs, now: u64) -> Result<Self> {
+        let model = a
+            .model
+            .ok_or_else(|| bad("model", "is required: the model folder to train"))?;
+        if !model.join("config.json").is_file() {
+            return Err(bad(
+                "model",
+                format!("{} has no config.json", model.display()),
+            ));
+        }
+        let (loss_name, loss) = resolve_loss(a.loss, a.label_smoothing)?;
+        let beta = a.beta.unwrap_or(0.1);
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(bad(
+                "beta",
+                format!("must be a finite number > 0, got {beta}"),
+            ));
+        }
+        let batch_size = positive("batch_size", a.batch_size.unwrap_or(8))?;
+        if loss.uses_batch_statistics() && batch_size < 2 {
+            return Err(bad(
+                "batch_size",
+                format!("{loss_name} uses batch statistics: needs at least 2"),
+            ));
+        }
+        let schedule_name = a.schedule.unwrap_or_else(|| "linear".into());
+        let schedule = Schedule::parse(&schedule_name).ok_or_else(|| {
+            bad(
+                "schedule",
+                format!("must be constant, linear or cosine, got {schedule_name:?}"),
+            )
+        })?;
+        let lr = a.lr.unwrap_or(1e-6);
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(bad("lr", format!("must be a finite number > 0, got {lr}")));
+        }
+        let run_name = a.run_name.unwrap_or_else(|| {
+            model
+                .file_name()
+                .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let run_id = resolve_run_id(a.run_id, &run_name, now)?;
+        let train_data = a.train_data.unwrap_or_else(|| model.join("train.jsonl"));
+        let eval_data = a
+            .eval_data
+            .or_else(|| Some(model.join("eval.jsonl")).filter(|p| p.is_file()));
+        let device = a.device.unwrap_or_else(|| "cpu".into());
+        if !(device == "cpu" || device == "cuda" || device.starts_with("cuda:")) {
+            return Err(bad(
+                "device",
+                format!("must be cpu, cuda or cuda:N, got {device:?}"),
+            ));
+        }
+        Ok(Self {
+            reference: a.reference.unwrap_or_else(|| model.clone()),
+            output_dir: a
+                .output_dir
+                .unwrap_or_else(|| PathBuf::from("redline-runs").join(&run_id)),
+            model,
+            train_data,
+            eval_data,
+            loss,
+            loss_name,
+            beta,
+            nll_alpha: finite_non_negative("nll_alpha", a.nll_alpha.unwrap_or(0.0))?,
+            lr,
+            warmup_steps: a.warmup_steps.unwrap_or(0),
+            schedule,
+            weight_decay: finite_non_negative("weight_decay", a.weight_decay.unwrap_or(0.0))?,
+            max_grad_norm: finite_non_negative("max_grad_norm", a.max_grad_norm.unwrap_or(1.0))?,
+            batch_size,
+            grad_accum: positive("grad_accum", a.grad_accum.unwrap_or(1))?,
+            max_length: a.max_length.unwrap_or(512).max(2),
+            max_steps: a.max_steps.map(|s| positive("max_steps", s)).transpose()?,
+            epochs: positive("epochs", a.epochs.unwrap_or(1))?,
+            seed: a.seed.unwrap_or(42),
+            shuffle: a.shuffle.unwrap_or(true),
+            top_k: positive("top_k", a.top_k.unwrap_or(10))?,
+            eval_every: a.eval_every.unwrap_or(0),
+            checkpoint_every: a.checkpoint_every.unwrap_or(0),
+            device,
+            server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
+            token: a.token,
+            run_id,
+            run_name,
+            project: a.project.unwrap_or_else(|| "default".into()),
+            tags: a.tags.unwrap_or_default(),
+        })
+    }
+
+    /// The configuration as JSON, for the run's record on the server.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": self.model, "reference": self.reference, "train_data": self.train_data,
+            "eval_data": self.eval_data, "loss": self.loss_name, "beta": self.beta,
+            "nll_alpha": self.nll_alpha, "lr": self.lr, "warmup_steps": self.warmup_steps,
+            "schedule": format!("{:?}", self.schedule).to_lowercase(), "weight_decay": self.weight_decay,
+            "max_grad_norm": self.max_grad_norm, "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum, "max_length": self.max_length, "max_steps": self.max_steps,
+            "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle, "top_k": self.top_k,
+            "eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every,
+            "device": self.device,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: TrainArgs = toml::from_str(&format!(
+            "model = {:?}\nloss = \"ipo\"\nbeta = 0.5\nmax_steps = 3\n",
+            fixture()
+        ))
+        .unwrap();
+        let flags = TrainArgs {
+            beta: Some(0.2),
+            ..TrainArgs::default()
+        };
+        let c = TrainConfig::resolve(file.overlaid_with(flags), 1_700_000_000).unwrap();
+        assert_eq!(
+            (c.loss, c.beta, c.max_steps, c.batch_size),
+            (LossKind::Ipo, 0.2, Some(3), 8)
+        );
+        assert_eq!(c.run_id, "tiny-llama-1700000000");
+        assert_eq!(c.train_data, fixture().join("train.jsonl"));
+        assert_eq!(c.eval_data, Some(fixture().join("eval.jsonl")));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let err = |toml_text: &str| {
+            let a: std::result::Result<TrainArgs, _> = toml::from_str(toml_text);
+            match a {
+                Err(e) => e.to_string(),
+                Ok(a) => TrainConfig::resolve(a, 0).unwrap_err().to_string(),
+            }
+        };
+        let m = format!("model = {:?}\n", fixture());
+        assert!(err("beta = 0.1").contains("model: is required"));
+        assert!(err(&format!("{m}loss = \"dpo2\"")).contains("loss: unknown loss"));
+        assert!(err(&format!("{m}beta = -1.0")).contains("beta"));
+        assert!(err(&format!("{m}batch_size = 0")).contains("batch_size"));
+        assert!(err(&format!("{m}loss = \"dbaql\"\nbatch_size = 1")).contains("batch statistics"));
+        assert!(err(&format!("{m}label_smoothing = 0.1")).contains("robust loss only"));
+        assert!(err(&format!("{m}lerning_rate = 1.0")).contains("lerning_rate"));
+        assert!(err("model = \"/nowhere\"").contains("/nowhere has no config.json"));
+        assert!(err(&format!("{m}run_id = \"a b\"")).contains("run_id"));
+    }
+}

@@ -1,0 +1,438 @@
+//! Streams a run's steps to a Redline server without ever blocking a training step, and without
+//! losing or duplicating one.
+//!
+//! The training thread appends each step to `metrics.jsonl` (the run's local log, readable with no
+//! server at all) and returns. A sender thread ships the file's unsent tail to the server in
+//! batches; `metrics.jsonl.sent` holds the byte offset the server has acknowledged, so a server
+//! that is down, or a trainer that restarts, resends from there. Resending is safe: ingest is
+//! idempotent. Signals arrive in ingest answers and on the server's event stream; the training
+//! loop takes them at step boundaries and acknowledges them here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redline_core::MetricValue;
+use redline_core::wire::{IngestResult, Signal, StepRecord};
+
+use crate::error::{Result, TrainError};
+
+/// Steps per ingest request.
+const BATCH_STEPS: usize = 1_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long `finish` waits for the server before leaving the rest in the spool.
+const FINISH_GRACE: Duration = Duration::from_secs(30);
+
+/// Where and as whom to report.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    pub url: String,
+    pub token: Option<String>,
+    pub run_id: String,
+    /// Body of the create-or-resume call.
+    pub run: serde_json::Value,
+}
+
+enum Msg {
+    Wake,
+    Ack {
+        id: i64,
+        step: i64,
+    },
+    Finish {
+        status: String,
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Reporter {
+    log: File,
+    tx: Option<mpsc::Sender<Msg>>,
+    inbox: Arc<Mutex<Vec<Signal>>>,
+    taken: HashSet<i64>,
+    sender: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reporter {
+    /// Opens (appending) `dir/metrics.jsonl`; with a target, starts the sender and signal threads.
+    pub fn start(dir: &Path, target: Option<ServerTarget>) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let path = dir.join("metrics.jsonl");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, sender) = match target {
+            None => (None, None),
+            Some(t) => {
+                let (tx, rx) = mpsc::channel();
+                let client = Client::new(&t)?;
+                let listen = SignalListener {
+                    client: client.clone(),
+                    inbox: inbox.clone(),
+                    stop: stop.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("redline-signals".into())
+                    .spawn(move || listen.run())
+                    .map_err(|e| {
+                        TrainError::Config(format!("cannot start the signal thread: {e}"))
+                    })?;
+                let sender = Sender {
+                    client,
+                    spool: path,
+                    inbox: inbox.clone(),
+                    rx,
+                    run: t.run,
+                };
+                let handle = std::thread::Builder::new()
+                    .name("redline-reporter".into())
+                    .spawn(move || sender.run())
+                    .map_err(|e| {
+                        TrainError::Config(format!("cannot start the reporter thread: {e}"))
+                    })?;
+                (Some(tx), Some(handle))
+            }
+        };
+        Ok(Self {
+            log,
+            tx,
+            inbox,
+            taken: HashSet::new(),
+            sender,
+            stop,
+        })
+    }
+
+    /// Appends one step to the local log and wakes the sender. Never waits for the network.
+    pub fn record(
+        &mut self,
+        step: usize,
+        time: f64,
+        metrics: &BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let record = StepRecord {
+            step: step as i64,
+            time: Some(time),
+            metrics: metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), MetricValue(*v)))
+                .collect(),
+        };
+        let mut line =
+            serde_json::to_string(&record).map_err(|e| TrainError::Data(e.to_string()))?;
+        line.push('\n');
+        self.log
+            .write_all(line.as_bytes())
+            .map_err(|e| TrainError::Data(format!("cannot write metrics.jsonl: {e}")))?;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Wake);
+        }
+        Ok(())
+    }
+
+    /// Signals received since the last call, oldest first, each handed out once.
+    pub fn take_signals(&mut self) -> Vec<Signal> {
+        let mut inbox = self.inbox.lock().expect("signal inbox");
+        let mut fresh: Vec<Signal> = inbox
+            .drain(..)
+            .filter(|s| self.taken.insert(s.id))
+            .collect();
+        fresh.sort_by_key(|s| s.id);
+        fresh
+    }
+
+    /// Reports that signal `id` took effect at `step` (sent in the background).
+    pub fn ack(&self, id: i64, step: usize) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Ack {
+                id,
+                step: step as i64,
+            });
+        }
+    }
+
+    /// Sends what is left and finishes the run on the server, waiting at most a short grace
+    /// period; whatever could not be sent stays in the spool for the next start.
+    pub fn finish(mut self, status: &str, reason: Option<String>) {
+        let _ = self.log.flush();
+        self.stop.store(true, Ordering::Relaxed);
+        if let (Some(tx), Some(handle)) = (self.tx.take(), self.sender.take()) {
+            let _ = tx.send(Msg::Finish {
+                status: status.to_owned(),
+                reason,
+            });
+            let _ = handle.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(t: &ServerTarget) -> Result<Self> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(None)
+            .build()
+            .map_err(|e| TrainError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: format!("{}/api/v1/runs/{}", t.url, t.run_id),
+            token: t.token.clone(),
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> std::result::Result<String, String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(format!("{status}: {text}"))
+        }
+    }
+}
+
+fn push_signals(inbox: &Mutex<Vec<Signal>>, signals: Vec<Signal>) {
+    if !signals.is_empty() {
+        inbox.lock().expect("signal inbox").extend(signals);
+    }
+}
+
+struct Sender {
+    client: Client,
+    spool: PathBuf,
+    inbox: Arc<Mutex<Vec<Signal>>>,
+    rx: mpsc::Receiver<Msg>,
+    run: serde_json::Value,
+}
+
+impl Sender {
+    fn offset_path(&self) -> PathBuf {
+        self.spool.with_extension("jsonl.sent")
+    }
+
+    fn offset(&self) -> u64 {
+        std::fs::read_to_string(self.offset_path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Written to a temp file and renamed, so a crash never leaves a torn offset.
+    fn save_offset(&self, offset: u64) -> std::io::Result<()> {
+        let tmp = self.spool.with_extension("jsonl.sent.tmp");
+        std::fs::write(&tmp, offset.to_string())?;
+        std::fs::rename(tmp, self.offset_path())
+    }
+
+    /// Complete lines after `offset`, at most `BATCH_STEPS`, and the offset after them.
+    fn pending(&self, offset: u64) -> std::io::Result<(Vec<serde_json::Value>, u64)> {
+        let mut file = File::open(&self.spool)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut reader = BufReader::new(file);
+        let (mut steps, mut end, mut line) = (Vec::new(), offset, String::new());
+        while steps.len() < BATCH_STEPS {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break; // the end, or a line still being written
+            }
+            end += n as u64;
+            if let Ok(v) = serde_json::from_str(&line) {
+                steps.push(v);
+            }
+        }
+        Ok((steps, end))
+    }
+
+    fn ship(&self) -> std::result::Result<bool, String> {
+        let offset = self.offset();
+        let (steps, end) = self.pending(offset).map_err(|e| e.to_string())?;
+        if end == offset {
+            return Ok(false);
+        }
+        if !steps.is_empty() {
+            let answer = self.client.call(
+                reqwest::Method::POST,
+                "/steps",
+                Some(&serde_json::json!({ "steps": steps })),
+            )?;
+            let result: IngestResult = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
+            push_signals(&self.inbox, result.signals);
+        }
+        self.save_offset(end).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut created = false;
+        let mut acks: Vec<(i64, i64)> = Vec::new();
+        let mut finish: Option<(String, Option<String>, Instant)> = None;
+        loop {
+            let outcome = (|| -> std::result::Result<bool, String> {
+                if !created {
+                    self.client
+                        .call(reqwest::Method::PUT, "", Some(&self.run))?;
+                    created = true;
+                }
+                let mut busy = self.ship()?;
+                while let Some(&(id, step)) = acks.first() {
+                    self.client.call(
+                        reqwest::Method::POST,
+                        &format!("/signals/{id}/ack"),
+                        Some(&serde_json::json!({ "step": step })),
+                    )?;
+                    acks.remove(0);
+                    busy = true;
+                }
+                Ok(busy)
+            })();
+            let busy = match outcome {
+                Ok(busy) => {
+                    backoff = Duration::from_millis(100);
+                    busy
+                }
+                Err(e) => {
+                    eprintln!(
+                        "redline: server unreachable ({e}); steps are kept in metrics.jsonl and resent"
+                    );
+                    if finish
+                        .as_ref()
+                        .is_some_and(|f| f.2.elapsed() > FINISH_GRACE)
+                    {
+                        eprintln!("redline: giving up for now; the next start resends the rest");
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            if !busy && let Some((status, reason, _)) = &finish {
+                let body = serde_json::json!({ "status": status, "reason": reason });
+                if let Err(e) = self
+                    .client
+                    .call(reqwest::Method::POST, "/finish", Some(&body))
+                {
+                    eprintln!("redline: could not finish the run on the server: {e}");
+                }
+                return;
+            }
+            let wait = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Ack { id, step }) => acks.push((id, step)),
+                Ok(Msg::Finish { status, reason }) => {
+                    finish = Some((status, reason, Instant::now()));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    finish.get_or_insert_with(|| {
+                        (
+                            "failed".into(),
+                            Some("trainer exited".into()),
+                            Instant::now(),
+                        )
+                    });
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    Msg::Wake => {}
+                    Msg::Ack { id, step } => acks.push((id, step)),
+                    Msg::Finish { status, reason } => {
+                        finish = Some((status, reason, Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows the run's signal stream (SSE), reconnecting after the last event id it saw.
+struct SignalListener {
+    client: Client,
+    inbox: Arc<Mutex<Vec<Signal>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SignalListener {
+    fn run(self) {
+        let mut last = 0i64;
+        let mut backoff = Duration::from_millis(200);
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut req = self
+                .client
+                .http
+                .get(format!("{}/signals/stream", self.client.base))
+                .header("Last-Event-ID", last.to_string());
+            if let Some(t) = &self.client.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send() {
+                Ok(resp) if resp.status().is_success() => {
+                    backoff = Duration::from_millis(200);
+                    last = self.read_events(resp, last);
+                }
+                _ => {}
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Reads `data:` lines until the stream ends; returns the last signal id seen.
+    fn read_events(&self, resp: impl Read, mut last: i64) -> i64 {
+        for line in BufReader::new(resp).lines() {
+            let Ok(line) = line else { break };
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(data) = line.strip_prefix("data:")
+                && let Ok(signal) = serde_json::from_str::<Signal>(data.trim())
+            {
+                last = last.max(signal.id);
+                push_signals(&self.inbox, vec![signal]);
+            }
+        }
+        last
+    }
+}

@@ -1,0 +1,571 @@
+//! The training loop: data order, gradient accumulation, the optimizer step, signals applied at
+//! step boundaries, evaluation, checkpoints and exact resume, and reporting.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+use candle_core::backprop::GradStore;
+use candle_nn::VarMap;
+use redline_core::wire::{Signal, SignalKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::data::{Pair, PairTokenizer, collate, load_pairs};
+use crate::error::{Result, TrainError};
+use crate::model::{Decoder, load_weights, reference_model, trainable_model};
+use crate::optim::{AdamW, clip_grad_norm};
+use crate::reporter::{Reporter, ServerTarget};
+use crate::step::{StepSettings, forward};
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: &'static str,
+    pub last_step: usize,
+    pub message: String,
+}
+
+/// What a checkpoint records beside the weights and optimizer moments.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct TrainerState {
+    run_id: String,
+    step: usize,
+    beta: f64,
+    nll_alpha: f64,
+    lr_scale: f64,
+    seed: u64,
+}
+
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other => {
+            let ordinal = other
+                .strip_prefix("cuda")
+                .map(|r| r.trim_start_matches(':'))
+                .unwrap_or_default();
+            let ordinal = if ordinal.is_empty() {
+                0
+            } else {
+                ordinal.parse().map_err(|_| {
+                    TrainError::Config(format!("device: bad GPU number in {other:?}"))
+                })?
+            };
+            Device::new_cuda(ordinal).map_err(|e| {
+                TrainError::Config(format!(
+                    "device {other}: {e} (build with --features cuda on a machine with a GPU)"
+                ))
+            })
+        }
+    }
+}
+
+/// The order of pairs in `epoch`: a seeded shuffle, the same on every machine.
+fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut state = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        for i in (1..n).rev() {
+            order.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+    }
+    order
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    fn step_dir(&self, step: usize) -> PathBuf {
+        self.dir.join(format!("step-{step}"))
+    }
+
+    fn save(&self, varmap: &VarMap, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+        let dir = self.step_dir(state.step);
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        varmap.save(dir.join("model.safetensors"))?;
+        candle_core::safetensors::save(&opt.state(), dir.join("optimizer.safetensors"))?;
+        let json =
+            serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
+        std::fs::write(dir.join("trainer_state.json"), json)
+            .map_err(|e| TrainError::io(&dir, e))?;
+        // Written last: a checkpoint is only "latest" once it is complete.
+        let latest = self.dir.join("latest.json");
+        std::fs::write(
+            &latest,
+            serde_json::json!({ "step": state.step }).to_string(),
+        )
+        .map_err(|e| TrainError::io(&latest, e))?;
+        Ok(dir)
+    }
+
+    fn latest(&self) -> Option<usize> {
+        let text = std::fs::read_to_string(self.dir.join("latest.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"]
+            .as_u64()
+            .map(|s| s as usize)
+    }
+
+    fn restore(
+        &self,
+        step: usize,
+        varmap: &VarMap,
+        opt: &mut AdamW,
+        device: &Device,
+    ) -> Result<TrainerState> {
+        let dir = self.step_dir(step);
+        let text = std::fs::read_to_string(dir.join("trainer_state.json"))
+            .map_err(|e| TrainError::io(&dir, e))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", dir.display())))?;
+        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
+        for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+            let t = weights.get(name).ok_or_else(|| {
+                TrainError::Config(format!("{}: no tensor {name}", dir.display()))
+            })?;
+            var.set(t)?;
+        }
+        let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)?;
+        opt.load_state(&moments, state.step)?;
+        Ok(state)
+    }
+
+    /// The newest checkpoint at or before `step`, recorded as the one to keep.
+    fn mark_best(&self, step: usize) -> Option<usize> {
+        let best = std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .filter(|s| *s <= step)
+            .max()?;
+        let json = serde_json::json!({ "step": best, "path": self.step_dir(best) }).to_string();
+        std::fs::write(self.dir.join("best.json"), json).ok()?;
+        Some(best)
+    }
+}
+
+/// Mean of each metric over micro-batches.
+fn average(maps: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for m in maps {
+        for (k, v) in m {
+            *out.entry(k.clone()).or_default() += v / maps.len() as f64;
+        }
+    }
+    out
+}
+
+fn add_grads(
+    total: Option<GradStore>,
+    next: GradStore,
+    vars: &[candle_core::Var],
+) -> Result<GradStore> {
+    let Some(mut total) = total else {
+        return Ok(next);
+    };
+    for v in vars {
+        if let Some(g) = next.get(v.as_tensor()) {
+            let sum = match total.remove(v.as_tensor()) {
+                Some(t) => (t + g)?,
+                None => g.clone(),
+            };
+            total.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(total)
+}
+
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    policy: Decoder,
+    reference: Decoder,
+    varmap: VarMap,
+    opt: AdamW,
+    settings: StepSettings,
+    lr_scale: f64,
+    pairs: Vec<Pair>,
+    eval_pairs: Vec<Pair>,
+    pad_id: u32,
+    device: Device,
+    checkpoints: Checkpoints,
+}
+
+impl Run<'_> {
+    fn state(&self, step: usize) -> TrainerState {
+        TrainerState {
+            run_id: self.cfg.run_id.clone(),
+            step,
+            beta: self.settings.beta,
+            nll_alpha: self.settings.nll_alpha,
+            lr_scale: self.lr_scale,
+            seed: self.cfg.seed,
+        }
+    }
+
+    fn micro_batches(&self, step: usize) -> Vec<Vec<Pair>> {
+        let per_step = self.cfg.batch_size * self.cfg.grad_accum;
+        let steps_per_epoch = (self.pairs.len() / per_step).max(1);
+        let epoch = (step - 1) / steps_per_epoch;
+        let within = (step - 1) % steps_per_epoch;
+        let order = epoch_order(self.pairs.len(), self.cfg.seed, epoch, self.cfg.shuffle);
+        (0..self.cfg.grad_accum)
+            .map(|m| {
+                let start = (within * per_step + m * self.cfg.batch_size) % self.pairs.len();
+                (0..self.cfg.batch_size)
+                    .map(|i| self.pairs[order[(start + i) % order.len()]].clone())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn train_step(&mut self, step: usize, total: usize) -> Result<BTreeMap<String, f64>> {
+        let started = Instant::now();
+        let vars = self.opt.vars();
+        let mut grads = None;
+        let mut metrics = Vec::new();
+        let mut tokens = 0.0;
+        for micro in self.micro_batches(step) {
+            let batch = collate(&micro, self.cfg.max_length, self.pad_id, &self.device)?;
+            tokens += batch.input_ids.elem_count() as f64;
+            let result = forward(&self.policy, &self.reference, &batch, &self.settings)?;
+            let scaled = (result.loss / self.cfg.grad_accum as f64)?;
+            grads = Some(add_grads(grads, scaled.backward()?, &vars)?);
+            metrics.push(result.metrics);
+        }
+        let mut grads = grads.expect("grad_accum ≥ 1");
+        let norm = if self.cfg.max_grad_norm > 0.0 {
+            clip_grad_norm(&mut grads, &vars, self.cfg.max_grad_norm)?
+        } else {
+            clip_grad_norm(&mut grads, &vars, f64::INFINITY)?
+        };
+        let lr = self.cfg.lr
+            * self
+                .cfg
+                .schedule
+                .factor(step - 1, self.cfg.warmup_steps, total)
+            * self.lr_scale;
+        self.opt.step(&grads, lr)?;
+        let mut m = average(&metrics);
+        m.insert("grad_norm".into(), norm);
+        m.insert("learning_rate".into(), lr);
+        m.insert("lr_scale".into(), self.lr_scale);
+        m.insert(
+            "tokens_per_second".into(),
+            tokens / started.elapsed().as_secs_f64().max(1e-9),
+        );
+        Ok(m)
+    }
+
+    fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+        let mut all = Vec::new();
+        for chunk in self.eval_pairs.chunks(self.cfg.batch_size) {
+            if self.settings.loss.uses_batch_statistics() && chunk.len() < 2 {
+                continue;
+            }
+            let batch = collate(chunk, self.cfg.max_length, self.pad_id, &self.device)?;
+            all.push(forward(&self.policy, &self.reference, &batch, &self.settings)?.metrics);
+        }
+        // The settings are the training ones: only measurements get an eval/ twin.
+        Ok(average(&all)
+            .into_iter()
+            .filter(|(k, _)| k != "beta" && k != "nll_alpha")
+            .map(|(k, v)| (format!("eval/{k}"), v))
+            .collect())
+    }
+
+    /// Applies a signal at the boundary before `next_step`; returns the stop reason for a stop.
+    fn apply(
+        &mut self,
+        s: &Signal,
+        next_step: usize,
+        reporter: &Reporter,
+    ) -> Result<Option<String>> {
+        let done = next_step - 1;
+        match s.kind {
+            SignalKind::SetHparam => {
+                let (name, value) = (
+                    s.name.as_deref().unwrap_or_default(),
+                    s.value.unwrap_or(f64::NAN),
+                );
+                match name {
+                    "beta" if value > 0.0 => self.settings.beta = value,
+                    "nll_alpha" if value >= 0.0 => self.settings.nll_alpha = value,
+                    "lr_scale" if value >= 0.0 => self.lr_scale = value,
+                    _ => eprintln!(
+                        "redline: ignoring signal {}: cannot set {name} to {value}",
+                        s.id
+                    ),
+                }
+                eprintln!("redline: step {next_step}: {name} = {value} ({})", s.reason);
+                reporter.ack(s.id, next_step);
+                Ok(None)
+            }
+            SignalKind::Checkpoint => {
+                let dir = self
+                    .checkpoints
+                    .save(&self.varmap, &self.opt, &self.state(done))?;
+                eprintln!(
+                    "redline: checkpoint at step {done} in {} ({})",
+                    dir.display(),
+                    s.reason
+                );
+                reporter.ack(s.id, done);
+                Ok(None)
+            }
+            SignalKind::Stop => {
+                reporter.ack(s.id, done);
+                Ok(Some(format!("stop signal {}: {}", s.id, s.reason)))
+            }
+        }
+    }
+}
+
+/// Loads models and data and sets up the optimizer; returns the run and its number of steps.
+fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
+    let device = device(&cfg.device)?;
+    let loaded = load_weights(&cfg.model, &device)?;
+    let reference_weights = if cfg.reference == cfg.model {
+        None
+    } else {
+        Some(load_weights(&cfg.reference, &device)?)
+    };
+    let reference = match &reference_weights {
+        Some(r) => reference_model(&r.config, &r.tensors, &device)?,
+        None => reference_model(&loaded.config, &loaded.tensors, &device)?,
+    };
+    let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &device)?;
+    drop(reference_weights);
+    let tok = PairTokenizer::from_dir(&cfg.model, loaded.config.eos_token_id)?;
+    let (pairs, dropped) = load_pairs(&cfg.train_data, &tok, cfg.max_length)?;
+    if dropped > 0 {
+        eprintln!(
+            "redline: dropped {dropped} pairs whose prompt fills max_length {}",
+            cfg.max_length
+        );
+    }
+    let eval_pairs = match &cfg.eval_data {
+        Some(p) if cfg.eval_every > 0 => load_pairs(p, &tok, cfg.max_length)?.0,
+        _ => Vec::new(),
+    };
+    if pairs.len() < cfg.batch_size {
+        return Err(TrainError::Data(format!(
+            "{}: {} pairs, fewer than batch_size {}",
+            cfg.train_data.display(),
+            pairs.len(),
+            cfg.batch_size
+        )));
+    }
+    let pad_id = loaded
+        .config
+        .pad_token_id
+        .or(loaded.config.eos_token_id)
+        .unwrap_or(0);
+    let total = cfg
+        .max_steps
+        .unwrap_or(cfg.epochs * (pairs.len() / (cfg.batch_size * cfg.grad_accum)).max(1));
+    let opt = AdamW::new(&varmap, cfg.weight_decay)?;
+    let run = Run {
+        cfg,
+        policy,
+        reference,
+        varmap,
+        opt,
+        settings: StepSettings {
+            loss: cfg.loss,
+            beta: cfg.beta,
+            nll_alpha: cfg.nll_alpha,
+            top_k: cfg.top_k,
+        },
+        lr_scale: 1.0,
+        pairs,
+        eval_pairs,
+        pad_id,
+        device: device.clone(),
+        checkpoints: Checkpoints {
+            dir: cfg.output_dir.join("checkpoints"),
+        },
+    };
+    Ok((run, total))
+}
+
+impl Run<'_> {
+    /// Restores the latest checkpoint of this run, if any; returns the first step to run.
+    fn resume(&mut self) -> Result<usize> {
+        let Some(step) = self.checkpoints.latest() else {
+            return Ok(1);
+        };
+        let state = self
+            .checkpoints
+            .restore(step, &self.varmap, &mut self.opt, &self.device)?;
+        if state.run_id != self.cfg.run_id {
+            return Err(TrainError::Config(format!(
+                "{} holds run {}, not {}: use another output_dir or the same run_id",
+                self.cfg.output_dir.display(),
+                state.run_id,
+                self.cfg.run_id
+            )));
+        }
+        (self.settings.beta, self.settings.nll_alpha, self.lr_scale) =
+            (state.beta, state.nll_alpha, state.lr_scale);
+        eprintln!(
+            "redline: resuming run {} after step {step}",
+            self.cfg.run_id
+        );
+        Ok(step + 1)
+    }
+
+    /// Writes the final checkpoint and says how the run ended.
+    fn conclude(
+        &self,
+        stopped: Option<(usize, String, Option<i64>)>,
+        total: usize,
+    ) -> Result<Outcome> {
+        let Some((last, reason, keep)) = stopped else {
+            self.checkpoints
+                .save(&self.varmap, &self.opt, &self.state(total))?;
+            return Ok(Outcome {
+                status: "completed",
+                last_step: total,
+                message: format!("completed {total} steps"),
+            });
+        };
+        self.checkpoints
+            .save(&self.varmap, &self.opt, &self.state(last))?;
+        let kept = keep.and_then(|k| self.checkpoints.mark_best(k as usize));
+        let best = match (keep, kept) {
+            (Some(k), Some(b)) => {
+                format!("; checkpoint of step {b} kept as best (asked for step {k})")
+            }
+            (Some(k), None) => {
+                format!("; no checkpoint at or before step {k}: the starting model is the best")
+            }
+            (None, _) => String::new(),
+        };
+        Ok(Outcome {
+            status: "stopped",
+            last_step: last,
+            message: format!("stopped after step {last}: {reason}{best}"),
+        })
+    }
+}
+
+fn server_target(cfg: &TrainConfig) -> Option<ServerTarget> {
+    cfg.server.as_ref().map(|url| ServerTarget {
+        url: url.clone(),
+        token: cfg.token.clone(),
+        run_id: cfg.run_id.clone(),
+        run: serde_json::json!({
+            "name": cfg.run_name, "project": cfg.project, "tags": cfg.tags, "config": cfg.to_json(),
+        }),
+    })
+}
+
+/// Trains as configured; see [`Outcome`] for how it ended.
+pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
+    let (mut run, total) = prepare(cfg)?;
+    let first = run.resume()?;
+    let mut reporter = Reporter::start(&cfg.output_dir, server_target(cfg))?;
+    let mut progress = Progress::new(total, first);
+    let mut outcome = None;
+    for step in first..=total {
+        for s in reporter.take_signals() {
+            if let Some(reason) = run.apply(&s, step, &reporter)? {
+                outcome = Some((step - 1, reason, s.keep_step));
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+        let mut metrics = run.train_step(step, total)?;
+        if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && !run.eval_pairs.is_empty() {
+            metrics.extend(run.evaluate()?);
+        }
+        reporter.record(step, unix_now(), &metrics)?;
+        progress.show(step, &metrics);
+        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) {
+            run.checkpoints
+                .save(&run.varmap, &run.opt, &run.state(step))?;
+        }
+    }
+    progress.done();
+    let result = run.conclude(outcome, total)?;
+    reporter.finish(result.status, Some(result.message.clone()));
+    Ok(result)
+}
+
+/// One status line: redrawn in place on a terminal, printed every 10 steps otherwise.
+struct Progress {
+    total: usize,
+    first: usize,
+    started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize, first: usize) -> Self {
+        Self {
+            total,
+            first,
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, step: usize, m: &BTreeMap<String, f64>) {
+        if !self.tty && !step.is_multiple_of(10) && step != self.total {
+            return;
+        }
+        let done = (step + 1 - self.first) as f64;
+        let rate = done / self.started.elapsed().as_secs_f64().max(1e-9);
+        let eta = (self.total - step) as f64 / rate.max(1e-9);
+        let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        let line = format!(
+            "step {step}/{} loss {:.4} margin {:.4} topk_entropy {:.3} {rate:.2} steps/s ETA {}m{:02}s",
+            self.total,
+            get("loss"),
+            get("rewards/margins"),
+            get("topk_entropy/chosen"),
+            (eta / 60.0) as u64,
+            (eta % 60.0) as u64
+        );
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// Where `train` keeps its files for `cfg`.
+pub fn metrics_path(cfg: &TrainConfig) -> PathBuf {
+    cfg.output_dir.join("metrics.jsonl")
+}
