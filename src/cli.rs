@@ -132,6 +132,29 @@ pub enum BenchCommand {
     Ingest(BenchIngestArgs),
     /// Time to read a 1,000,000-step series back downsampled to 1,000 buckets, per store.
     Read(BenchReadArgs),
+    /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
+    /// share of a step the top-k metrics take.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Fixture sizes of ../shared/peers/make_fixture.py to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_owned(), "small".to_owned()])]
+    pub sizes: Vec<String>,
+    /// Measured steps (one more runs first, untimed).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_length: usize,
+    /// Python virtual environment with TRL (../shared/peers/setup.sh makes one).
+    #[arg(long, env = "REDLINE_PEERS_VENV", default_value = ".peers-venv")]
+    pub peers_venv: PathBuf,
+    /// The peers folder (make_fixture.py, trl_dpo.py).
+    #[arg(long, env = "REDLINE_PEERS_DIR", default_value = "../shared/peers")]
+    pub peers_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -32,7 +32,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(cmd) => token(cmd).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
-        Command::Train(_) => unreachable!("training runs outside the async runtime"),
+        Command::Train(_) | Command::Bench(BenchCommand::Train(_)) => {
+            unreachable!("training runs outside the async runtime")
+        }
     }
 }
 

@@ -9,8 +9,11 @@ use clap::Parser;
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     commands::init_logging(&cli.log, cli.log_format);
-    if let cli::Command::Train(cmd) = cli.command {
-        return commands::train(cmd);
+    // Training uses blocking HTTP on its own threads: it runs outside the async runtime.
+    match cli.command {
+        cli::Command::Train(cmd) => return commands::train(cmd),
+        cli::Command::Bench(cli::BenchCommand::Train(args)) => return bench::train::run(&args),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

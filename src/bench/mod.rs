@@ -4,6 +4,7 @@
 pub mod ingest;
 mod mlflow;
 pub mod read;
+pub mod train;
 
 use std::net::SocketAddr;
 use std::time::Duration;

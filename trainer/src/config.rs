@@ -75,7 +75,7 @@ pub struct TrainArgs {
     /// Shuffle the pairs each epoch [default: true].
     #[arg(long)]
     pub shuffle: Option<bool>,
-    /// k of the top-k entropy and mass metrics [default: 10].
+    /// k of the top-k entropy and mass metrics; 0 leaves them out [default: 10].
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Evaluate on the held-out pairs every N steps; 0 disables [default: 0].
@@ -345,7 +345,7 @@ impl TrainConfig {
             epochs: positive("epochs", a.epochs.unwrap_or(1))?,
             seed: a.seed.unwrap_or(42),
             shuffle: a.shuffle.unwrap_or(true),
-            top_k: positive("top_k", a.top_k.unwrap_or(10))?,
+            top_k: a.top_k.unwrap_or(10),
             eval_every: a.eval_every.unwrap_or(0),
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
             device,

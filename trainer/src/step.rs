@@ -16,6 +16,7 @@ pub struct StepSettings {
     pub loss: LossKind,
     pub beta: f64,
     pub nll_alpha: f64,
+    /// k of the top-k metrics; 0 leaves them out (to measure what they cost).
     pub top_k: usize,
 }
 
@@ -80,7 +81,11 @@ pub fn forward(
         mean(&(p.rejected.detach() / &p.rejected_len)?)?,
     );
     let logits = logits.detach();
-    for (i, side) in ["chosen", "rejected"].iter().enumerate() {
+    for (i, side) in ["chosen", "rejected"]
+        .iter()
+        .enumerate()
+        .filter(|_| s.top_k > 0)
+    {
         let (mass, ent) = topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?;
         m.insert(format!("topk_mass/{side}"), mass);
         m.insert(format!("topk_entropy/{side}"), ent);

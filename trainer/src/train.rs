@@ -16,7 +16,7 @@ use crate::config::TrainConfig;
 use crate::data::{Pair, PairTokenizer, collate, load_pairs};
 use crate::error::{Result, TrainError};
 use crate::model::{Decoder, load_weights, reference_model, trainable_model};
-use crate::optim::{AdamW, clip_grad_norm};
+use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
 use crate::step::{StepSettings, forward};
 
@@ -101,7 +101,7 @@ impl Checkpoints {
         let dir = self.step_dir(state.step);
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         varmap.save(dir.join("model.safetensors"))?;
-        candle_core::safetensors::save(&opt.state(), dir.join("optimizer.safetensors"))?;
+        candle_core::safetensors::save(&opt.state()?, dir.join("optimizer.safetensors"))?;
         let json =
             serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
         std::fs::write(dir.join("trainer_state.json"), json)
@@ -255,11 +255,12 @@ impl Run<'_> {
             grads = Some(add_grads(grads, scaled.backward()?, &vars)?);
             metrics.push(result.metrics);
         }
-        let mut grads = grads.expect("grad_accum ≥ 1");
-        let norm = if self.cfg.max_grad_norm > 0.0 {
-            clip_grad_norm(&mut grads, &vars, self.cfg.max_grad_norm)?
+        let grads = grads.expect("grad_accum ≥ 1");
+        let norm = grad_norm(&grads, &vars)?;
+        let scale = if self.cfg.max_grad_norm > 0.0 {
+            clip_coefficient(norm, self.cfg.max_grad_norm)
         } else {
-            clip_grad_norm(&mut grads, &vars, f64::INFINITY)?
+            1.0
         };
         let lr = self.cfg.lr
             * self
@@ -267,7 +268,7 @@ impl Run<'_> {
                 .schedule
                 .factor(step - 1, self.cfg.warmup_steps, total)
             * self.lr_scale;
-        self.opt.step(&grads, lr)?;
+        self.opt.step(&grads, lr, scale)?;
         let mut m = average(&metrics);
         m.insert("grad_norm".into(), norm);
         m.insert("learning_rate".into(), lr);

@@ -10,7 +10,7 @@ use candle_core::Device;
 use crate::data::{PairTokenizer, collate, load_pairs};
 use crate::losses::LossKind;
 use crate::model::{load_weights, reference_model, trainable_model};
-use crate::optim::{AdamW, clip_grad_norm};
+use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::step::{StepSettings, forward};
 
 const COMPARED: [&str; 8] = [
@@ -61,10 +61,10 @@ fn run(
     for (i, want) in expected.into_iter().take(steps).enumerate() {
         let batch = collate(&pairs[i * 8..(i + 1) * 8], 64, 3, &dev).unwrap();
         let mut result = forward(&policy, &reference, &batch, &settings).unwrap();
-        let mut grads = result.loss.backward().unwrap();
-        let norm = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
+        let grads = result.loss.backward().unwrap();
+        let norm = grad_norm(&grads, &vars).unwrap();
         result.metrics.insert("grad_norm".into(), norm);
-        opt.step(&grads, 1e-3).unwrap();
+        opt.step(&grads, 1e-3, clip_coefficient(norm, 1.0)).unwrap();
         out.push((want, result.metrics));
     }
     out
