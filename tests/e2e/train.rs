@@ -153,3 +153,94 @@ fn check_local_files(out: &std::path::Path, applied: i64, last: i64) {
         "the local log has every step too"
     );
 }
+
+/// Steps recorded while the server is down are kept in metrics.jsonl and sent once it is up;
+/// what the server has acknowledged is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once() {
+    use redline_trainer::reporter::{Reporter, ServerTarget};
+    use std::collections::BTreeMap;
+
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_path_buf();
+    let target = ServerTarget {
+        url: format!("http://{addr}"),
+        token: None,
+        run_id: "spooled".into(),
+        run: json!({"project": "default"}),
+    };
+    let record = |r: &mut Reporter, steps: std::ops::RangeInclusive<usize>| {
+        for step in steps {
+            let metrics = BTreeMap::from([
+                ("loss".to_owned(), step as f64),
+                ("kl".to_owned(), f64::NAN),
+            ]);
+            r.record(step, 1_700_000_000.0 + step as f64, &metrics)
+                .unwrap();
+        }
+    };
+    // Nothing listens yet: every step goes to the spool only.
+    let (spool_dir, first_target) = (dir.clone(), target.clone());
+    let reporter = std::thread::spawn(move || {
+        let mut r = Reporter::start(&spool_dir, Some(first_target)).unwrap();
+        record(&mut r, 1..=50);
+        r
+    })
+    .join()
+    .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.listen = addr).await;
+    std::thread::spawn(move || {
+        let mut r = reporter;
+        record(&mut r, 51..=100);
+        r.finish("completed", None);
+    });
+    let done = eventually("the run to be finished", async || {
+        let (_, run) = app.get("/api/v1/runs/spooled").await;
+        (run["status"] == "completed").then_some(run)
+    })
+    .await;
+    assert_eq!(done["last_step"], 100);
+    let (_, loss) = app.get("/api/v1/runs/spooled/series?metric=loss").await;
+    assert_eq!(
+        points(&loss),
+        (1..=100).map(|s| (s, s as f64)).collect::<Vec<_>>()
+    );
+    let (_, kl) = app.get("/api/v1/runs/spooled/series?metric=kl").await;
+    assert!(
+        kl["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["value"] == "NaN")
+    );
+
+    // Everything is acknowledged: a restart sends only what is new.
+    let log = std::fs::metadata(dir.join("metrics.jsonl")).unwrap().len();
+    let sent: u64 = std::fs::read_to_string(dir.join("metrics.jsonl.sent"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sent, log);
+    let again = dir.clone();
+    std::thread::spawn(move || {
+        let mut r = Reporter::start(&again, Some(target)).unwrap();
+        record(&mut r, 101..=101);
+        r.finish("completed", None);
+    })
+    .join()
+    .unwrap();
+    let (_, metrics) = app.get("/api/v1/runs/spooled/metrics").await;
+    let loss_points = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "loss")
+        .unwrap()["points"]
+        .clone();
+    assert_eq!(loss_points, 101);
+}

@@ -3,7 +3,7 @@
 //! so a model built from them trains nothing while its loss still moves.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
 
@@ -74,20 +74,58 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(inp, out, vb)
-    } else {
-        candle_nn::linear_no_bias(inp, out, vb)
+/// A dense layer `x·Wᵀ + b` that folds all leading dimensions into one matrix product.
+/// `candle_nn::Linear` broadcasts the weight over the batch instead, which makes the backward
+/// pass materialise one weight-sized gradient per batch row before summing them.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    pub fn new(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (out, inp),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
     }
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        matmul_2d(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `x (…, in) · wᵀ (in, out) + b` as a single 2-D product.
+pub fn matmul_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let (inner, lead) = dims.split_last().expect("at least one dimension");
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, *inner))?.matmul(&w.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
 }
 
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    o_proj: Dense,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -97,10 +135,10 @@ impl Attention {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
-            q_proj: linear(h, cfg.num_heads * d, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear(cfg.num_heads * d, h, cfg.o_bias, vb.pp("o_proj"))?,
+            q_proj: Dense::new(h, cfg.num_heads * d, cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: Dense::new(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: Dense::new(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("v_proj"))?,
+            o_proj: Dense::new(cfg.num_heads * d, h, cfg.o_bias, vb.pp("o_proj"))?,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: d,
@@ -110,7 +148,7 @@ impl Attention {
     /// `x`: `(batch, seq, hidden)`; `mask`: additive `(seq, seq)` causal mask.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let heads = |p: &Linear, n: usize| -> Result<Tensor> {
+        let heads = |p: &Dense, n: usize| -> Result<Tensor> {
             p.forward(x)?
                 .reshape((b, t, n, self.head_dim))?
                 .transpose(1, 2)?
@@ -148,18 +186,18 @@ impl Attention {
 #[derive(Debug, Clone)]
 #[expect(clippy::struct_field_names, reason = "the checkpoint's weight names")]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Dense,
+    up_proj: Dense,
+    down_proj: Dense,
 }
 
 impl Mlp {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(h, i, bias, vb.pp("gate_proj"))?,
-            up_proj: linear(h, i, bias, vb.pp("up_proj"))?,
-            down_proj: linear(i, h, bias, vb.pp("down_proj"))?,
+            gate_proj: Dense::new(h, i, bias, vb.pp("gate_proj"))?,
+            up_proj: Dense::new(h, i, bias, vb.pp("up_proj"))?,
+            down_proj: Dense::new(i, h, bias, vb.pp("down_proj"))?,
         })
     }
 }

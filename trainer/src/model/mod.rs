@@ -6,12 +6,12 @@ mod layers;
 mod load;
 
 use candle_core::{D, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Family, ModelConfig};
 pub use load::{LoadedModel, init_deterministic, load_weights, reference_model, trainable_model};
 
-use layers::{Block, RmsNorm, Rotary};
+use layers::{Block, Dense, RmsNorm, Rotary};
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -19,7 +19,7 @@ pub struct Decoder {
     layers: Vec<Block>,
     norm: RmsNorm,
     /// `None` when the output projection is the embedding matrix (tied).
-    lm_head: Option<Linear>,
+    lm_head: Option<Dense>,
     rotary: Rotary,
     config: ModelConfig,
 }
@@ -33,9 +33,10 @@ impl Decoder {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(candle_nn::linear_no_bias(
+            Some(Dense::new(
                 cfg.hidden_size,
                 cfg.vocab_size,
+                false,
                 vb.pp("lm_head"),
             )?)
         };
@@ -69,7 +70,7 @@ impl Decoder {
         let x = self.norm.forward(&x)?;
         match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.broadcast_matmul(&self.embed_tokens.embeddings().t()?),
+            None => layers::matmul_2d(&x, self.embed_tokens.embeddings(), None),
         }
     }
 }
