@@ -17,7 +17,9 @@ fn rate_from_times(times: &[f64]) -> f64 {
     (times.len() - 1) as f64 / (times[times.len() - 1] - times[0])
 }
 
-fn redline_rate(model: &Path, args: &BenchTrainArgs, top_k: usize) -> anyhow::Result<f64> {
+/// Redline's steps per second, and the share of step time the top-k metrics took, both over
+/// steps 2..=n of one run.
+fn redline_rate(model: &Path, args: &BenchTrainArgs) -> anyhow::Result<(f64, f64)> {
     let out = tempfile::tempdir()?;
     let config = TrainConfig::resolve(
         TrainArgs {
@@ -29,7 +31,6 @@ fn redline_rate(model: &Path, args: &BenchTrainArgs, top_k: usize) -> anyhow::Re
             max_length: Some(args.max_length),
             max_steps: Some(args.steps + 1),
             shuffle: Some(false),
-            top_k: Some(top_k),
             output_dir: Some(out.path().to_path_buf()),
             run_id: Some("bench".into()),
             ..TrainArgs::default()
@@ -38,14 +39,19 @@ fn redline_rate(model: &Path, args: &BenchTrainArgs, top_k: usize) -> anyhow::Re
     )?;
     redline_trainer::train::train(&config)?;
     let log = std::fs::read_to_string(out.path().join("metrics.jsonl"))?;
-    let times: Vec<f64> = log
+    let rows: Vec<serde_json::Value> = log
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .map(|v| v["time"].as_f64().unwrap_or(f64::NAN))
-        })
+        .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    Ok(rate_from_times(&times))
+    let field = |v: &serde_json::Value, k: &str| v["metrics"][k].as_f64().unwrap_or(f64::NAN);
+    let times: Vec<f64> = rows
+        .iter()
+        .map(|v| v["time"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let measured = &rows[1.min(rows.len())..];
+    let metric_seconds: f64 = measured.iter().map(|v| field(v, "time/topk_seconds")).sum();
+    let step_seconds: f64 = measured.iter().map(|v| field(v, "time/step_seconds")).sum();
+    Ok((rate_from_times(&times), metric_seconds / step_seconds))
 }
 
 /// TRL's rate from its per-step wall times. `script` is the peer's trl_dpo.py, or our f32 wrapper
@@ -129,20 +135,17 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     for size in &args.sizes {
         let model = fixture(size, args, scratch.path())?;
         eprintln!("{size}: Redline…");
-        let ours = redline_rate(&model, args, 10)?;
-        let without_topk = redline_rate(&model, args, 0)?;
+        let (ours, topk_share) = redline_rate(&model, args)?;
         eprintln!("{size}: TRL…");
         let trl_bf16 = trl_rate(&model, args, &args.peers_dir.join("trl_dpo.py"), false)?;
         let trl_f32 = trl_rate(&model, args, Path::new(F32_WRAPPER), true)?;
-        // Seconds per step with and without the metrics.
-        let share = (1.0 / ours - 1.0 / without_topk) / (1.0 / ours);
         println!(
             "| {size} | {} | {} | {} | {ours:.2} | {trl_bf16:.2} | {trl_f32:.2} | {:.2}× | {:.1}% |",
             args.batch,
             args.max_length,
             args.steps,
             ours / trl_f32,
-            share * 100.0
+            topk_share * 100.0
         );
     }
     Ok(())

@@ -81,6 +81,7 @@ pub fn forward(
         mean(&(p.rejected.detach() / &p.rejected_len)?)?,
     );
     let logits = logits.detach();
+    let topk_started = std::time::Instant::now();
     for (i, side) in ["chosen", "rejected"]
         .iter()
         .enumerate()
@@ -90,6 +91,11 @@ pub fn forward(
         m.insert(format!("topk_mass/{side}"), mass);
         m.insert(format!("topk_entropy/{side}"), ent);
     }
+    // What the over-optimisation metrics cost, visible beside them.
+    m.insert(
+        "time/topk_seconds".into(),
+        topk_started.elapsed().as_secs_f64(),
+    );
     m.insert("entropy".into(), entropy(&logits, mask)?);
     // Per-token log-ratio on chosen completions: an estimate of KL (the tokens are not sampled from the policy).
     let chosen_tokens = half(mask, 0)?.sum_all()?.to_scalar::<f32>()?.max(1.0);

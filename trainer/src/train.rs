@@ -273,10 +273,13 @@ impl Run<'_> {
         m.insert("grad_norm".into(), norm);
         m.insert("learning_rate".into(), lr);
         m.insert("lr_scale".into(), self.lr_scale);
-        m.insert(
-            "tokens_per_second".into(),
-            tokens / started.elapsed().as_secs_f64().max(1e-9),
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        // `average` took the mean over micro-batches; the step spent their sum.
+        if let Some(t) = m.get_mut("time/topk_seconds") {
+            *t *= self.cfg.grad_accum as f64;
+        }
+        m.insert("time/step_seconds".into(), seconds);
+        m.insert("tokens_per_second".into(), tokens / seconds.max(1e-9));
         Ok(m)
     }
 
