@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::error::{Result, TrainError};
+use crate::model::Family;
 
 /// One tokenised preference pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +34,46 @@ pub struct PairTokenizer {
     eos: String,
 }
 
+/// Qwen2's split: digits one by one, a space before a number on its own, then byte-level BPE.
+const QWEN2_PRETOKENIZE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn qwen2_pre_tokenization(tokenizer: &mut Tokenizer) -> Result<()> {
+    use tokenizers::SplitDelimiterBehavior;
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    let split = Split::new(
+        SplitPattern::Regex(QWEN2_PRETOKENIZE.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| TrainError::Config(format!("Qwen2 pre-tokenizer: {e}")))?;
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, false, false).into(),
+    ])));
+    tokenizer
+        .with_normalizer(Some(NFC))
+        .map_err(|e| TrainError::Config(format!("Qwen2 normalizer: {e}")))?;
+    Ok(())
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl PairTokenizer {
     /// Reads `tokenizer.json`; the EOS token comes from `tokenizer_config.json` or, failing that,
-    /// from `eos_token_id`.
-    pub fn from_dir(dir: &Path, eos_token_id: Option<u32>) -> Result<Self> {
+    /// from `eos_token_id`. For Qwen2 models the pre-tokenizer and normalizer are Qwen2's own, as
+    /// transformers' `Qwen2Tokenizer` installs them whatever tokenizer.json says.
+    pub fn from_dir(dir: &Path, family: Family, eos_token_id: Option<u32>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path)
+        let mut tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        if family == Family::Qwen2 {
+            qwen2_pre_tokenization(&mut tokenizer)?;
+        }
         let from_config = std::fs::read_to_string(dir.join("tokenizer_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -211,8 +241,23 @@ mod tests {
     }
 
     #[test]
+    fn qwen2_rows_tokenise_as_transformers_qwen2_tokenizer_does() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
+        let tok = PairTokenizer::from_dir(&dir, Family::Qwen2, Some(2)).unwrap();
+        let pair = tok.pair("Q: 49+97=", " 146.", " 156.").unwrap();
+        assert_eq!(
+            pair,
+            Pair {
+                prompt: vec![52, 29, 224, 23, 28, 14, 28, 26, 32],
+                chosen: vec![224, 20, 23, 25, 17, 2],
+                rejected: vec![224, 20, 24, 25, 17, 2],
+            }
+        );
+    }
+
+    #[test]
     fn rows_tokenise_as_trl_does() {
-        let tok = PairTokenizer::from_dir(&fixture(), Some(2)).unwrap();
+        let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
         let (pairs, dropped) = load_pairs(&fixture().join("train.jsonl"), &tok, 64).unwrap();
         assert_eq!((pairs.len(), dropped), (256, 0));
         // Row 0, `{"prompt": "Q: 49+97=", "chosen": " 146.", "rejected": " 156."}`, as TRL 1.16 tokenises it.
@@ -263,7 +308,7 @@ mod tests {
 
     #[test]
     fn bad_rows_name_file_line_and_field() {
-        let tok = PairTokenizer::from_dir(&fixture(), Some(2)).unwrap();
+        let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.jsonl");
         std::fs::write(&path, "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\",\"chosen\":1,\"rejected\":\"c\"}\n").unwrap();

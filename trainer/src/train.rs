@@ -362,7 +362,8 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
     };
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &device)?;
     drop(reference_weights);
-    let tok = PairTokenizer::from_dir(&cfg.model, loaded.config.eos_token_id)?;
+    let tok =
+        PairTokenizer::from_dir(&cfg.model, loaded.config.family, loaded.config.eos_token_id)?;
     let (pairs, dropped) = load_pairs(&cfg.train_data, &tok, cfg.max_length)?;
     if dropped > 0 {
         eprintln!(

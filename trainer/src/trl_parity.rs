@@ -1,4 +1,5 @@
-//! Parity with TRL: 20 steps of each loss TRL has, on the `tiny` Llama fixture, with the settings
+//! Parity with TRL: 20 steps of each loss TRL has on the `tiny` Llama fixture (and of DPO on the
+//! `tiny` Qwen2 one), with the settings
 //! of ../shared/peers/trl_dpo.py (batch 8 in file order, lr 1e-3 constant, β 0.1, AdamW
 //! (0.9, 0.999, 1e-8) without weight decay, clipping at 1.0, f32). The expected values are TRL's
 //! own logs, written by tests/fixtures/trl_reference.py.
@@ -24,21 +25,27 @@ const COMPARED: [&str; 8] = [
     "grad_norm",
 ];
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny-{arch}"))
 }
 
 /// Runs `steps` steps and returns our metrics per step, alongside TRL's.
 fn run(
+    arch: &str,
     loss: &str,
     steps: usize,
 ) -> Vec<(serde_json::Value, std::collections::BTreeMap<String, f64>)> {
     let dev = Device::Cpu;
-    let loaded = load_weights(&fixture(), &dev).unwrap();
+    let loaded = load_weights(&fixture(arch), &dev).unwrap();
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &dev).unwrap();
     let reference = reference_model(&loaded.config, &loaded.tensors, &dev).unwrap();
-    let tok = PairTokenizer::from_dir(&fixture(), loaded.config.eos_token_id).unwrap();
-    let (pairs, _) = load_pairs(&fixture().join("train.jsonl"), &tok, 64).unwrap();
+    let tok = PairTokenizer::from_dir(
+        &fixture(arch),
+        loaded.config.family,
+        loaded.config.eos_token_id,
+    )
+    .unwrap();
+    let (pairs, _) = load_pairs(&fixture(arch).join("train.jsonl"), &tok, 64).unwrap();
     let mut opt = AdamW::new(&varmap, 0.0).unwrap();
     let vars = opt.vars();
     let settings = StepSettings {
@@ -47,7 +54,8 @@ fn run(
         nll_alpha: 0.0,
         top_k: 10,
     };
-    let expected = std::fs::read_to_string(fixture().join(format!("trl-{loss}.jsonl"))).unwrap();
+    let expected =
+        std::fs::read_to_string(fixture(arch).join(format!("trl-{loss}.jsonl"))).unwrap();
     let expected: Vec<serde_json::Value> = expected
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -73,8 +81,13 @@ fn run(
 #[test]
 fn twenty_steps_match_trl_for_every_loss_trl_has() {
     let mut worst = Vec::new();
-    for loss in ["sigmoid", "ipo", "hinge", "robust", "discopop"] {
-        for (i, (want, got)) in run(loss, 20).into_iter().enumerate() {
+    let runs = ["sigmoid", "ipo", "hinge", "robust", "discopop"]
+        .map(|loss| ("llama", loss))
+        .into_iter()
+        // Qwen2: tied embeddings, attention bias and Qwen2's own tokenisation.
+        .chain([("qwen2", "sigmoid")]);
+    for (arch, loss) in runs {
+        for (i, (want, got)) in run(arch, loss, 20).into_iter().enumerate() {
             for key in COMPARED {
                 let w = want[key]
                     .as_f64()
@@ -84,7 +97,7 @@ fn twenty_steps_match_trl_for_every_loss_trl_has() {
                 let err = (g - w).abs() / w.abs().max(1e-3);
                 worst.push((
                     err,
-                    format!("{loss} step {} {key}: ours {g}, TRL {w}", i + 1),
+                    format!("{arch} {loss} step {} {key}: ours {g}, TRL {w}", i + 1),
                 ));
             }
         }
