@@ -81,6 +81,18 @@ pub struct TrainArgs {
     /// Evaluate on the held-out pairs every N steps; 0 disables [default: 0].
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Eval prompts to generate completions for at each evaluation; 0 disables [default: 8].
+    #[arg(long)]
+    pub gen_prompts: Option<usize>,
+    /// Sampling temperature of those generations [default: 0.5].
+    #[arg(long)]
+    pub gen_temperature: Option<f64>,
+    /// Nucleus (top-p) of those generations [default: 0.75].
+    #[arg(long)]
+    pub gen_top_p: Option<f64>,
+    /// Most tokens generated per prompt [default: 32].
+    #[arg(long)]
+    pub gen_max_tokens: Option<usize>,
     /// Write a checkpoint every N steps; 0: only at the end [default: 0].
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
@@ -153,6 +165,10 @@ impl TrainArgs {
             shuffle,
             top_k,
             eval_every,
+            gen_prompts,
+            gen_temperature,
+            gen_top_p,
+            gen_max_tokens,
             checkpoint_every,
             output_dir,
             device,
@@ -191,6 +207,8 @@ pub struct TrainConfig {
     pub shuffle: bool,
     pub top_k: usize,
     pub eval_every: usize,
+    pub gen_prompts: usize,
+    pub sampling: crate::generate::Sampling,
     pub checkpoint_every: usize,
     pub output_dir: PathBuf,
     pub device: String,
@@ -264,6 +282,23 @@ fn resolve_run_id(id: Option<String>, run_name: &str, now: u64) -> Result<String
     });
     redline_core::RunId::parse(id.as_str()).map_err(|e| bad("run_id", format!("run id {e}")))?;
     Ok(id)
+}
+
+fn resolve_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<usize>,
+) -> Result<crate::generate::Sampling> {
+    let temperature = finite_non_negative("gen_temperature", temperature.unwrap_or(0.5))?;
+    let top_p = top_p.unwrap_or(0.75);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(bad("gen_top_p", format!("must be in (0, 1], got {top_p}")));
+    }
+    Ok(crate::generate::Sampling {
+        temperature,
+        top_p,
+        max_new_tokens: positive("gen_max_tokens", max_tokens.unwrap_or(32))?,
+    })
 }
 
 impl TrainConfig {
@@ -347,6 +382,8 @@ impl TrainConfig {
             shuffle: a.shuffle.unwrap_or(true),
             top_k: a.top_k.unwrap_or(10),
             eval_every: a.eval_every.unwrap_or(0),
+            gen_prompts: a.gen_prompts.unwrap_or(8),
+            sampling: resolve_sampling(a.gen_temperature, a.gen_top_p, a.gen_max_tokens)?,
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
             device,
             server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
@@ -368,7 +405,9 @@ impl TrainConfig {
             "max_grad_norm": self.max_grad_norm, "batch_size": self.batch_size,
             "grad_accum": self.grad_accum, "max_length": self.max_length, "max_steps": self.max_steps,
             "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle, "top_k": self.top_k,
-            "eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every,
+            "eval_every": self.eval_every, "gen_prompts": self.gen_prompts,
+            "gen_temperature": self.sampling.temperature, "gen_top_p": self.sampling.top_p,
+            "gen_max_tokens": self.sampling.max_new_tokens, "checkpoint_every": self.checkpoint_every,
             "device": self.device,
         })
     }

@@ -17,14 +17,19 @@ pub struct Pair {
     pub prompt: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
+    /// The row's gold final answer (`answer` field), when the task has a scorer.
+    pub answer: Option<String>,
 }
 
-/// Other fields are allowed: datasets often carry ids or gold answers beside the pair.
+/// Other fields are allowed: datasets often carry ids beside the pair.
 #[derive(Debug, Deserialize)]
 struct Row {
     prompt: String,
     chosen: String,
     rejected: String,
+    /// Gold final answer, scored by exact match against generations.
+    #[serde(default)]
+    answer: Option<String>,
 }
 
 /// The tokenizer of a model folder, with the EOS text TRL appends.
@@ -100,6 +105,13 @@ impl PairTokenizer {
             .map_err(|e| TrainError::Data(format!("cannot tokenise {text:?}: {e}")))
     }
 
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| TrainError::Data(format!("cannot decode {ids:?}: {e}")))
+    }
+
     /// Tokenises one row as TRL does.
     pub fn pair(&self, prompt: &str, chosen: &str, rejected: &str) -> Result<Pair> {
         let with_eos = |s: &str| {
@@ -118,6 +130,7 @@ impl PairTokenizer {
             prompt: p[..n].to_vec(),
             chosen: pc[n..].to_vec(),
             rejected: pr[n..].to_vec(),
+            answer: None,
         })
     }
 }
@@ -151,9 +164,10 @@ pub fn load_pairs(
                 )));
             }
         }
-        let pair = tok
+        let mut pair = tok
             .pair(&row.prompt, &row.chosen, &row.rejected)
             .map_err(|e| TrainError::Data(format!("{}: {e}", at())))?;
+        pair.answer = row.answer;
         if pair.prompt.len() >= max_length {
             dropped += 1;
             continue;
@@ -251,6 +265,7 @@ mod tests {
                 prompt: vec![52, 29, 224, 23, 28, 14, 28, 26, 32],
                 chosen: vec![224, 20, 23, 25, 17, 2],
                 rejected: vec![224, 20, 24, 25, 17, 2],
+                answer: None,
             }
         );
     }
@@ -267,6 +282,7 @@ mod tests {
                 prompt: vec![52, 29, 266, 28, 14, 28, 26, 32],
                 chosen: vec![273, 25, 17, 2],
                 rejected: vec![274, 25, 17, 2],
+                answer: None,
             }
         );
     }
@@ -278,11 +294,13 @@ mod tests {
                 prompt: vec![5, 6],
                 chosen: vec![7, 2],
                 rejected: vec![8, 9, 2],
+                answer: None,
             },
             Pair {
                 prompt: vec![5],
                 chosen: vec![2],
                 rejected: vec![4, 2],
+                answer: None,
             },
         ];
         let b = collate(&pairs, 64, 3, &Device::Cpu).unwrap();

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod generate;
 pub mod losses;
 pub mod metrics;
 pub mod model;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::data::{Pair, PairTokenizer, collate, load_pairs};
 use crate::error::{Result, TrainError};
+use crate::generate::generation_metrics;
 use crate::model::{Decoder, load_weights, reference_model, trainable_model};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
@@ -208,6 +209,8 @@ struct Run<'a> {
     lr_scale: f64,
     pairs: Vec<Pair>,
     eval_pairs: Vec<Pair>,
+    tokenizer: PairTokenizer,
+    eos_id: Option<u32>,
     pad_id: u32,
     device: Device,
     checkpoints: Checkpoints,
@@ -283,7 +286,8 @@ impl Run<'_> {
         Ok(m)
     }
 
-    fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+    /// The eval pairs' metrics under `eval/`, and the generation metrics on their prompts.
+    fn evaluate(&self, step: usize) -> Result<BTreeMap<String, f64>> {
         let mut all = Vec::new();
         for chunk in self.eval_pairs.chunks(self.cfg.batch_size) {
             if self.settings.loss.uses_batch_statistics() && chunk.len() < 2 {
@@ -292,12 +296,26 @@ impl Run<'_> {
             let batch = collate(chunk, self.cfg.max_length, self.pad_id, &self.device)?;
             all.push(forward(&self.policy, &self.reference, &batch, &self.settings)?.metrics);
         }
-        // The settings are the training ones: only measurements get an eval/ twin.
-        Ok(average(&all)
+        // The settings and timings are the training ones: only measurements get an eval/ twin.
+        let mut out: BTreeMap<String, f64> = average(&all)
             .into_iter()
-            .filter(|(k, _)| k != "beta" && k != "nll_alpha")
+            .filter(|(k, _)| k != "beta" && k != "nll_alpha" && !k.starts_with("time/"))
             .map(|(k, v)| (format!("eval/{k}"), v))
-            .collect())
+            .collect();
+        let prompts = &self.eval_pairs[..self.cfg.gen_prompts.min(self.eval_pairs.len())];
+        if !prompts.is_empty() {
+            out.extend(generation_metrics(
+                &self.policy,
+                &self.tokenizer,
+                prompts,
+                &self.cfg.sampling,
+                self.settings.top_k.max(1),
+                self.eos_id,
+                self.cfg.seed ^ step as u64,
+                &self.device,
+            )?);
+        }
+        Ok(out)
     }
 
     /// Applies a signal at the boundary before `next_step`; returns the stop reason for a stop.
@@ -407,6 +425,8 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
         lr_scale: 1.0,
         pairs,
         eval_pairs,
+        tokenizer: tok,
+        eos_id: loaded.config.eos_token_id,
         pad_id,
         device: device.clone(),
         checkpoints: Checkpoints {
@@ -506,7 +526,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         }
         let mut metrics = run.train_step(step, total)?;
         if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && !run.eval_pairs.is_empty() {
-            metrics.extend(run.evaluate()?);
+            metrics.extend(run.evaluate(step)?);
         }
         reporter.record(step, unix_now(), &metrics)?;
         progress.show(step, &metrics);
@@ -573,4 +593,87 @@ impl Progress {
 /// Where `train` keeps its files for `cfg`.
 pub fn metrics_path(cfg: &TrainConfig) -> PathBuf {
     cfg.output_dir.join("metrics.jsonl")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::{TrainArgs, TrainConfig};
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+    }
+
+    fn config(out: &Path, steps: usize, extra: TrainArgs) -> TrainConfig {
+        let args = TrainArgs {
+            model: Some(fixture()),
+            lr: Some(1e-3),
+            schedule: Some("constant".into()),
+            max_steps: Some(steps),
+            output_dir: Some(out.to_path_buf()),
+            run_id: Some("unit".into()),
+            ..TrainArgs::default()
+        };
+        TrainConfig::resolve(extra.overlaid_with(args), 0).unwrap()
+    }
+
+    fn logged(out: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_run_continues_exactly_where_it_stopped() {
+        let straight = tempfile::tempdir().unwrap();
+        super::train(&config(straight.path(), 4, TrainArgs::default())).unwrap();
+        let resumed = tempfile::tempdir().unwrap();
+        let halves = TrainArgs {
+            checkpoint_every: Some(2),
+            ..TrainArgs::default()
+        };
+        super::train(&config(resumed.path(), 2, halves.clone())).unwrap();
+        let outcome = super::train(&config(resumed.path(), 4, halves)).unwrap();
+        assert_eq!(outcome.last_step, 4);
+        let (a, b) = (logged(straight.path()), logged(resumed.path()));
+        assert_eq!(b.len(), 4, "steps 1-2, then 3-4 after the resume");
+        for key in ["loss", "grad_norm", "rewards/margins", "logps/chosen"] {
+            assert_eq!(
+                a[3]["metrics"][key], b[3]["metrics"][key],
+                "{key} at step 4"
+            );
+        }
+    }
+
+    #[test]
+    fn evaluation_generates_and_scores_against_gold_answers() {
+        let out = tempfile::tempdir().unwrap();
+        let eval = out.path().join("eval.jsonl");
+        std::fs::write(
+            &eval,
+            "{\"prompt\":\"Q: 1+1=\",\"chosen\":\" 2.\",\"rejected\":\" 3.\",\"answer\":\"2\"}\n\
+             {\"prompt\":\"Q: 2+2=\",\"chosen\":\" 4.\",\"rejected\":\" 5.\",\"answer\":\"4\"}\n",
+        )
+        .unwrap();
+        let extra = TrainArgs {
+            eval_data: Some(eval),
+            eval_every: Some(2),
+            gen_max_tokens: Some(4),
+            ..TrainArgs::default()
+        };
+        super::train(&config(out.path(), 2, extra)).unwrap();
+        let rows = logged(out.path());
+        let m = &rows[1]["metrics"];
+        let mass = m["topk_mass/generated"].as_f64().unwrap();
+        let entropy = m["topk_entropy/generated"].as_f64().unwrap();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-9 && (0.0..=10f64.log2() + 1e-9).contains(&entropy));
+        let tokens = m["eval/generated_tokens"].as_f64().unwrap();
+        assert!((1.0..=4.0).contains(&tokens), "{tokens}");
+        let score = m["eval/score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!(m["eval/loss"].is_number() && rows[0]["metrics"]["eval/loss"].is_null());
+    }
 }
