@@ -10,6 +10,7 @@ use candle_core::{D, DType, Device, Tensor};
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
 use crate::model::Decoder;
+use crate::rng::SplitMix64;
 
 /// How completions are sampled.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,21 +18,6 @@ pub struct Sampling {
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,
-}
-
-/// A seeded generator: the same seed gives the same samples on every machine, so resumed runs
-/// generate what uninterrupted ones would.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Top-k mass and top-k entropy (bits, renormalised within the top k) of one distribution.
@@ -52,7 +38,7 @@ pub fn topk_of(probs: &[f64], k: usize) -> (f64, f64) {
 
 /// Samples a token: softmax at `temperature`, then the smallest set of tokens whose probability
 /// reaches `top_p`.
-fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+fn sample(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> u32 {
     if s.temperature <= 0.0 {
         return argmax(logits);
     }
@@ -138,7 +124,8 @@ pub fn generation_metrics(
     let (mut mass, mut entropy, mut positions) = (0.0, 0.0, 0usize);
     let (mut correct, mut scored) = (0usize, 0usize);
     for (i, pair) in prompts.iter().enumerate() {
-        let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        // One stream per prompt: a resumed run samples what an uninterrupted one would.
+        let mut rng = SplitMix64::stream(seed, i as u64);
         let mut ids = pair.prompt.clone();
         let mut generated = Vec::new();
         for _ in 0..sampling.max_new_tokens {
@@ -199,7 +186,7 @@ mod tests {
             top_p: 0.75,
             max_new_tokens: 1,
         };
-        let mut rng = Rng(7);
+        let mut rng = SplitMix64(7);
         let mut counts = [0usize; 3];
         for _ in 0..9_000 {
             counts[sample(&logits, &s, &mut rng) as usize] += 1;

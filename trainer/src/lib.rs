@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod reporter;
+pub mod rng;
 pub mod step;
 pub mod train;
 #[cfg(test)]

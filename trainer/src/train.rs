@@ -19,6 +19,7 @@ use crate::generate::generation_metrics;
 use crate::model::{Decoder, load_weights, reference_model, trainable_model};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
+use crate::rng::SplitMix64;
 use crate::step::{StepSettings, forward};
 
 /// How a run ended.
@@ -68,16 +69,9 @@ pub fn device(name: &str) -> Result<Device> {
 fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        let mut state = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut next = || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut rng = SplitMix64::stream(seed, epoch as u64);
         for i in (1..n).rev() {
-            order.swap(i, (next() % (i as u64 + 1)) as usize);
+            order.swap(i, rng.below(i + 1));
         }
     }
     order

@@ -9,6 +9,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::{Decoder, ModelConfig};
 use crate::error::{Result, TrainError};
+use crate::rng::SplitMix64;
 
 /// A checkpoint read into memory: its configuration and its tensors as f32.
 #[derive(Debug)]
@@ -134,32 +135,9 @@ pub fn init_deterministic(varmap: &VarMap, seed: u64) -> Result<()> {
         } else if name.rsplit('.').next() == Some("bias") {
             vec![0.0; n]
         } else {
-            (0..n).map(|_| 0.02 * rng.normal()).collect()
+            (0..n).map(|_| (0.02 * rng.normal()) as f32).collect()
         };
         var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
     }
     Ok(())
-}
-
-/// A small, well-known generator: enough for reproducible initial weights.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Box–Muller.
-    fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
 }
