@@ -9,7 +9,7 @@ use redline_trainer::losses::LossKind;
 use redline_trainer::metrics::token_logps;
 use redline_trainer::model::{load_weights, reference_model, trainable_model};
 use redline_trainer::optim::{AdamW, clip_coefficient, grad_norm};
-use redline_trainer::step::{StepSettings, forward};
+use redline_trainer::step::{Reference, StepSettings, forward};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         let s1 = Instant::now();
         let _ = reference.forward(&batch.input_ids)?;
         let s2 = Instant::now();
-        let r = forward(&policy, &reference, &batch, &settings)?;
+        let r = forward(&policy, Reference::Model(&reference), &batch, &settings)?;
         let s3 = Instant::now();
         let grads = r.loss.backward()?;
         let s4 = Instant::now();

@@ -21,6 +21,10 @@ pub struct TrainArgs {
     /// Reference model folder [default: the model folder].
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Compute the reference log-probs of every training pair once, before the first step,
+    /// instead of a reference forward pass in every step [default: false, as TRL].
+    #[arg(long)]
+    pub precompute_ref: Option<bool>,
     /// Training pairs, JSONL {prompt, chosen, rejected} [default: MODEL/train.jsonl].
     #[arg(long)]
     pub train_data: Option<PathBuf>,
@@ -145,6 +149,7 @@ impl TrainArgs {
             top,
             model,
             reference,
+            precompute_ref,
             train_data,
             eval_data,
             loss,
@@ -187,6 +192,7 @@ impl TrainArgs {
 pub struct TrainConfig {
     pub model: PathBuf,
     pub reference: PathBuf,
+    pub precompute_ref: bool,
     pub train_data: PathBuf,
     pub eval_data: Option<PathBuf>,
     pub loss: LossKind,
@@ -358,6 +364,7 @@ impl TrainConfig {
         }
         Ok(Self {
             reference: a.reference.unwrap_or_else(|| model.clone()),
+            precompute_ref: a.precompute_ref.unwrap_or(false),
             output_dir: a
                 .output_dir
                 .unwrap_or_else(|| PathBuf::from("redline-runs").join(&run_id)),
@@ -398,7 +405,8 @@ impl TrainConfig {
     /// The configuration as JSON, for the run's record on the server.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "model": self.model, "reference": self.reference, "train_data": self.train_data,
+            "model": self.model, "reference": self.reference,
+            "precompute_ref": self.precompute_ref, "train_data": self.train_data,
             "eval_data": self.eval_data, "loss": self.loss_name, "beta": self.beta,
             "nll_alpha": self.nll_alpha, "lr": self.lr, "warmup_steps": self.warmup_steps,
             "schedule": format!("{:?}", self.schedule).to_lowercase(), "weight_decay": self.weight_decay,

@@ -31,11 +31,30 @@ fn mean(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.mean_all()?.to_scalar::<f32>()?))
 }
 
+/// Where a batch's reference log-likelihoods come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Reference<'a> {
+    /// The frozen model, run on the batch.
+    Model(&'a Decoder),
+    /// Summed completion log-probs per row `(2B,)`, computed once before training.
+    Precomputed(&'a Tensor),
+}
+
+/// Summed completion log-probs of each row of `batch` under the frozen `reference`, `(2B,)`.
+pub fn reference_logps(reference: &Decoder, batch: &Batch) -> Result<Tensor> {
+    let logits = reference.forward(&batch.input_ids)?.detach();
+    Ok(
+        (token_logps(&logits, &batch.input_ids)? * &batch.loss_mask)?
+            .sum(D::Minus1)?
+            .detach(),
+    )
+}
+
 /// Runs the step's forward passes. The reference pass records no graph: its weights are plain
 /// tensors and its outputs are detached.
 pub fn forward(
     policy: &Decoder,
-    reference: &Decoder,
+    reference: Reference<'_>,
     batch: &Batch,
     s: &StepSettings,
 ) -> Result<StepResult> {
@@ -44,9 +63,10 @@ pub fn forward(
     let logits = policy.forward(&batch.input_ids)?;
     let per_token = (token_logps(&logits, &batch.input_ids)? * mask)?;
     let logps = per_token.sum(D::Minus1)?;
-    let ref_logits = reference.forward(&batch.input_ids)?.detach();
-    let ref_per_token = (token_logps(&ref_logits, &batch.input_ids)? * mask)?.detach();
-    let ref_logps = ref_per_token.sum(D::Minus1)?;
+    let ref_logps = match reference {
+        Reference::Model(model) => reference_logps(model, batch)?,
+        Reference::Precomputed(t) => t.clone(),
+    };
     let lens = mask.sum(D::Minus1)?;
     let half = |t: &Tensor, i: usize| t.narrow(0, i * b, b);
     let p = PairLogps {
@@ -97,9 +117,10 @@ pub fn forward(
         topk_started.elapsed().as_secs_f64(),
     );
     m.insert("entropy".into(), entropy(&logits, mask)?);
-    // Per-token log-ratio on chosen completions: an estimate of KL (the tokens are not sampled from the policy).
-    let chosen_tokens = half(mask, 0)?.sum_all()?.to_scalar::<f32>()?.max(1.0);
-    let log_ratio = (half(&per_token.detach(), 0)? - half(&ref_per_token, 0)?)?.sum_all()?;
+    // Per-token log-ratio on chosen completions: an estimate of KL (the tokens are not sampled
+    // from the policy). Σ log π − Σ log π_ref over all chosen tokens, per token.
+    let chosen_tokens = p.chosen_len.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    let log_ratio = (p.chosen.detach() - &p.ref_chosen)?.sum_all()?;
     m.insert(
         "kl/chosen".into(),
         f64::from(log_ratio.to_scalar::<f32>()? / chosen_tokens),

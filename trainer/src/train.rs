@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use candle_core::Device;
 use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use redline_core::wire::{Signal, SignalKind};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use crate::model::{Decoder, load_weights, reference_model, trainable_model};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
 use crate::rng::SplitMix64;
-use crate::step::{StepSettings, forward};
+use crate::step::{Reference, StepSettings, forward, reference_logps};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +202,8 @@ struct Run<'a> {
     settings: StepSettings,
     lr_scale: f64,
     pairs: Vec<Pair>,
+    /// Reference log-likelihoods (chosen, rejected) of each training pair, when precomputed.
+    ref_logps: Option<Vec<[f32; 2]>>,
     eval_pairs: Vec<Pair>,
     tokenizer: PairTokenizer,
     eos_id: Option<u32>,
@@ -222,7 +224,8 @@ impl Run<'_> {
         }
     }
 
-    fn micro_batches(&self, step: usize) -> Vec<Vec<Pair>> {
+    /// Indices into `pairs` of each micro-batch of `step`.
+    fn micro_batches(&self, step: usize) -> Vec<Vec<usize>> {
         let per_step = self.cfg.batch_size * self.cfg.grad_accum;
         let steps_per_epoch = (self.pairs.len() / per_step).max(1);
         let epoch = (step - 1) / steps_per_epoch;
@@ -232,7 +235,7 @@ impl Run<'_> {
             .map(|m| {
                 let start = (within * per_step + m * self.cfg.batch_size) % self.pairs.len();
                 (0..self.cfg.batch_size)
-                    .map(|i| self.pairs[order[(start + i) % order.len()]].clone())
+                    .map(|i| order[(start + i) % order.len()])
                     .collect()
             })
             .collect()
@@ -245,9 +248,22 @@ impl Run<'_> {
         let mut metrics = Vec::new();
         let mut tokens = 0.0;
         for micro in self.micro_batches(step) {
-            let batch = collate(&micro, self.cfg.max_length, self.pad_id, &self.device)?;
+            let pairs: Vec<Pair> = micro.iter().map(|&i| self.pairs[i].clone()).collect();
+            let batch = collate(&pairs, self.cfg.max_length, self.pad_id, &self.device)?;
             tokens += batch.input_ids.elem_count() as f64;
-            let result = forward(&self.policy, &self.reference, &batch, &self.settings)?;
+            let precomputed = match &self.ref_logps {
+                Some(all) => {
+                    let rows: Vec<f32> = (0..2)
+                        .flat_map(|side| micro.iter().map(move |&i| all[i][side]))
+                        .collect();
+                    Some(Tensor::from_vec(rows, 2 * micro.len(), &self.device)?)
+                }
+                None => None,
+            };
+            let reference = precomputed
+                .as_ref()
+                .map_or(Reference::Model(&self.reference), Reference::Precomputed);
+            let result = forward(&self.policy, reference, &batch, &self.settings)?;
             let scaled = (result.loss / self.cfg.grad_accum as f64)?;
             grads = Some(add_grads(grads, scaled.backward()?, &vars)?);
             metrics.push(result.metrics);
@@ -288,7 +304,8 @@ impl Run<'_> {
                 continue;
             }
             let batch = collate(chunk, self.cfg.max_length, self.pad_id, &self.device)?;
-            all.push(forward(&self.policy, &self.reference, &batch, &self.settings)?.metrics);
+            let reference = Reference::Model(&self.reference);
+            all.push(forward(&self.policy, reference, &batch, &self.settings)?.metrics);
         }
         // The settings and timings are the training ones: only measurements get an eval/ twin.
         let mut out: BTreeMap<String, f64> = average(&all)
@@ -417,6 +434,7 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
             top_k: cfg.top_k,
         },
         lr_scale: 1.0,
+        ref_logps: None,
         pairs,
         eval_pairs,
         tokenizer: tok,
@@ -431,6 +449,19 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
 }
 
 impl Run<'_> {
+    /// Runs the reference over every training pair once, so steps need no reference pass.
+    fn precompute_reference(&mut self) -> Result<()> {
+        let mut all = Vec::with_capacity(self.pairs.len());
+        for chunk in self.pairs.chunks(self.cfg.batch_size) {
+            let batch = collate(chunk, self.cfg.max_length, self.pad_id, &self.device)?;
+            let rows: Vec<f32> = reference_logps(&self.reference, &batch)?.to_vec1()?;
+            let n = chunk.len();
+            all.extend((0..n).map(|i| [rows[i], rows[n + i]]));
+        }
+        self.ref_logps = Some(all);
+        Ok(())
+    }
+
     /// Restores the latest checkpoint of this run, if any; returns the first step to run.
     fn resume(&mut self) -> Result<usize> {
         let Some(step) = self.checkpoints.latest() else {
@@ -505,6 +536,15 @@ fn server_target(cfg: &TrainConfig) -> Option<ServerTarget> {
 /// Trains as configured; see [`Outcome`] for how it ended.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     let (mut run, total) = prepare(cfg)?;
+    if cfg.precompute_ref {
+        let started = Instant::now();
+        run.precompute_reference()?;
+        eprintln!(
+            "redline: reference log-probs of {} pairs precomputed in {:.1}s",
+            run.pairs.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     let first = run.resume()?;
     let mut reporter = Reporter::start(&cfg.output_dir, server_target(cfg))?;
     let mut progress = Progress::new(total, first);
@@ -639,6 +679,32 @@ mod tests {
                 a[3]["metrics"][key], b[3]["metrics"][key],
                 "{key} at step 4"
             );
+        }
+    }
+
+    #[test]
+    fn precomputed_reference_log_probs_train_the_same_run() {
+        let (live, pre) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        super::train(&config(live.path(), 3, TrainArgs::default())).unwrap();
+        let once = TrainArgs {
+            precompute_ref: Some(true),
+            ..TrainArgs::default()
+        };
+        super::train(&config(pre.path(), 3, once)).unwrap();
+        let (a, b) = (logged(live.path()), logged(pre.path()));
+        for step in 0..3 {
+            for key in ["loss", "rewards/margins", "kl/chosen", "grad_norm"] {
+                let (x, y) = (
+                    a[step]["metrics"][key].as_f64().unwrap(),
+                    b[step]["metrics"][key].as_f64().unwrap(),
+                );
+                // Reference passes over differently padded batches round differently in f32.
+                assert!(
+                    (x - y).abs() <= 1e-4 * x.abs().max(1e-2),
+                    "{key} at step {}: {x} vs {y}",
+                    step + 1
+                );
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use crate::data::{PairTokenizer, collate, load_pairs};
 use crate::losses::LossKind;
 use crate::model::{load_weights, reference_model, trainable_model};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
-use crate::step::{StepSettings, forward};
+use crate::step::{Reference, StepSettings, forward};
 
 const COMPARED: [&str; 8] = [
     "loss",
@@ -68,7 +68,7 @@ fn run(
     let mut out = Vec::new();
     for (i, want) in expected.into_iter().take(steps).enumerate() {
         let batch = collate(&pairs[i * 8..(i + 1) * 8], 64, 3, &dev).unwrap();
-        let mut result = forward(&policy, &reference, &batch, &settings).unwrap();
+        let mut result = forward(&policy, Reference::Model(&reference), &batch, &settings).unwrap();
         let grads = result.loss.backward().unwrap();
         let norm = grad_norm(&grads, &vars).unwrap();
         result.metrics.insert("grad_norm".into(), norm);
