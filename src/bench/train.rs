@@ -19,7 +19,11 @@ fn rate_from_times(times: &[f64]) -> f64 {
 
 /// Redline's steps per second, and the share of step time the top-k metrics took, both over
 /// steps 2..=n of one run.
-fn redline_rate(model: &Path, args: &BenchTrainArgs) -> anyhow::Result<(f64, f64)> {
+fn redline_rate(
+    model: &Path,
+    args: &BenchTrainArgs,
+    precompute_ref: bool,
+) -> anyhow::Result<(f64, f64)> {
     let out = tempfile::tempdir()?;
     let config = TrainConfig::resolve(
         TrainArgs {
@@ -31,6 +35,7 @@ fn redline_rate(model: &Path, args: &BenchTrainArgs) -> anyhow::Result<(f64, f64
             max_length: Some(args.max_length),
             max_steps: Some(args.steps + 1),
             shuffle: Some(false),
+            precompute_ref: Some(precompute_ref),
             output_dir: Some(out.path().to_path_buf()),
             run_id: Some("bench".into()),
             ..TrainArgs::default()
@@ -129,18 +134,20 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
     }
     let scratch = tempfile::tempdir()?;
     println!(
-        "| fixture | batch | max length | steps | Redline steps/s | TRL steps/s (bf16 autocast, as the peer script runs) | TRL steps/s (f32) | Redline / TRL f32 | top-k share of a Redline step |"
+        "| fixture | batch | max length | steps | Redline steps/s | TRL steps/s (bf16 autocast, as the peer script runs) \
+         | TRL steps/s (f32) | Redline / TRL f32 | top-k share of a Redline step | Redline, reference precomputed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in &args.sizes {
         let model = fixture(size, args, scratch.path())?;
         eprintln!("{size}: Redline…");
-        let (ours, topk_share) = redline_rate(&model, args)?;
+        let (ours, topk_share) = redline_rate(&model, args, false)?;
+        let (precomputed, _) = redline_rate(&model, args, true)?;
         eprintln!("{size}: TRL…");
         let trl_bf16 = trl_rate(&model, args, &args.peers_dir.join("trl_dpo.py"), false)?;
         let trl_f32 = trl_rate(&model, args, Path::new(F32_WRAPPER), true)?;
         println!(
-            "| {size} | {} | {} | {} | {ours:.2} | {trl_bf16:.2} | {trl_f32:.2} | {:.2}× | {:.1}% |",
+            "| {size} | {} | {} | {} | {ours:.2} | {trl_bf16:.2} | {trl_f32:.2} | {:.2}× | {:.1}% | {precomputed:.2} |",
             args.batch,
             args.max_length,
             args.steps,
