@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::cut::CutSettings;
 use crate::error::{Result, TrainError};
 use crate::losses::LossKind;
 use crate::optim::Schedule;
@@ -31,9 +32,17 @@ pub struct TrainArgs {
     /// Held-out pairs for evaluation [default: MODEL/eval.jsonl when it exists].
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// Loss: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, aql, aqfl, padll, cell, pfl [default: sigmoid].
+    /// Loss: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, aql, aqfl, padll, cell, pfl, or cut
+    /// (learning from judgments, on {prompt, response, judgment, aligned} rows) [default: sigmoid].
     #[arg(long)]
     pub loss: Option<String>,
+    /// CUT: λ, how much likelier a token must get with the judgment in context to be trained
+    /// down [default: 1.2, the paper's offline value].
+    #[arg(long)]
+    pub cut_threshold: Option<f64>,
+    /// CUT: weight of the unlikelihood term [default: 0.5, the paper's offline value].
+    #[arg(long)]
+    pub cut_weight: Option<f64>,
     /// β, the strength of the reference constraint [default: 0.1].
     #[arg(long)]
     pub beta: Option<f64>,
@@ -153,6 +162,8 @@ impl TrainArgs {
             train_data,
             eval_data,
             loss,
+            cut_threshold,
+            cut_weight,
             beta,
             nll_alpha,
             label_smoothing,
@@ -187,6 +198,24 @@ impl TrainArgs {
     }
 }
 
+/// What a run optimises.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
+    /// A pairwise loss on {prompt, chosen, rejected} rows.
+    Preference(LossKind),
+    /// CUT on {prompt, response, judgment, aligned} rows.
+    Cut(CutSettings),
+}
+
+impl Objective {
+    pub fn preference(self) -> Option<LossKind> {
+        match self {
+            Self::Preference(k) => Some(k),
+            Self::Cut(_) => None,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -195,7 +224,7 @@ pub struct TrainConfig {
     pub precompute_ref: bool,
     pub train_data: PathBuf,
     pub eval_data: Option<PathBuf>,
-    pub loss: LossKind,
+    pub objective: Objective,
     pub loss_name: String,
     pub beta: f64,
     pub nll_alpha: f64,
@@ -246,25 +275,51 @@ fn finite_non_negative(field: &str, v: f64) -> Result<f64> {
     }
 }
 
-fn resolve_loss(name: Option<String>, label_smoothing: Option<f64>) -> Result<(String, LossKind)> {
-    let name = name.unwrap_or_else(|| "sigmoid".into());
+fn resolve_objective(a: &TrainArgs) -> Result<(String, Objective)> {
+    let name = a.loss.clone().unwrap_or_else(|| "sigmoid".into());
+    if name == "cut" {
+        let threshold = a.cut_threshold.unwrap_or(1.2);
+        if !(threshold.is_finite() && threshold > 0.0) {
+            return Err(bad(
+                "cut_threshold",
+                format!("must be a finite number > 0, got {threshold}"),
+            ));
+        }
+        let weight = finite_non_negative("cut_weight", a.cut_weight.unwrap_or(0.5))?;
+        if a.label_smoothing.is_some() {
+            return Err(bad("label_smoothing", "applies to the robust loss only"));
+        }
+        if a.precompute_ref == Some(true) {
+            return Err(bad(
+                "precompute_ref",
+                "applies to preference losses; cut uses no reference",
+            ));
+        }
+        return Ok((name, Objective::Cut(CutSettings { threshold, weight })));
+    }
+    if a.cut_threshold.is_some() || a.cut_weight.is_some() {
+        return Err(bad(
+            "cut_threshold",
+            "cut_threshold and cut_weight apply to loss = \"cut\" only",
+        ));
+    }
     let mut loss = LossKind::parse(&name).ok_or_else(|| {
         bad(
             "loss",
             format!(
                 "unknown loss {name:?}; known: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, \
-                 aql, aqfl, padll, cell, pfl"
+                 aql, aqfl, padll, cell, pfl, cut"
             ),
         )
     })?;
-    if let Some(eps) = label_smoothing {
+    if let Some(eps) = a.label_smoothing {
         match &mut loss {
             LossKind::Robust { epsilon } if (0.0..0.5).contains(&eps) => *epsilon = eps,
             LossKind::Robust { .. } => return Err(bad("label_smoothing", "must be in [0, 0.5)")),
             _ => return Err(bad("label_smoothing", "applies to the robust loss only")),
         }
     }
-    Ok((name, loss))
+    Ok((name, Objective::Preference(loss)))
 }
 
 /// The given id, or one made from the run name and the time, checked against the server's rules.
@@ -310,6 +365,7 @@ fn resolve_sampling(
 impl TrainConfig {
     /// Fills defaults and checks every field. `now` (Unix seconds) names runs that have no id.
     pub fn resolve(a: TrainArgs, now: u64) -> Result<Self> {
+        let (loss_name, objective) = resolve_objective(&a)?;
         let model = a
             .model
             .ok_or_else(|| bad("model", "is required: the model folder to train"))?;
@@ -319,7 +375,6 @@ impl TrainConfig {
                 format!("{} has no config.json", model.display()),
             ));
         }
-        let (loss_name, loss) = resolve_loss(a.loss, a.label_smoothing)?;
         let beta = a.beta.unwrap_or(0.1);
         if !(beta.is_finite() && beta > 0.0) {
             return Err(bad(
@@ -328,7 +383,11 @@ impl TrainConfig {
             ));
         }
         let batch_size = positive("batch_size", a.batch_size.unwrap_or(8))?;
-        if loss.uses_batch_statistics() && batch_size < 2 {
+        if objective
+            .preference()
+            .is_some_and(LossKind::uses_batch_statistics)
+            && batch_size < 2
+        {
             return Err(bad(
                 "batch_size",
                 format!("{loss_name} uses batch statistics: needs at least 2"),
@@ -371,7 +430,7 @@ impl TrainConfig {
             model,
             train_data,
             eval_data,
-            loss,
+            objective,
             loss_name,
             beta,
             nll_alpha: finite_non_negative("nll_alpha", a.nll_alpha.unwrap_or(0.0))?,
@@ -442,8 +501,8 @@ mod tests {
         };
         let c = TrainConfig::resolve(file.overlaid_with(flags), 1_700_000_000).unwrap();
         assert_eq!(
-            (c.loss, c.beta, c.max_steps, c.batch_size),
-            (LossKind::Ipo, 0.2, Some(3), 8)
+            (c.objective, c.beta, c.max_steps, c.batch_size),
+            (Objective::Preference(LossKind::Ipo), 0.2, Some(3), 8)
         );
         assert_eq!(c.run_id, "tiny-llama-1700000000");
         assert_eq!(c.train_data, fixture().join("train.jsonl"));
@@ -466,6 +525,8 @@ mod tests {
         assert!(err(&format!("{m}batch_size = 0")).contains("batch_size"));
         assert!(err(&format!("{m}loss = \"dbaql\"\nbatch_size = 1")).contains("batch statistics"));
         assert!(err(&format!("{m}label_smoothing = 0.1")).contains("robust loss only"));
+        assert!(err(&format!("{m}cut_weight = 1.0")).contains("apply to loss = \"cut\" only"));
+        assert!(err(&format!("{m}loss = \"cut\"\ncut_threshold = 0.0")).contains("cut_threshold"));
         assert!(err(&format!("{m}lerning_rate = 1.0")).contains("lerning_rate"));
         assert!(err("model = \"/nowhere\"").contains("/nowhere has no config.json"));
         assert!(err(&format!("{m}run_id = \"a b\"")).contains("run_id"));

@@ -98,6 +98,11 @@ impl PairTokenizer {
         Ok(Self { tokenizer, eos })
     }
 
+    /// Token ids of `text`, as the model's tokenizer makes them.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text)
+    }
+
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .encode(text, true)

@@ -11,6 +11,7 @@
 )]
 
 pub mod config;
+pub mod cut;
 pub mod data;
 pub mod error;
 pub mod generate;

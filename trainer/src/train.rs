@@ -12,15 +12,17 @@ use candle_nn::VarMap;
 use redline_core::wire::{Signal, SignalKind};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
+use crate::config::{Objective, TrainConfig};
+use crate::cut::{CutExample, cut_forward, load_cut_rows};
 use crate::data::{Pair, PairTokenizer, collate, load_pairs};
 use crate::error::{Result, TrainError};
 use crate::generate::generation_metrics;
+use crate::losses::LossKind;
 use crate::model::{Decoder, load_weights, reference_model, trainable_model};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
 use crate::rng::SplitMix64;
-use crate::step::{Reference, StepSettings, forward, reference_logps};
+use crate::step::{Reference, StepResult, StepSettings, forward, reference_logps};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +207,9 @@ struct Run<'a> {
     /// Reference log-likelihoods (chosen, rejected) of each training pair, when precomputed.
     ref_logps: Option<Vec<[f32; 2]>>,
     eval_pairs: Vec<Pair>,
+    /// The rows of a CUT run (then `pairs` is empty), and its held-out rows.
+    cut_rows: Vec<CutExample>,
+    cut_eval: Vec<CutExample>,
     tokenizer: PairTokenizer,
     eos_id: Option<u32>,
     pad_id: u32,
@@ -224,21 +229,49 @@ impl Run<'_> {
         }
     }
 
-    /// Indices into `pairs` of each micro-batch of `step`.
+    /// Training examples: pairs, or CUT rows.
+    fn examples(&self) -> usize {
+        self.pairs.len().max(self.cut_rows.len())
+    }
+
+    fn has_eval(&self) -> bool {
+        !self.eval_pairs.is_empty() || !self.cut_eval.is_empty()
+    }
+
+    /// Indices into the examples of each micro-batch of `step`.
     fn micro_batches(&self, step: usize) -> Vec<Vec<usize>> {
         let per_step = self.cfg.batch_size * self.cfg.grad_accum;
-        let steps_per_epoch = (self.pairs.len() / per_step).max(1);
+        let steps_per_epoch = (self.examples() / per_step).max(1);
         let epoch = (step - 1) / steps_per_epoch;
         let within = (step - 1) % steps_per_epoch;
-        let order = epoch_order(self.pairs.len(), self.cfg.seed, epoch, self.cfg.shuffle);
+        let order = epoch_order(self.examples(), self.cfg.seed, epoch, self.cfg.shuffle);
         (0..self.cfg.grad_accum)
             .map(|m| {
-                let start = (within * per_step + m * self.cfg.batch_size) % self.pairs.len();
+                let start = (within * per_step + m * self.cfg.batch_size) % self.examples();
                 (0..self.cfg.batch_size)
                     .map(|i| order[(start + i) % order.len()])
                     .collect()
             })
             .collect()
+    }
+
+    fn preference_forward(&self, micro: &[usize], tokens: &mut f64) -> Result<StepResult> {
+        let pairs: Vec<Pair> = micro.iter().map(|&i| self.pairs[i].clone()).collect();
+        let batch = collate(&pairs, self.cfg.max_length, self.pad_id, &self.device)?;
+        *tokens += batch.input_ids.elem_count() as f64;
+        let precomputed = match &self.ref_logps {
+            Some(all) => {
+                let rows: Vec<f32> = (0..2)
+                    .flat_map(|side| micro.iter().map(move |&i| all[i][side]))
+                    .collect();
+                Some(Tensor::from_vec(rows, 2 * micro.len(), &self.device)?)
+            }
+            None => None,
+        };
+        let reference = precomputed
+            .as_ref()
+            .map_or(Reference::Model(&self.reference), Reference::Precomputed);
+        Ok(forward(&self.policy, reference, &batch, &self.settings)?)
     }
 
     fn train_step(&mut self, step: usize, total: usize) -> Result<BTreeMap<String, f64>> {
@@ -248,22 +281,17 @@ impl Run<'_> {
         let mut metrics = Vec::new();
         let mut tokens = 0.0;
         for micro in self.micro_batches(step) {
-            let pairs: Vec<Pair> = micro.iter().map(|&i| self.pairs[i].clone()).collect();
-            let batch = collate(&pairs, self.cfg.max_length, self.pad_id, &self.device)?;
-            tokens += batch.input_ids.elem_count() as f64;
-            let precomputed = match &self.ref_logps {
-                Some(all) => {
-                    let rows: Vec<f32> = (0..2)
-                        .flat_map(|side| micro.iter().map(move |&i| all[i][side]))
-                        .collect();
-                    Some(Tensor::from_vec(rows, 2 * micro.len(), &self.device)?)
-                }
-                None => None,
+            let result = if let Objective::Cut(cut) = self.cfg.objective {
+                let rows: Vec<CutExample> =
+                    micro.iter().map(|&i| self.cut_rows[i].clone()).collect();
+                tokens += rows
+                    .iter()
+                    .map(|r| (r.plain.len() + r.judged.len()) as f64)
+                    .sum::<f64>();
+                cut_forward(&self.policy, &rows, &cut, self.settings.top_k, self.pad_id)?
+            } else {
+                self.preference_forward(&micro, &mut tokens)?
             };
-            let reference = precomputed
-                .as_ref()
-                .map_or(Reference::Model(&self.reference), Reference::Precomputed);
-            let result = forward(&self.policy, reference, &batch, &self.settings)?;
             let scaled = (result.loss / self.cfg.grad_accum as f64)?;
             grads = Some(add_grads(grads, scaled.backward()?, &vars)?);
             metrics.push(result.metrics);
@@ -299,6 +327,14 @@ impl Run<'_> {
     /// The eval pairs' metrics under `eval/`, and the generation metrics on their prompts.
     fn evaluate(&self, step: usize) -> Result<BTreeMap<String, f64>> {
         let mut all = Vec::new();
+        if let Objective::Cut(cut) = self.cfg.objective {
+            for chunk in self.cut_eval.chunks(self.cfg.batch_size) {
+                all.push(
+                    cut_forward(&self.policy, chunk, &cut, self.settings.top_k, self.pad_id)?
+                        .metrics,
+                );
+            }
+        }
         for chunk in self.eval_pairs.chunks(self.cfg.batch_size) {
             if self.settings.loss.uses_batch_statistics() && chunk.len() < 2 {
                 continue;
@@ -393,22 +429,33 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
     drop(reference_weights);
     let tok =
         PairTokenizer::from_dir(&cfg.model, loaded.config.family, loaded.config.eos_token_id)?;
-    let (pairs, dropped) = load_pairs(&cfg.train_data, &tok, cfg.max_length)?;
+    let eval_on = |p: &Option<PathBuf>| p.as_ref().filter(|_| cfg.eval_every > 0).cloned();
+    let (mut pairs, mut eval_pairs, mut cut_rows, mut cut_eval) = (vec![], vec![], vec![], vec![]);
+    let (examples, dropped) = if let Objective::Cut(_) = cfg.objective {
+        let (rows, dropped) = load_cut_rows(&cfg.train_data, &tok, cfg.max_length)?;
+        cut_rows = rows;
+        if let Some(p) = eval_on(&cfg.eval_data) {
+            cut_eval = load_cut_rows(&p, &tok, cfg.max_length)?.0;
+        }
+        (cut_rows.len(), dropped)
+    } else {
+        let (rows, dropped) = load_pairs(&cfg.train_data, &tok, cfg.max_length)?;
+        pairs = rows;
+        if let Some(p) = eval_on(&cfg.eval_data) {
+            eval_pairs = load_pairs(&p, &tok, cfg.max_length)?.0;
+        }
+        (pairs.len(), dropped)
+    };
     if dropped > 0 {
         eprintln!(
-            "redline: dropped {dropped} pairs whose prompt fills max_length {}",
+            "redline: dropped {dropped} rows whose prompt leaves no room within max_length {}",
             cfg.max_length
         );
     }
-    let eval_pairs = match &cfg.eval_data {
-        Some(p) if cfg.eval_every > 0 => load_pairs(p, &tok, cfg.max_length)?.0,
-        _ => Vec::new(),
-    };
-    if pairs.len() < cfg.batch_size {
+    if examples < cfg.batch_size {
         return Err(TrainError::Data(format!(
-            "{}: {} pairs, fewer than batch_size {}",
+            "{}: {examples} rows, fewer than batch_size {}",
             cfg.train_data.display(),
-            pairs.len(),
             cfg.batch_size
         )));
     }
@@ -419,7 +466,7 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
         .unwrap_or(0);
     let total = cfg
         .max_steps
-        .unwrap_or(cfg.epochs * (pairs.len() / (cfg.batch_size * cfg.grad_accum)).max(1));
+        .unwrap_or(cfg.epochs * (examples / (cfg.batch_size * cfg.grad_accum)).max(1));
     let opt = AdamW::new(&varmap, cfg.weight_decay)?;
     let run = Run {
         cfg,
@@ -428,7 +475,8 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
         varmap,
         opt,
         settings: StepSettings {
-            loss: cfg.loss,
+            // CUT steps take their settings from the objective; this one is for pairs.
+            loss: cfg.objective.preference().unwrap_or(LossKind::Sigmoid),
             beta: cfg.beta,
             nll_alpha: cfg.nll_alpha,
             top_k: cfg.top_k,
@@ -437,6 +485,8 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
         ref_logps: None,
         pairs,
         eval_pairs,
+        cut_rows,
+        cut_eval,
         tokenizer: tok,
         eos_id: loaded.config.eos_token_id,
         pad_id,
@@ -559,7 +609,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
             break;
         }
         let mut metrics = run.train_step(step, total)?;
-        if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && !run.eval_pairs.is_empty() {
+        if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && run.has_eval() {
             metrics.extend(run.evaluate(step)?);
         }
         reporter.record(step, unix_now(), &metrics)?;
@@ -706,6 +756,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_cut_run_trains_on_judged_rows() {
+        let out = tempfile::tempdir().unwrap();
+        let data = out.path().join("cut.jsonl");
+        let rows: String = (0..16)
+            .map(|i| {
+                let (a, b) = (i, 30 + i);
+                if i % 2 == 0 {
+                    format!("{{\"prompt\":\"Q: {a}+{b}=\",\"response\":\" {}.\",\"aligned\":true}}\n", a + b)
+                } else {
+                    format!(
+                        "{{\"prompt\":\"Q: {a}+{b}=\",\"response\":\" {}.\",\"judgment\":\"off by ten\",\"aligned\":false}}\n",
+                        a + b + 10
+                    )
+                }
+            })
+            .collect();
+        std::fs::write(&data, rows).unwrap();
+        let extra = TrainArgs {
+            loss: Some("cut".into()),
+            train_data: Some(data.clone()),
+            eval_data: Some(data),
+            eval_every: Some(2),
+            ..TrainArgs::default()
+        };
+        let outcome = super::train(&config(out.path(), 2, extra)).unwrap();
+        assert_eq!(outcome.status, "completed");
+        let logged = logged(out.path());
+        let m = &logged[1]["metrics"];
+        for key in [
+            "loss",
+            "cut/nll",
+            "cut/ul",
+            "cut/inappropriate_share",
+            "topk_entropy/response",
+            "eval/cut/ul",
+        ] {
+            assert!(m[key].is_number(), "{key} missing: {m}");
+        }
+        assert!(
+            m["rewards/margins"].is_null(),
+            "no pairwise metrics in a CUT run"
+        );
     }
 
     #[test]

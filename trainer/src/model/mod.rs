@@ -54,6 +54,15 @@ impl Decoder {
         &self.config
     }
 
+    /// The token embedding matrix (also the output projection when tied).
+    pub fn embeddings(&self) -> &Tensor {
+        self.embed_tokens.embeddings()
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.embeddings().device().clone()
+    }
+
     /// Logits `(batch, seq, vocab)` for right-padded `input_ids` `(batch, seq)`. Padding needs no
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
