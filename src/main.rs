@@ -6,6 +6,11 @@ mod commands;
 
 use clap::Parser;
 
+/// Training allocates and frees thousands of tensors per step; glibc's malloc returns large
+/// blocks to the OS each time (mmap/munmap, page faults, TLB shootdowns), mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     commands::init_logging(&cli.log, cli.log_format);

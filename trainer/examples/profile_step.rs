@@ -3,6 +3,10 @@
 
 use std::time::Instant;
 
+/// As the `redline` binary: tensors are allocated and freed by the thousand per step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::Device;
 use redline_trainer::data::{PairTokenizer, collate, load_pairs};
 use redline_trainer::losses::LossKind;
