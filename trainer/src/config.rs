@@ -509,6 +509,24 @@ mod tests {
         assert_eq!(c.eval_data, Some(fixture().join("eval.jsonl")));
     }
 
+    /// The documented example file stays valid.
+    #[test]
+    fn the_example_config_resolves() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/run.example.toml");
+        let mut args = TrainArgs::from_toml_file(&path).unwrap();
+        // Its paths are relative to the repository root.
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for p in [&mut args.model, &mut args.train_data, &mut args.eval_data] {
+            *p = p.as_ref().map(|p| root.join(p));
+        }
+        let c = TrainConfig::resolve(args, 0).unwrap();
+        assert_eq!(
+            (c.loss_name.as_str(), c.schedule, c.max_steps),
+            ("sigmoid", Schedule::Cosine, Some(200))
+        );
+        assert_eq!(c.tags, ["dpo", "rpo", "tiny"]);
+    }
+
     #[test]
     fn bad_settings_name_the_field() {
         let err = |toml_text: &str| {
