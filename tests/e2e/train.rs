@@ -244,3 +244,38 @@ async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once()
         .clone();
     assert_eq!(loss_points, 101);
 }
+
+/// A step the server can never accept (here an invalid metric name written into the spool) is
+/// skipped on its own; the steps around it still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_step_does_not_hold_back_the_others() {
+    use redline_trainer::reporter::{Reporter, ServerTarget};
+    use std::collections::BTreeMap;
+
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(
+        out.path().join("metrics.jsonl"),
+        "{\"step\":1,\"metrics\":{\"loss\":1.0}}\n{\"step\":2,\"metrics\":{\"bad name\":1.0}}\n",
+    )
+    .unwrap();
+    let target = ServerTarget {
+        url: app.base.clone(),
+        token: None,
+        run_id: "refused".into(),
+        run: json!({"project": "default"}),
+    };
+    let dir = out.path().to_path_buf();
+    std::thread::spawn(move || {
+        let mut r = Reporter::start(&dir, Some(target)).unwrap();
+        r.record(3, 0.0, &BTreeMap::from([("loss".to_owned(), 3.0)]))
+            .unwrap();
+        r.finish("completed", None);
+    })
+    .join()
+    .unwrap();
+    let (_, loss) = app.get("/api/v1/runs/refused/series?metric=loss").await;
+    assert_eq!(points(&loss), vec![(1, 1.0), (3, 3.0)]);
+    let (_, run) = app.get("/api/v1/runs/refused").await;
+    assert_eq!(run["status"], "completed");
+}

@@ -204,7 +204,7 @@ impl Client {
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<String, CallError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -215,13 +215,44 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().map_err(|e| e.to_string())?;
+        let resp = req
+            .send()
+            .map_err(|e| CallError::Transport(e.to_string()))?;
         let status = resp.status();
-        let text = resp.text().map_err(|e| e.to_string())?;
+        let text = resp
+            .text()
+            .map_err(|e| CallError::Transport(e.to_string()))?;
         if status.is_success() {
             Ok(text)
         } else {
-            Err(format!("{status}: {text}"))
+            Err(CallError::Status(status, text))
+        }
+    }
+}
+
+/// Why a call to the server failed, which decides what the sender does next.
+#[derive(Debug)]
+enum CallError {
+    /// No answer: the server is down or unreachable. Retry.
+    Transport(String),
+    /// An answer other than success.
+    Status(reqwest::StatusCode, String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(e) => write!(f, "server unreachable: {e}"),
+            Self::Status(s, body) => write!(f, "server answered {s}: {body}"),
+        }
+    }
+}
+
+impl CallError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status(s, _) => Some(s.as_u16()),
+            Self::Transport(_) => None,
         }
     }
 }
@@ -279,23 +310,82 @@ impl Sender {
         Ok((steps, end))
     }
 
-    fn ship(&self) -> std::result::Result<bool, String> {
+    fn post_steps(&self, steps: &[serde_json::Value]) -> std::result::Result<(), CallError> {
+        let body = serde_json::json!({ "steps": steps });
+        let answer = self
+            .client
+            .call(reqwest::Method::POST, "/steps", Some(&body))?;
+        let result: IngestResult = serde_json::from_str(&answer)
+            .map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))?;
+        push_signals(&self.inbox, result.signals);
+        Ok(())
+    }
+
+    fn ship(&self) -> std::result::Result<bool, CallError> {
         let offset = self.offset();
-        let (steps, end) = self.pending(offset).map_err(|e| e.to_string())?;
+        let (steps, end) = self
+            .pending(offset)
+            .map_err(|e| CallError::Transport(format!("cannot read the spool: {e}")))?;
         if end == offset {
             return Ok(false);
         }
         if !steps.is_empty() {
-            let answer = self.client.call(
-                reqwest::Method::POST,
-                "/steps",
-                Some(&serde_json::json!({ "steps": steps })),
-            )?;
-            let result: IngestResult = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
-            push_signals(&self.inbox, result.signals);
+            match self.post_steps(&steps) {
+                // The server will never take this batch as it is: send its steps one by one and
+                // skip only those it refuses (they stay in metrics.jsonl), rather than hold back
+                // every later step.
+                Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
+                    for step in &steps {
+                        match self.post_steps(std::slice::from_ref(step)) {
+                            Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
+                                eprintln!(
+                                    "redline: the server refused step {}, skipped ({e})",
+                                    step["step"]
+                                );
+                            }
+                            other => other?,
+                        }
+                    }
+                }
+                other => other?,
+            }
         }
-        self.save_offset(end).map_err(|e| e.to_string())?;
+        self.save_offset(end)
+            .map_err(|e| CallError::Transport(format!("cannot save the spool offset: {e}")))?;
         Ok(true)
+    }
+
+    /// One round: make sure the run exists, ship what is unsent, send pending acks. Returns
+    /// whether there was anything to do.
+    fn sync(
+        &self,
+        created: &mut bool,
+        acks: &mut Vec<(i64, i64)>,
+    ) -> std::result::Result<bool, CallError> {
+        if !*created {
+            self.client
+                .call(reqwest::Method::PUT, "", Some(&self.run))?;
+            *created = true;
+        }
+        let mut busy = self.ship()?;
+        while let Some(&(id, step)) = acks.first() {
+            let body = serde_json::json!({ "step": step });
+            match self.client.call(
+                reqwest::Method::POST,
+                &format!("/signals/{id}/ack"),
+                Some(&body),
+            ) {
+                Ok(_) => {}
+                // Unknown signal, or acknowledged already at another step: nothing left to say.
+                Err(e) if matches!(e.status(), Some(404 | 409)) => {
+                    eprintln!("redline: acknowledging signal {id} failed for good ({e})");
+                }
+                Err(e) => return Err(e),
+            }
+            acks.remove(0);
+            busy = true;
+        }
+        Ok(busy)
     }
 
     fn run(self) {
@@ -304,33 +394,22 @@ impl Sender {
         let mut acks: Vec<(i64, i64)> = Vec::new();
         let mut finish: Option<(String, Option<String>, Instant)> = None;
         loop {
-            let outcome = (|| -> std::result::Result<bool, String> {
-                if !created {
-                    self.client
-                        .call(reqwest::Method::PUT, "", Some(&self.run))?;
-                    created = true;
-                }
-                let mut busy = self.ship()?;
-                while let Some(&(id, step)) = acks.first() {
-                    self.client.call(
-                        reqwest::Method::POST,
-                        &format!("/signals/{id}/ack"),
-                        Some(&serde_json::json!({ "step": step })),
-                    )?;
-                    acks.remove(0);
-                    busy = true;
-                }
-                Ok(busy)
-            })();
+            let outcome = self.sync(&mut created, &mut acks);
             let busy = match outcome {
                 Ok(busy) => {
                     backoff = Duration::from_millis(100);
                     busy
                 }
                 Err(e) => {
-                    eprintln!(
-                        "redline: server unreachable ({e}); steps are kept in metrics.jsonl and resent"
-                    );
+                    match e.status() {
+                        // The run is gone (a new database?): create it again, then resend.
+                        Some(404) => created = false,
+                        Some(401 | 403) => eprintln!(
+                            "redline: the server refused the token ({e}); steps are kept in \
+                             metrics.jsonl: restart with the right --token to send them"
+                        ),
+                        _ => eprintln!("redline: {e}; steps are kept in metrics.jsonl and resent"),
+                    }
                     if finish
                         .as_ref()
                         .is_some_and(|f| f.2.elapsed() > FINISH_GRACE)
