@@ -176,3 +176,70 @@ fn a_model_from_a_config_alone_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// A checkpoint in bf16, split over two shards with an index, loads as the f32 one does (to bf16
+/// precision).
+#[test]
+fn sharded_bf16_checkpoints_load_and_convert_to_f32() {
+    let loaded = load_weights(&fixture("llama"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("llama").join(f), dir.path().join(f)).unwrap();
+    }
+    let mut names: Vec<&String> = loaded.tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let tensors: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| {
+                (
+                    (*n).clone(),
+                    loaded.tensors[*n].to_dtype(DType::BF16).unwrap(),
+                )
+            })
+            .collect();
+        candle_core::safetensors::save(&tensors, dir.path().join(shard)).unwrap();
+        for n in part.iter() {
+            weight_map.insert((*n).clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let sharded = load_weights(dir.path(), &Device::Cpu).unwrap();
+    assert!(sharded.tensors.values().all(|t| t.dtype() == DType::F32));
+    let (a, _) = trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+    let (b, _) = trainable_model(&sharded.config, Some(&sharded.tensors), &Device::Cpu).unwrap();
+    let (x, y): (Vec<f32>, Vec<f32>) = (
+        a.forward(&ids())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+        b.forward(&ids())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+    );
+    let worst = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst > 0.0 && worst < 2e-2,
+        "bf16 weights move logits by {worst}"
+    );
+}
