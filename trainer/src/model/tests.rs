@@ -204,7 +204,7 @@ fn sharded_bf16_checkpoints_load_and_convert_to_f32() {
             })
             .collect();
         candle_core::safetensors::save(&tensors, dir.path().join(shard)).unwrap();
-        for n in part.iter() {
+        for n in part {
             weight_map.insert((*n).clone(), shard.into());
         }
     }
