@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{D, Device, Result, Tensor};
 use serde::Deserialize;
 
-use crate::data::PairTokenizer;
+use crate::data::{PairTokenizer, read_jsonl};
 use crate::error::{Result as TrainResult, TrainError};
 use crate::metrics::{entropy, token_logps, topk_stats};
 use crate::model::Decoder;
@@ -61,34 +61,22 @@ pub fn load_cut_rows(
     tok: &PairTokenizer,
     max_length: usize,
 ) -> TrainResult<(Vec<CutExample>, usize)> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let (mut rows, mut dropped) = (Vec::new(), 0);
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let row: CutRow = serde_json::from_str(line).map_err(|e| {
-            TrainError::Data(format!(
-                "{}: {e} (CUT rows are {{\"prompt\", \"response\", \"judgment\", \"aligned\"}})",
-                at()
-            ))
-        })?;
+    let shape = "{\"prompt\", \"response\", \"judgment\", \"aligned\"}";
+    for (at, row) in read_jsonl::<CutRow>(path, shape)? {
         let judgment = match (&row.judgment, row.aligned) {
             (Some(j), _) if !j.trim().is_empty() => j.clone(),
             (_, true) => String::new(),
             (_, false) => {
                 return Err(TrainError::Data(format!(
-                    "{}: field judgment is required when aligned is false",
-                    at()
+                    "{at}: field judgment is required when aligned is false"
                 )));
             }
         };
         // The response ids as they follow the prompt (TRL's split), reused after the judged context.
         let pair = tok
             .pair(&row.prompt, &row.response, &row.response)
-            .map_err(|e| TrainError::Data(format!("{}: {e}", at())))?;
+            .map_err(|e| TrainError::Data(format!("{at}: {e}")))?;
         let context = tok.encode_text(&judged_context(&row.prompt, &judgment))?;
         let room = max_length.saturating_sub(pair.prompt.len().max(context.len()));
         let keep = pair.chosen.len().min(room);

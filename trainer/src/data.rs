@@ -140,6 +140,25 @@ impl PairTokenizer {
     }
 }
 
+/// The rows of a JSONL file, each with its `file:line` for error messages. A line that does not
+/// parse as `T` is an error naming file, line and the problem; `shape` tells what rows look like.
+pub(crate) fn read_jsonl<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    shape: &str,
+) -> Result<Vec<(String, T)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let at = format!("{}:{}", path.display(), i + 1);
+            serde_json::from_str(line)
+                .map(|row| (at.clone(), row))
+                .map_err(|e| TrainError::Data(format!("{at}: {e} (rows are {shape})")))
+        })
+        .collect()
+}
+
 /// Reads and tokenises a JSONL file of pairs. A bad row is an error naming file, line and field.
 /// Pairs whose prompt alone fills `max_length` are dropped (as TRL does), and counted.
 pub fn load_pairs(
@@ -147,31 +166,17 @@ pub fn load_pairs(
     tok: &PairTokenizer,
     max_length: usize,
 ) -> Result<(Vec<Pair>, usize)> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut pairs = Vec::new();
     let mut dropped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let row: Row = serde_json::from_str(line).map_err(|e| {
-            TrainError::Data(format!(
-                "{}: {e} (rows are {{\"prompt\", \"chosen\", \"rejected\"}} strings)",
-                at()
-            ))
-        })?;
+    for (at, row) in read_jsonl::<Row>(path, "{\"prompt\", \"chosen\", \"rejected\"} strings")? {
         for (field, value) in [("chosen", &row.chosen), ("rejected", &row.rejected)] {
             if value.trim().is_empty() {
-                return Err(TrainError::Data(format!(
-                    "{}: field {field} is empty",
-                    at()
-                )));
+                return Err(TrainError::Data(format!("{at}: field {field} is empty")));
             }
         }
         let mut pair = tok
             .pair(&row.prompt, &row.chosen, &row.rejected)
-            .map_err(|e| TrainError::Data(format!("{}: {e}", at())))?;
+            .map_err(|e| TrainError::Data(format!("{at}: {e}")))?;
         pair.answer = row.answer;
         if pair.prompt.len() >= max_length {
             dropped += 1;
