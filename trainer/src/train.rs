@@ -18,7 +18,9 @@ use crate::data::{Pair, PairTokenizer, collate, load_pairs};
 use crate::error::{Result, TrainError};
 use crate::generate::generation_metrics;
 use crate::losses::LossKind;
-use crate::model::{Decoder, load_weights, reference_model, trainable_model};
+use crate::model::{
+    Decoder, checkpoint_tensors, load_weights, reference_model, relayout, trainable_model,
+};
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::reporter::{Reporter, ServerTarget};
 use crate::rng::SplitMix64;
@@ -97,7 +99,11 @@ impl Checkpoints {
     fn save(&self, varmap: &VarMap, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
         let dir = self.step_dir(state.step);
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-        varmap.save(dir.join("model.safetensors"))?;
+        // Hugging Face names and layouts: a checkpoint is also a model folder's weights.
+        candle_core::safetensors::save(
+            &checkpoint_tensors(varmap)?,
+            dir.join("model.safetensors"),
+        )?;
         candle_core::safetensors::save(&opt.state()?, dir.join("optimizer.safetensors"))?;
         let json =
             serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -137,7 +143,7 @@ impl Checkpoints {
             let t = weights.get(name).ok_or_else(|| {
                 TrainError::Config(format!("{}: no tensor {name}", dir.display()))
             })?;
-            var.set(t)?;
+            var.set(&relayout(name, t)?)?;
         }
         let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)?;
         opt.load_state(&moments, state.step)?;

@@ -74,9 +74,11 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// A dense layer `x·Wᵀ + b` that folds all leading dimensions into one matrix product.
-/// `candle_nn::Linear` broadcasts the weight over the batch instead, which makes the backward
-/// pass materialise one weight-sized gradient per batch row before summing them.
+/// A dense layer `x·W + b` that folds all leading dimensions into one matrix product. The
+/// weight is kept as `(in, out)`, the transpose of the checkpoint's `(out, in)` (see
+/// [`super::stored_transposed`]): candle's backward of a product with a transposed view costs
+/// about twice that of a contiguous one. `candle_nn::Linear` also broadcasts the weight over the
+/// batch, which makes the backward materialise one weight-sized gradient per batch row.
 #[derive(Debug, Clone)]
 pub struct Dense {
     weight: Tensor,
@@ -86,7 +88,7 @@ pub struct Dense {
 impl Dense {
     pub fn new(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(
-            (out, inp),
+            (inp, out),
             "weight",
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
@@ -105,18 +107,18 @@ impl Module for Dense {
     }
 }
 
-/// `x (…, in) · wᵀ (in, out) + b` as a single 2-D product.
+/// `x (…, in) · w (in, out) + b` as a single 2-D product.
 pub fn matmul_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let (inner, lead) = dims.split_last().expect("at least one dimension");
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, *inner))?.matmul(&w.t()?)?;
+    let y = x.reshape((rows, *inner))?.matmul(w)?;
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
     let mut out = lead.to_vec();
-    out.push(w.dim(0)?);
+    out.push(w.dim(1)?);
     y.reshape(out)
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{Decoder, ModelConfig};
+use super::{Decoder, ModelConfig, relayout};
 use crate::error::{Result, TrainError};
 use crate::rng::SplitMix64;
 
@@ -83,11 +83,12 @@ pub(crate) fn copy_into(
         let t = weights
             .get(name)
             .ok_or_else(|| TrainError::Config(format!("the checkpoint has no tensor {name}")))?;
+        let t = relayout(name, t)?;
         if t.dims() != var.dims() {
             return Err(TrainError::Config(format!(
                 "tensor {name} has shape {:?} in the checkpoint; the config implies {:?}",
-                t.dims(),
-                var.dims()
+                relayout(name, &t)?.dims(),
+                relayout(name, var.as_tensor())?.dims()
             )));
         }
         var.set(&t.to_dtype(var.dtype())?)?;
@@ -112,8 +113,8 @@ pub fn reference_model(
 ) -> Result<Decoder> {
     let frozen: HashMap<String, Tensor> = weights
         .iter()
-        .map(|(k, v)| (k.clone(), v.detach()))
-        .collect();
+        .map(|(k, v)| Ok((k.clone(), relayout(k, v)?.detach())))
+        .collect::<candle_core::Result<_>>()?;
     Ok(Decoder::new(
         cfg,
         VarBuilder::from_tensors(frozen, DType::F32, device),

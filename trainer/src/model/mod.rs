@@ -79,9 +79,34 @@ impl Decoder {
         let x = self.norm.forward(&x)?;
         match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => layers::matmul_2d(&x, self.embed_tokens.embeddings(), None),
+            None => layers::matmul_2d(&x, &self.embed_tokens.embeddings().t()?, None),
         }
     }
+}
+
+/// Whether a parameter is kept transposed relative to the checkpoint: the dense layers' weights,
+/// stored `(in, out)` so their products take no transposed operand.
+pub fn stored_transposed(name: &str) -> bool {
+    name.ends_with("_proj.weight") || name == "lm_head.weight"
+}
+
+/// A checkpoint tensor in the layout the model keeps it (and back: the transpose is its own inverse).
+pub fn relayout(name: &str, t: &Tensor) -> Result<Tensor> {
+    if stored_transposed(name) && t.rank() == 2 {
+        t.t()?.contiguous()
+    } else {
+        Ok(t.clone())
+    }
+}
+
+/// The model's parameters in the checkpoint's layout and names, for saving in Hugging Face format.
+pub fn checkpoint_tensors(
+    varmap: &candle_nn::VarMap,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    vars.iter()
+        .map(|(name, var)| Ok((name.clone(), relayout(name, var.as_tensor())?)))
+        .collect()
 }
 
 fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
