@@ -22,7 +22,6 @@ pub enum Durability {
 #[derive(Debug)]
 pub struct ThrowawayPostgres {
     dir: PathBuf,
-    user: &'static str,
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
 }
 
@@ -119,7 +118,6 @@ impl ThrowawayPostgres {
         let pg = Self {
             watchdog: Mutex::new(Some(spawn_watchdog(&bin, &dir, user)?)),
             dir,
-            user,
         };
         let data = pg.dir.join("data");
         run(
@@ -182,11 +180,6 @@ impl ThrowawayPostgres {
             drop(stdin);
             let _ = child.wait();
         }
-    }
-
-    #[doc(hidden)]
-    pub fn user(&self) -> &str {
-        self.user
     }
 }
 
