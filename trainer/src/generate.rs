@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
+use crate::metrics::topk_stats_rows;
 use crate::model::Decoder;
 use crate::rng::SplitMix64;
 
@@ -18,22 +19,6 @@ pub struct Sampling {
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,
-}
-
-/// Top-k mass and top-k entropy (bits, renormalised within the top k) of one distribution.
-pub fn topk_of(probs: &[f64], k: usize) -> (f64, f64) {
-    let mut top: Vec<f64> = probs.to_vec();
-    let k = k.min(top.len());
-    top.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.total_cmp(a));
-    let top = &top[..k];
-    let mass: f64 = top.iter().sum();
-    let entropy = -top
-        .iter()
-        .map(|p| p / mass)
-        .filter(|q| *q > 0.0)
-        .map(|q| q * q.log2())
-        .sum::<f64>();
-    (mass, entropy)
 }
 
 /// Samples a token: softmax at `temperature`, then the smallest set of tokens whose probability
@@ -121,7 +106,8 @@ pub fn generation_metrics(
     seed: u64,
     device: &Device,
 ) -> Result<BTreeMap<String, f64>> {
-    let (mut mass, mut entropy, mut positions) = (0.0, 0.0, 0usize);
+    // The policy's next-token logits at every generated position, measured together at the end.
+    let mut seen = Vec::new();
     let (mut correct, mut scored) = (0usize, 0usize);
     for (i, pair) in prompts.iter().enumerate() {
         // One stream per prompt: a resumed run samples what an uninterrupted one would.
@@ -135,16 +121,8 @@ pub fn generation_metrics(
                 .narrow(1, ids.len() - 1, 1)?
                 .flatten_all()?
                 .to_dtype(DType::F32)?;
-            let probs: Vec<f64> = candle_nn::ops::softmax(&last, D::Minus1)?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect();
-            let (m, e) = topk_of(&probs, top_k);
-            mass += m;
-            entropy += e;
-            positions += 1;
             let next = sample(&last.to_vec1::<f32>()?, sampling, &mut rng);
+            seen.push(last);
             ids.push(next);
             generated.push(next);
             if Some(next) == eos {
@@ -158,10 +136,16 @@ pub fn generation_metrics(
             }
         }
     }
-    let n = positions.max(1) as f64;
+    let positions = seen.len();
+    let (mass, entropy) = if seen.is_empty() {
+        (0.0, 0.0)
+    } else {
+        let rows = Tensor::stack(&seen, 0)?;
+        topk_stats_rows(&rows, &Tensor::ones(positions, DType::F32, device)?, top_k)?
+    };
     let mut out = BTreeMap::from([
-        ("topk_mass/generated".to_owned(), mass / n),
-        ("topk_entropy/generated".to_owned(), entropy / n),
+        ("topk_mass/generated".to_owned(), mass),
+        ("topk_entropy/generated".to_owned(), entropy),
         (
             "eval/generated_tokens".to_owned(),
             positions as f64 / prompts.len().max(1) as f64,
@@ -199,14 +183,6 @@ mod tests {
             ..s
         };
         assert_eq!(sample(&logits, &greedy, &mut rng), 0);
-    }
-
-    #[test]
-    fn topk_of_a_distribution() {
-        let (m, e) = topk_of(&[0.5, 0.25, 0.25, 0.0], 2);
-        assert!((m - 0.75).abs() < 1e-12);
-        let q = [2.0 / 3.0, 1.0 / 3.0];
-        assert!((e + q.iter().map(|x: &f64| x * x.log2()).sum::<f64>()).abs() < 1e-12);
     }
 
     #[test]

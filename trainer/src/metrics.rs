@@ -20,13 +20,17 @@ pub fn token_logps(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
 
 /// Top-k mass and top-k entropy (log base 2, renormalised within the top k) of the next-token
 /// distributions at the positions where `mask (b, t-1)` is 1, averaged over those positions.
-/// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
 pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)> {
     let (b, t, v) = logits.dims3()?;
-    let n = b * (t - 1);
-    let mut probs =
-        candle_nn::ops::softmax_last_dim(&logits.narrow(1, 0, t - 1)?.detach().contiguous()?)?
-            .reshape((n, v))?;
+    let rows = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    topk_stats_rows(&rows, &mask.reshape(b * (t - 1))?, k)
+}
+
+/// As [`topk_stats`], for distributions given as rows of `logits (n, v)`, weighted by `weights (n,)`.
+/// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
+pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f64, f64)> {
+    let (n, v) = logits.dims2()?;
+    let mut probs = candle_nn::ops::softmax_last_dim(&logits.detach().contiguous()?)?;
     let mut top = Vec::with_capacity(k);
     for _ in 0..k.min(v) {
         let idx = probs.argmax_keepdim(1)?;
@@ -47,7 +51,7 @@ pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)
         .sum_keepdim(1)?
         .neg()?
         / std::f64::consts::LN_2;
-    let w = mask.reshape((n, 1))?.to_dtype(DType::F32)?;
+    let w = weights.reshape((n, 1))?.to_dtype(DType::F32)?;
     let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
     let avg = |x: Tensor| -> Result<f64> {
         Ok(f64::from((x * &w)?.sum_all()?.to_scalar::<f32>()?) / f64::from(count))

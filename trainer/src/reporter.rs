@@ -437,12 +437,9 @@ impl Sender {
             } else {
                 Duration::from_secs(1)
             };
-            match self.rx.recv_timeout(wait) {
-                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(Msg::Ack { id, step }) => acks.push((id, step)),
-                Ok(Msg::Finish { status, reason }) => {
-                    finish = Some((status, reason, Instant::now()));
-                }
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
                     finish.get_or_insert_with(|| {
                         (
@@ -451,9 +448,13 @@ impl Sender {
                             Instant::now(),
                         )
                     });
+                    None
                 }
-            }
-            while let Ok(msg) = self.rx.try_recv() {
+            };
+            for msg in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
+            {
                 match msg {
                     Msg::Wake => {}
                     Msg::Ack { id, step } => acks.push((id, step)),

@@ -680,11 +680,6 @@ impl Progress {
     }
 }
 
-/// Where `train` keeps its files for `cfg`.
-pub fn metrics_path(cfg: &TrainConfig) -> PathBuf {
-    cfg.output_dir.join("metrics.jsonl")
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
