@@ -5,7 +5,7 @@ use redline_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Backend, TestApp, both_stores, fresh_database};
+use crate::harness::{Backend, TestApp, assert_writes_need_token, both_stores, fresh_database};
 
 both_stores!(
     tokens_guard_writes_and_reads_unless_reads_are_public,
@@ -88,21 +88,16 @@ async fn stored_tokens_work_until_revoked(b: Backend) {
     let base = format!("http://{}", server.local_addr());
     let _stop = server.shutdown_token().drop_guard();
     tokio::spawn(server.run());
-    let http = reqwest::Client::new();
-    let put = || http.put(format!("{base}/api/v1/runs/r")).json(&json!({}));
-    assert_eq!(
-        put().send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        put().bearer_auth(&token).send().await.unwrap().status(),
-        StatusCode::CREATED
-    );
+    assert_writes_need_token(&base, &token).await;
     store.revoke_token("ci").await.unwrap();
-    assert_eq!(
-        put().bearer_auth(&token).send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let revoked = reqwest::Client::new()
+        .put(format!("{base}/api/v1/runs/r"))
+        .json(&json!({}))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);
     let listed = store.tokens().await.unwrap();
     assert!(listed[0].revoked_at.is_some());
     assert!(store.revoke_token("nobody").await.is_err());

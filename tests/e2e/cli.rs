@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::harness::SseReader;
+use crate::harness::{SseReader, assert_writes_need_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redline");
 
@@ -147,16 +147,7 @@ async fn a_created_token_is_required_for_writes() {
             .env("REDLINE_DATA_DIR", "store"),
     )
     .await;
-    let http = reqwest::Client::new();
-    let put = || http.put(format!("{url}/api/v1/runs/r")).json(&json!({}));
-    assert_eq!(
-        put().send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        put().bearer_auth(&token).send().await.unwrap().status(),
-        StatusCode::CREATED
-    );
+    assert_writes_need_token(&url, &token).await;
     terminate(&mut child).await;
 
     let list = redline(cwd.path())

@@ -221,6 +221,22 @@ impl TestApp {
     }
 }
 
+/// Asserts that the server at `base` refuses a write without a token and accepts it with `token`
+/// (creating run `r`).
+pub async fn assert_writes_need_token(base: &str, token: &str) {
+    let http = reqwest::Client::new();
+    let put = || {
+        http.put(format!("{base}/api/v1/runs/r"))
+            .json(&serde_json::json!({}))
+    };
+    assert_eq!(
+        put().send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let with_token = put().bearer_auth(token).send().await.unwrap().status();
+    assert_eq!(with_token, StatusCode::CREATED);
+}
+
 /// Reads Server-Sent Events from a response.
 pub struct SseReader {
     stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
