@@ -76,9 +76,101 @@ pub fn downsample(points: &[(i64, f64)], from: i64, to: i64, buckets: u32) -> Ve
     out
 }
 
+impl Bucket {
+    /// The bucket of one point; `start` and `end` are the point's step.
+    pub fn of_point(step: i64, v: f64) -> Self {
+        let finite = (!v.is_nan()).then_some(v);
+        Self {
+            start: step,
+            end: step,
+            count: 1,
+            min: finite,
+            max: finite,
+            last_step: step,
+            last: v,
+            nan_count: u64::from(v.is_nan()),
+        }
+    }
+
+    /// The summary of `points` (sorted by step), spanning their first to last step.
+    pub fn of_points(points: &[(i64, f64)]) -> Option<Self> {
+        let (first, rest) = points.split_first()?;
+        let mut b = Self::of_point(first.0, first.1);
+        for &(step, v) in rest {
+            b.absorb(&Self::of_point(step, v));
+        }
+        Some(b)
+    }
+
+    /// Folds `later` (whose steps all come after this bucket's) into this one.
+    pub fn absorb(&mut self, later: &Self) {
+        let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, b) => a.or(b),
+        };
+        self.min = pick(self.min, later.min, f64::min);
+        self.max = pick(self.max, later.max, f64::max);
+        self.end = self.end.max(later.end);
+        self.count += later.count;
+        self.nan_count += later.nan_count;
+        self.last_step = later.last_step;
+        self.last = later.last;
+    }
+}
+
+/// The width of step-aligned buckets (multiples of `align` steps) that cover `from..=to` in at
+/// most `buckets` buckets. Aligned buckets can be built from per-chunk summaries without reading
+/// the points.
+pub fn aligned_width(from: i64, to: i64, buckets: u32, align: i64) -> i64 {
+    let span = (to - from + 1).max(1);
+    // A range not starting on a bucket boundary needs one bucket more than span / width.
+    let n = i64::from(buckets.max(2)) - 1;
+    let width = (span + n - 1) / n;
+    (width + align - 1) / align * align
+}
+
+/// Folds `parts` (sorted by step, each inside one bucket of `width` steps counted from step 0)
+/// into those buckets, clipped to `from..=to`.
+pub fn rebucket(parts: impl IntoIterator<Item = Bucket>, from: i64, to: i64, width: i64) -> Vec<Bucket> {
+    let mut out: Vec<Bucket> = Vec::new();
+    for part in parts {
+        let start = (part.start.div_euclid(width) * width).max(from);
+        match out.last_mut() {
+            Some(b) if b.start == start => b.absorb(&part),
+            _ => out.push(Bucket {
+                start,
+                end: (part.start.div_euclid(width) * width + width - 1).min(to),
+                ..part
+            }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebucketing_summaries_matches_summarising_the_points() {
+        let points: Vec<(i64, f64)> = (5..5_000)
+            .map(|s| (s, if s % 97 == 0 { f64::NAN } else { (s as f64).sin() }))
+            .collect();
+        let width = aligned_width(5, 4_999, 4, 1024);
+        assert_eq!(width, 2048);
+        // Per-chunk summaries, folded, equal per-point buckets folded.
+        let chunks = points
+            .chunk_by(|a, b| a.0 / 1024 == b.0 / 1024)
+            .filter_map(Bucket::of_points);
+        let from_chunks = rebucket(chunks, 5, 4_999, width);
+        let from_points = rebucket(points.iter().map(|&(s, v)| Bucket::of_point(s, v)), 5, 4_999, width);
+        assert_eq!(from_chunks, from_points);
+        assert_eq!(from_chunks.len(), 3);
+        assert_eq!((from_chunks[0].start, from_chunks[0].end), (5, 2047));
+        assert_eq!((from_chunks[2].start, from_chunks[2].end), (4096, 4999));
+        assert_eq!(from_chunks.iter().map(|b| b.count).sum::<u64>(), 4_995);
+        assert_eq!(from_chunks[0].nan_count, 21);
+    }
 
     #[test]
     fn a_single_step_spike_survives_downsampling() {

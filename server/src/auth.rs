@@ -49,7 +49,7 @@ impl Auth {
         }
     }
 
-    async fn accepts(&self, token: &str, store: &Arc<dyn Store>) -> Result<bool, AppError> {
+    pub async fn accepts(&self, token: &str, store: &Arc<dyn Store>) -> Result<bool, AppError> {
         let hash = hash_token(token);
         if self.static_hashes.contains(&hash) {
             return Ok(true);

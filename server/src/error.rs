@@ -25,6 +25,8 @@ pub enum AppError {
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -59,6 +61,7 @@ impl AppError {
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -66,6 +69,10 @@ impl AppError {
         }
     }
 }
+
+/// The message a client may see, kept on the response so pages can show it as HTML.
+#[derive(Debug, Clone)]
+pub struct Message(pub String);
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
@@ -85,6 +92,10 @@ impl IntoResponse for AppError {
             }
             other => (other.to_string(), None),
         };
+        let shown = Message(match &field {
+            Some(f) => format!("{f}: {message}"),
+            None => message.clone(),
+        });
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
@@ -93,6 +104,7 @@ impl IntoResponse for AppError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(shown);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

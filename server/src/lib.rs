@@ -2,6 +2,7 @@
 //! auth and signal delivery. [`startup::Server`] puts them together from a [`config::ServerConfig`].
 
 pub mod auth;
+pub mod charts;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -56,12 +56,7 @@ impl Server {
         }
         Ok(Self {
             listener,
-            state: AppState {
-                store,
-                auth: Arc::new(auth),
-                shutdown: CancellationToken::new(),
-                max_body_bytes: config.max_body_bytes,
-            },
+            state: AppState::new(store, auth, config.max_body_bytes),
         })
     }
 

@@ -71,24 +71,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
 /// Query parameters, read field by field so an error names the parameter, and an unknown
 /// parameter (a typo) is refused instead of ignored.
 #[derive(Debug)]
-pub struct QueryParams(HashMap<String, String>);
+pub struct QueryParams(HashMap<String, Vec<String>>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
         let query = parts.uri.query().unwrap_or_default();
         for (k, v) in url_pairs(query) {
-            if map.insert(k.clone(), v).is_some() {
-                return Err(FieldError::new(k, "is given more than once").into());
-            }
+            map.entry(k).or_default().push(v);
         }
         Ok(Self(map))
     }
 }
 
-fn url_pairs(query: &str) -> Vec<(String, String)> {
+pub fn url_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -127,20 +125,32 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl QueryParams {
-    /// Refuses parameters outside `known`.
+    /// Refuses parameters outside `known`, and any given more than once.
     pub fn only(&self, known: &[&str]) -> Result<(), AppError> {
-        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(FieldError::new(
-                k.clone(),
-                format!("is not a parameter here; known are {}", known.join(", ")),
-            )
-            .into()),
-            None => Ok(()),
+        self.only_repeating(known, &[])
+    }
+
+    /// As [`Self::only`], but the parameters in `repeatable` may be given several times.
+    pub fn only_repeating(&self, known: &[&str], repeatable: &[&str]) -> Result<(), AppError> {
+        for (k, values) in &self.0 {
+            if !known.contains(&k.as_str()) {
+                let message = format!("is not a parameter here; known are {}", known.join(", "));
+                return Err(FieldError::new(k.clone(), message).into());
+            }
+            if values.len() > 1 && !repeatable.contains(&k.as_str()) {
+                return Err(FieldError::new(k.clone(), "is given more than once").into());
+            }
         }
+        Ok(())
     }
 
     pub fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+
+    /// Every value of a repeatable parameter, in order.
+    pub fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.0.get(name).into_iter().flatten().map(String::as_str)
     }
 
     /// Parses an optional parameter, which must lie in `range` when given.

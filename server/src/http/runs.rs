@@ -10,7 +10,7 @@ use super::extract::{JsonBody, QueryParams};
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
-use crate::store::RunFilter;
+use crate::store::{RunFilter, RunSort};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,6 +37,7 @@ async fn create_or_resume(
     let id = run_id(id)?;
     req.validate()?;
     let (run, created) = state.store.create_or_resume_run(&id, &req).await?;
+    state.changed(&id);
     tracing::info!(run = %id, created, "run opened");
     let status = if created {
         StatusCode::CREATED
@@ -58,14 +59,23 @@ async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     params(
         ("project" = Option<String>, Query),
         ("status" = Option<RunStatus>, Query),
+        ("tag" = Option<String>, Query, description = "Only runs with this tag"),
+        ("sort" = Option<String>, Query, description = "newest (default), oldest, name, updated or step"),
         ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
         ("offset" = Option<u32>, Query),
     ),
     responses((status = 200, body = RunList), (status = 400, body = redline_core::wire::ErrorBody)))]
 async fn list_runs(State(state): State<AppState>, q: QueryParams) -> Result<Json<RunList>> {
-    q.only(&["project", "status", "limit", "offset"])?;
-    let status = q
-        .str("status")
+    q.only(&["project", "status", "tag", "sort", "limit", "offset"])?;
+    Ok(Json(RunList {
+        runs: state.store.list_runs(&run_filter(&q)?).await?,
+    }))
+}
+
+/// The run filter of a list request, API or page. Empty values mean "any".
+pub(super) fn run_filter(q: &QueryParams) -> Result<RunFilter> {
+    let given = |name| q.str(name).filter(|s| !s.is_empty());
+    let status = given("status")
         .map(|s| {
             RunStatus::parse(s).ok_or_else(|| {
                 FieldError::new(
@@ -75,15 +85,23 @@ async fn list_runs(State(state): State<AppState>, q: QueryParams) -> Result<Json
             })
         })
         .transpose()?;
-    let filter = RunFilter {
-        project: q.str("project").map(str::to_owned),
+    let sort = given("sort")
+        .map(|s| {
+            RunSort::parse(s).ok_or_else(|| {
+                let names: Vec<_> = RunSort::ALL.iter().map(|v| v.as_str()).collect();
+                FieldError::new("sort", format!("must be one of {}, got {s:?}", names.join(", ")))
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(RunFilter {
+        project: given("project").map(str::to_owned),
         status,
+        tag: given("tag").map(str::to_owned),
+        sort,
         limit: q.parse("limit", 1..=1000)?.unwrap_or(100),
         offset: q.parse("offset", 0..=u32::MAX)?.unwrap_or(0),
-    };
-    Ok(Json(RunList {
-        runs: state.store.list_runs(&filter).await?,
-    }))
+    })
 }
 
 /// Ends the run. Finishing again with the same status is a no-op.
@@ -103,6 +121,7 @@ async fn finish(
     let id = run_id(id)?;
     req.validate()?;
     let run = state.store.finish_run(&id, &req).await?;
+    state.changed(&id);
     tracing::info!(run = %id, status = run.status.as_str(), "run finished");
     Ok(Json(run))
 }

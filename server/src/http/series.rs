@@ -7,7 +7,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use redline_core::series::{bucket_width, downsample};
 use redline_core::wire::{
     DownsampledSeries, FieldError, MAX_STEP, MetricList, RawSeries, SeriesPoint,
 };
@@ -17,6 +16,7 @@ use super::extract::QueryParams;
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
+use crate::store::downsampled;
 
 /// Points a raw read returns when no `limit` is given.
 const DEFAULT_RAW_LIMIT: usize = 100_000;
@@ -49,7 +49,9 @@ enum Format {
 }
 
 /// One series: raw points in a step range (at most `limit`, with `next_from` to page on), or,
-/// with `buckets`, downsampled to equal-width step buckets keeping min, max and last.
+/// with `buckets`, downsampled to step buckets keeping min, max and last. Buckets have equal
+/// widths; over wide ranges they are whole multiples of the 1,024-step storage chunk, aligned
+/// to it, so the first and last may be cut short by the range.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}/series", tag = "series",
     params(
         ("run_id" = String, Path),
@@ -101,20 +103,7 @@ async fn read_series(
                 FieldError::new("limit", "applies to raw reads only, not with buckets").into(),
             );
         }
-        let points = state
-            .store
-            .read_series(&id, &metric, lo, hi, usize::MAX)
-            .await?;
-        // Without an explicit range the buckets span the data, not the whole step space.
-        let lo = from.or(points.first().map(|p| p.0)).unwrap_or(lo);
-        let hi = to.or(points.last().map(|p| p.0)).unwrap_or(lo);
-        let series = DownsampledSeries {
-            metric: metric.to_string(),
-            from: lo,
-            to: hi,
-            bucket_width: bucket_width(lo, hi, buckets),
-            buckets: downsample(&points, lo, hi, buckets),
-        };
+        let series = downsampled(state.store.as_ref(), &id, &metric, from, to, buckets).await?;
         return Ok(match format {
             Format::Json => Json(series).into_response(),
             Format::Csv => csv(&downsampled_csv(&series)),

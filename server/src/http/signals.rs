@@ -47,6 +47,7 @@ async fn create_signal(
 ) -> Result<(StatusCode, Json<Signal>)> {
     let id = run_id(id)?;
     let signal = state.store.create_signal(&id, &req.validate()?).await?;
+    state.changed(&id);
     tracing::info!(run = %id, signal = signal.id, kind = signal.kind.as_str(), "signal queued");
     Ok((StatusCode::CREATED, Json(signal)))
 }
@@ -96,6 +97,7 @@ async fn ack_signal(
     })?;
     req.validate()?;
     let acked = state.store.ack_signal(&id, signal, req.step).await?;
+    state.changed(&id);
     tracing::info!(run = %id, signal, step = req.step, "signal acknowledged");
     Ok(Json(acked))
 }

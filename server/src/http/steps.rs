@@ -34,6 +34,9 @@ async fn append_steps(
     let steps = batch.steps.len();
     let points = batch.into_points()?;
     let result = state.store.ingest(&id, &points).await?;
+    if result.new_points > 0 {
+        state.changed(&id);
+    }
     tracing::debug!(run = %id, steps, new = result.new_points, dup = result.duplicate_points, "ingested");
     Ok(Json(result))
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use redline_core::series::Bucket;
 use redline_core::wire::PointBatch;
 
 /// log2 of the steps one chunk covers.
@@ -49,6 +50,60 @@ pub fn decode_into(data: &[u8], out: &mut Vec<Point>) -> Result<(), String> {
     Ok(())
 }
 
+const SUMMARY_BYTES: usize = 64;
+
+/// A chunk's summary (its points as one [`Bucket`]), stored beside the points so a zoomed-out
+/// read folds summaries instead of decoding every point. A missing min/max is stored as NaN
+/// (the min and max of a bucket are never NaN).
+pub fn encode_summary(b: &Bucket) -> Vec<u8> {
+    let words = [
+        b.start as u64,
+        b.end as u64,
+        b.count,
+        b.min.unwrap_or(f64::NAN).to_bits(),
+        b.max.unwrap_or(f64::NAN).to_bits(),
+        b.last_step as u64,
+        b.last.to_bits(),
+        b.nan_count,
+    ];
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+pub fn decode_summary(data: &[u8]) -> Result<Bucket, String> {
+    if data.len() != SUMMARY_BYTES {
+        return Err(format!(
+            "chunk summary of {} bytes, expected {SUMMARY_BYTES}",
+            data.len()
+        ));
+    }
+    let w: Vec<u64> = data
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let finite = |bits: u64| Some(f64::from_bits(bits)).filter(|v| !v.is_nan());
+    Ok(Bucket {
+        start: w[0] as i64,
+        end: w[1] as i64,
+        count: w[2],
+        min: finite(w[3]),
+        max: finite(w[4]),
+        last_step: w[5] as i64,
+        last: f64::from_bits(w[6]),
+        nan_count: w[7],
+    })
+}
+
+/// The summary of a stored chunk: from its summary column, or from its points for rows written
+/// before summaries existed.
+pub fn stored_summary(summary: Option<&[u8]>, data: Option<&[u8]>) -> Result<Bucket, String> {
+    if let Some(s) = summary {
+        return decode_summary(s);
+    }
+    let mut points = Vec::new();
+    decode_into(data.unwrap_or_default(), &mut points)?;
+    Bucket::of_points(&points).ok_or_else(|| "empty chunk".to_owned())
+}
+
 /// Merges `incoming` into `existing` (both sorted by step, no repeats). A step already stored
 /// keeps its value: the first write wins, so a resent batch changes nothing.
 /// Returns the merged points and how many of `incoming` were new.
@@ -86,6 +141,7 @@ pub struct ChunkWrite {
     pub chunk: i64,
     pub points: i32,
     pub data: Vec<u8>,
+    pub summary: Vec<u8>,
 }
 
 /// What the ingest of one batch adds to a series' summary row.
@@ -161,6 +217,9 @@ pub fn plan(
                     chunk,
                     points: merged.len() as i32,
                     data: encode(&merged),
+                    summary: encode_summary(
+                        &Bucket::of_points(&merged).expect("a merge that added points"),
+                    ),
                 });
             }
         }
@@ -191,6 +250,18 @@ mod tests {
             assert_eq!((a.0, a.1.to_bits()), (b.0, b.1.to_bits()));
         }
         assert!(decode_into(&[0; 15], &mut back).is_err());
+    }
+
+    #[test]
+    fn summaries_round_trip_and_match_their_points() {
+        let points = [(3, f64::NAN), (9, -2.0), (700, f64::INFINITY), (1000, 0.5)];
+        let b = Bucket::of_points(&points).unwrap();
+        assert_eq!(decode_summary(&encode_summary(&b)).unwrap(), b);
+        assert_eq!(stored_summary(None, Some(&encode(&points))).unwrap(), b);
+        let all_nan = Bucket::of_point(4, f64::NAN);
+        let back = decode_summary(&encode_summary(&all_nan)).unwrap();
+        assert_eq!((back.min, back.max, back.nan_count), (None, None, 1));
+        assert!(decode_summary(&[0; 63]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! PostgreSQL (the production store). The series layout both share is in [`chunk`].
 
 pub mod chunk;
+mod downsample;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -9,11 +10,13 @@ pub mod throwaway;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use redline_core::series::Bucket;
 use redline_core::wire::{
     CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
     ValidSignal,
@@ -21,6 +24,7 @@ use redline_core::wire::{
 use redline_core::{MetricName, RunId};
 use tokio::sync::broadcast;
 
+pub use downsample::downsampled;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -101,8 +105,53 @@ impl fmt::Display for DatabaseUrl {
 pub struct RunFilter {
     pub project: Option<String>,
     pub status: Option<RunStatus>,
+    /// Runs carrying this tag.
+    pub tag: Option<String>,
+    pub sort: RunSort,
     pub limit: u32,
     pub offset: u32,
+}
+
+/// The orders runs can be listed in; every one ends on the insertion order, so pages are stable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunSort {
+    #[default]
+    Newest,
+    Oldest,
+    Name,
+    /// Most recently written first.
+    Updated,
+    /// Furthest step first.
+    Step,
+}
+
+impl RunSort {
+    pub const ALL: [Self; 5] = [Self::Newest, Self::Oldest, Self::Name, Self::Updated, Self::Step];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Newest => "newest",
+            Self::Oldest => "oldest",
+            Self::Name => "name",
+            Self::Updated => "updated",
+            Self::Step => "step",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The ORDER BY clause; the same in both stores' SQL.
+    fn order_by(self) -> &'static str {
+        match self {
+            Self::Newest => "created_at DESC, pk DESC",
+            Self::Oldest => "created_at ASC, pk ASC",
+            Self::Name => "name ASC, pk DESC",
+            Self::Updated => "updated_at DESC, pk DESC",
+            Self::Step => "coalesce(last_step, -1) DESC, pk DESC",
+        }
+    }
 }
 
 /// A stored API token, without its secret.
@@ -141,6 +190,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         to: i64,
         limit: usize,
     ) -> StoreResult<Vec<chunk::Point>>;
+    /// The summary of every stored chunk numbered within `chunks`, by chunk number.
+    async fn chunk_summaries(
+        &self,
+        id: &RunId,
+        metric: &MetricName,
+        chunks: RangeInclusive<i64>,
+    ) -> StoreResult<Vec<(i64, Bucket)>>;
 
     async fn create_signal(&self, id: &RunId, signal: &ValidSignal) -> StoreResult<Signal>;
     /// Signals with id above `after`, oldest first; only unacknowledged ones when `pending_only`.
@@ -224,4 +280,17 @@ async fn collect_range(
         }
     }
     Ok(out)
+}
+
+/// A chunk's number, its stored summary, and its points where it has no summary.
+type SummaryRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn summaries_of(rows: Vec<SummaryRow>) -> StoreResult<Vec<(i64, Bucket)>> {
+    rows.into_iter()
+        .map(|(c, summary, data)| {
+            chunk::stored_summary(summary.as_deref(), data.as_deref())
+                .map(|b| (c, b))
+                .map_err(StoreError::Corrupt)
+        })
+        .collect()
 }

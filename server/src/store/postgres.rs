@@ -3,10 +3,12 @@
 //! run, so concurrent resends cannot both count a point as new. New signals are announced with
 //! `NOTIFY`, so every server sharing the database wakes its open event streams.
 
+use std::ops::RangeInclusive;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redline_core::series::Bucket;
 use redline_core::wire::{
     CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
     ValidSignal,
@@ -18,7 +20,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
-use super::{
+use super::{SummaryRow, 
     MetricIds, RunFilter, Store, StoreError, StoreResult, TokenInfo, chunk, now, signal_channel,
 };
 
@@ -71,6 +73,24 @@ impl PostgresStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::RunNotFound(id.clone()))
+    }
+
+    /// The run's primary key and the metric's id, or which of them does not exist.
+    async fn series_key(&self, id: &RunId, metric: &MetricName) -> StoreResult<(i64, i32)> {
+        let pk = self.read_run_pk(id).await?;
+        let metric_id = sqlx::query_scalar(
+            "SELECT m.metric_id FROM run_metrics m JOIN metric_names n ON n.id = m.metric_id \
+             WHERE m.run_pk = $1 AND n.name = $2",
+        )
+        .bind(pk)
+        .bind(metric.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::SeriesNotFound {
+            run: id.clone(),
+            metric: metric.clone(),
+        })?;
+        Ok((pk, metric_id))
     }
 
     async fn locked_run(tx: &mut Transaction<'_, Postgres>, id: &RunId) -> StoreResult<Run> {
@@ -194,13 +214,16 @@ impl Store for PostgresStore {
     async fn list_runs(&self, f: &RunFilter) -> StoreResult<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR project = $1) \
-             AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, pk DESC \
-             LIMIT $3 OFFSET $4"
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($5::text IS NULL OR tags @> jsonb_build_array($5::text)) \
+             ORDER BY {} LIMIT $3 OFFSET $4",
+            f.sort.order_by()
         ))
         .bind(f.project.as_deref())
         .bind(f.status.map(RunStatus::as_str))
         .bind(i64::from(f.limit))
         .bind(i64::from(f.offset))
+        .bind(f.tag.as_deref())
         .fetch_all(&self.pool)
         .await?;
         rows::runs(rows)
@@ -252,17 +275,19 @@ impl Store for PostgresStore {
             let chunks: Vec<i64> = plan.writes.iter().map(|w| w.chunk).collect();
             let counts: Vec<i32> = plan.writes.iter().map(|w| w.points).collect();
             let data: Vec<&[u8]> = plan.writes.iter().map(|w| w.data.as_slice()).collect();
+            let summaries: Vec<&[u8]> = plan.writes.iter().map(|w| w.summary.as_slice()).collect();
             sqlx::query(
-                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data) \
-                 SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::int[], $5::bytea[]) \
+                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data, summary) \
+                 SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::int[], $5::bytea[], $6::bytea[]) \
                  ON CONFLICT (run_pk, metric_id, chunk) \
-                 DO UPDATE SET points = EXCLUDED.points, data = EXCLUDED.data",
+                 DO UPDATE SET points = EXCLUDED.points, data = EXCLUDED.data, summary = EXCLUDED.summary",
             )
             .bind(pk)
             .bind(&metric_ids)
             .bind(&chunks)
             .bind(&counts)
             .bind(&data)
+            .bind(&summaries)
             .execute(&mut *tx)
             .await?;
 
@@ -331,19 +356,7 @@ impl Store for PostgresStore {
         to: i64,
         limit: usize,
     ) -> StoreResult<Vec<chunk::Point>> {
-        let pk = self.read_run_pk(id).await?;
-        let metric_id: i32 = sqlx::query_scalar(
-            "SELECT m.metric_id FROM run_metrics m JOIN metric_names n ON n.id = m.metric_id \
-             WHERE m.run_pk = $1 AND n.name = $2",
-        )
-        .bind(pk)
-        .bind(metric.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::SeriesNotFound {
-            run: id.clone(),
-            metric: metric.clone(),
-        })?;
+        let (pk, metric_id) = self.series_key(id, metric).await?;
         let chunks = sqlx::query_scalar::<_, Vec<u8>>(
             "SELECT data FROM series_chunks WHERE run_pk = $1 AND metric_id = $2 \
              AND chunk BETWEEN $3 AND $4 ORDER BY chunk",
@@ -354,6 +367,26 @@ impl Store for PostgresStore {
         .bind(chunk::chunk_of(to))
         .fetch(&self.pool);
         super::collect_range(chunks, from, to, limit).await
+    }
+
+    async fn chunk_summaries(
+        &self,
+        id: &RunId,
+        metric: &MetricName,
+        chunks: RangeInclusive<i64>,
+    ) -> StoreResult<Vec<(i64, Bucket)>> {
+        let (pk, metric_id) = self.series_key(id, metric).await?;
+        let rows = sqlx::query_as::<_, SummaryRow>(
+            "SELECT chunk, summary, CASE WHEN summary IS NULL THEN data END FROM series_chunks \
+             WHERE run_pk = $1 AND metric_id = $2 AND chunk BETWEEN $3 AND $4 ORDER BY chunk",
+        )
+        .bind(pk)
+        .bind(metric_id)
+        .bind(chunks.start())
+        .bind(chunks.end())
+        .fetch_all(&self.pool)
+        .await?;
+        super::summaries_of(rows)
     }
 
     async fn create_signal(&self, id: &RunId, s: &ValidSignal) -> StoreResult<Signal> {

@@ -1,12 +1,14 @@
 //! The embedded store: one SQLite file in WAL mode. Writes go through a single connection, which
 //! is how SQLite works anyway and spares every writer a busy-retry; reads use a pool of their own.
 
+use std::ops::RangeInclusive;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redline_core::series::Bucket;
 use redline_core::wire::{
     CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
     ValidSignal,
@@ -20,7 +22,7 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
-use super::{
+use super::{SummaryRow, 
     MetricIds, RunFilter, Store, StoreError, StoreResult, TokenInfo, chunk, now, signal_channel,
 };
 
@@ -132,6 +134,24 @@ impl SqliteStore {
         .await?;
         rows::signals(rows, id)
     }
+
+    /// The run's primary key and the metric's id, or which of them does not exist.
+    async fn series_key(&self, id: &RunId, metric: &MetricName) -> StoreResult<(i64, i32)> {
+        let pk = self.read_run_pk(id).await?;
+        let metric_id = sqlx::query_scalar(
+            "SELECT m.metric_id FROM run_metrics m JOIN metric_names n ON n.id = m.metric_id \
+             WHERE m.run_pk = ? AND n.name = ?",
+        )
+        .bind(pk)
+        .bind(metric.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or_else(|| StoreError::SeriesNotFound {
+            run: id.clone(),
+            metric: metric.clone(),
+        })?;
+        Ok((pk, metric_id))
+    }
 }
 
 #[async_trait]
@@ -192,12 +212,16 @@ impl Store for SqliteStore {
     async fn list_runs(&self, f: &RunFilter) -> StoreResult<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR project = ?1) \
-             AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC, pk DESC LIMIT ?3 OFFSET ?4"
+             AND (?2 IS NULL OR status = ?2) \
+             AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?5)) \
+             ORDER BY {} LIMIT ?3 OFFSET ?4",
+            f.sort.order_by()
         ))
         .bind(f.project.as_deref())
         .bind(f.status.map(RunStatus::as_str))
         .bind(i64::from(f.limit))
         .bind(i64::from(f.offset))
+        .bind(f.tag.as_deref())
         .fetch_all(&self.reader)
         .await?;
         rows::runs(rows)
@@ -258,18 +282,20 @@ impl Store for SqliteStore {
         let plan = chunk::plan(batch, &ids, &existing).map_err(StoreError::Corrupt)?;
         for rows in plan.writes.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data) ",
+                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data, summary) ",
             );
             q.push_values(rows, |mut b, w| {
                 b.push_bind(pk)
                     .push_bind(w.metric_id)
                     .push_bind(w.chunk)
                     .push_bind(w.points)
-                    .push_bind(w.data.as_slice());
+                    .push_bind(w.data.as_slice())
+                    .push_bind(w.summary.as_slice());
             });
             q.push(
                 " ON CONFLICT (run_pk, metric_id, chunk) \
-                 DO UPDATE SET points = excluded.points, data = excluded.data",
+                 DO UPDATE SET points = excluded.points, data = excluded.data, \
+                 summary = excluded.summary",
             );
             q.build().execute(&mut *tx).await?;
         }
@@ -333,19 +359,7 @@ impl Store for SqliteStore {
         to: i64,
         limit: usize,
     ) -> StoreResult<Vec<chunk::Point>> {
-        let pk = self.read_run_pk(id).await?;
-        let metric_id: i32 = sqlx::query_scalar(
-            "SELECT m.metric_id FROM run_metrics m JOIN metric_names n ON n.id = m.metric_id \
-             WHERE m.run_pk = ? AND n.name = ?",
-        )
-        .bind(pk)
-        .bind(metric.as_str())
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or_else(|| StoreError::SeriesNotFound {
-            run: id.clone(),
-            metric: metric.clone(),
-        })?;
+        let (pk, metric_id) = self.series_key(id, metric).await?;
         let mut conn = self.reader.acquire().await?;
         let chunks = sqlx::query_scalar::<_, Vec<u8>>(
             "SELECT data FROM series_chunks WHERE run_pk = ? AND metric_id = ? \
@@ -357,6 +371,26 @@ impl Store for SqliteStore {
         .bind(chunk::chunk_of(to))
         .fetch(&mut *conn);
         super::collect_range(chunks, from, to, limit).await
+    }
+
+    async fn chunk_summaries(
+        &self,
+        id: &RunId,
+        metric: &MetricName,
+        chunks: RangeInclusive<i64>,
+    ) -> StoreResult<Vec<(i64, Bucket)>> {
+        let (pk, metric_id) = self.series_key(id, metric).await?;
+        let rows = sqlx::query_as::<_, SummaryRow>(
+            "SELECT chunk, summary, CASE WHEN summary IS NULL THEN data END FROM series_chunks \
+             WHERE run_pk = ? AND metric_id = ? AND chunk BETWEEN ? AND ? ORDER BY chunk",
+        )
+        .bind(pk)
+        .bind(metric_id)
+        .bind(chunks.start())
+        .bind(chunks.end())
+        .fetch_all(&self.reader)
+        .await?;
+        super::summaries_of(rows)
     }
 
     async fn create_signal(&self, id: &RunId, s: &ValidSignal) -> StoreResult<Signal> {

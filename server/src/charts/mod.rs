@@ -1,0 +1,251 @@
+//! The dashboard's charts: which ones a run page shows (the metric groups of REFERENCE.md), and
+//! turning stored series into a drawn chart. Drawing is CPU work: callers run [`render`] off the
+//! async executor.
+
+mod render;
+
+use futures::future::try_join_all;
+use redline_core::wire::{MetricSummary, Run, Signal, SignalKind};
+use redline_core::{MetricName, RunId};
+
+pub use render::{Chart, Line, Marker, MarkerKind, format_value, render};
+
+use crate::store::{Store, StoreError, StoreResult, downsampled};
+
+/// A chart of related metrics drawn together.
+#[derive(Debug)]
+pub struct Group {
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub metrics: &'static [&'static str],
+    pub log_y: bool,
+}
+
+const fn group(slug: &'static str, title: &'static str, metrics: &'static [&'static str]) -> Group {
+    Group { slug, title, metrics, log_y: false }
+}
+
+/// The run page's charts, in order; a group shows when the run has any of its metrics.
+pub const GROUPS: &[Group] = &[
+    group("loss", "loss", &["loss"]),
+    group("rewards", "rewards", &["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+    group("accuracies", "reward accuracy", &["rewards/accuracies"]),
+    group("logps", "log-likelihood, summed", &["logps/chosen", "logps/rejected"]),
+    group("logps_mean", "log-likelihood per token", &["logps_mean/chosen", "logps_mean/rejected"]),
+    group(
+        "topk_entropy",
+        "top-k entropy (nats)",
+        &["topk_entropy/chosen", "topk_entropy/rejected", "topk_entropy/generated"],
+    ),
+    group(
+        "topk_mass",
+        "top-k probability mass",
+        &["topk_mass/chosen", "topk_mass/rejected", "topk_mass/generated"],
+    ),
+    group("entropy", "entropy, full vocabulary (nats)", &["entropy"]),
+    group("kl", "KL estimate, chosen", &["kl/chosen"]),
+    Group { slug: "grad_norm", title: "gradient norm", metrics: &["grad_norm"], log_y: true },
+    group("learning_rate", "learning rate", &["learning_rate"]),
+    group("beta", "β", &["beta"]),
+    group("nll_alpha", "NLL α", &["nll_alpha"]),
+];
+
+/// One chart of a page: a group, or a single metric (every `eval/` series gets one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChartKey {
+    /// What the chart URL names: the group slug or the metric name.
+    pub slug: String,
+    pub title: String,
+    pub metrics: Vec<MetricName>,
+    pub log_y: bool,
+}
+
+impl ChartKey {
+    fn of_group(g: &Group, stored: &[&str]) -> Option<Self> {
+        let metrics: Vec<MetricName> = g
+            .metrics
+            .iter()
+            .filter(|m| stored.contains(m))
+            .filter_map(|m| MetricName::parse(*m).ok())
+            .collect();
+        (!metrics.is_empty()).then(|| Self {
+            slug: g.slug.to_owned(),
+            title: g.title.to_owned(),
+            metrics,
+            log_y: g.log_y,
+        })
+    }
+
+    pub fn of_metric(metric: MetricName) -> Self {
+        Self {
+            slug: metric.to_string(),
+            title: metric.to_string(),
+            metrics: vec![metric],
+            log_y: false,
+        }
+    }
+}
+
+/// The charts a run with these series shows, and the series no chart shows.
+pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
+    let stored: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    let mut charts: Vec<ChartKey> = GROUPS
+        .iter()
+        .filter_map(|g| ChartKey::of_group(g, &stored))
+        .collect();
+    charts.extend(
+        stored
+            .iter()
+            .filter(|m| m.starts_with("eval/"))
+            .filter_map(|m| MetricName::parse(*m).ok())
+            .map(ChartKey::of_metric),
+    );
+    let charted = |m: &&str| charts.iter().any(|c| c.metrics.iter().any(|n| n.as_str() == *m));
+    let rest = stored.iter().filter(|m| !charted(m)).map(|m| (*m).to_owned()).collect();
+    (charts, rest)
+}
+
+/// The chart a URL names: a group of the run's series, or one series.
+pub fn resolve(slug: &str, metrics: &[MetricSummary]) -> Option<ChartKey> {
+    let stored: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    if let Some(g) = GROUPS.iter().find(|g| g.slug == slug) {
+        return ChartKey::of_group(g, &stored);
+    }
+    let metric = MetricName::parse_readable(slug).ok()?;
+    stored.contains(&slug).then(|| ChartKey::of_metric(metric))
+}
+
+/// How a chart is drawn: step range, smoothing, axis, size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct View {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub smoothing: f64,
+    /// Overrides the chart's own choice of axis.
+    pub log_y: Option<bool>,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        Self { from: None, to: None, smoothing: 0.0, log_y: None, width: 460, height: 230 }
+    }
+}
+
+impl View {
+    /// One bucket per horizontal pixel of the plotting area.
+    fn buckets(&self) -> u32 {
+        self.width.saturating_sub(70).max(10)
+    }
+
+    fn steps(&self, last_step: Option<i64>) -> (i64, i64) {
+        let from = self.from.unwrap_or(0);
+        (from, self.to.unwrap_or(last_step.unwrap_or(0)).max(from))
+    }
+}
+
+/// Signal markers: applied signals at the step they were applied, and the step a stop kept.
+pub fn markers(signals: &[Signal]) -> Vec<Marker> {
+    let mut out = Vec::new();
+    for s in signals {
+        if let Some(step) = s.applied_step {
+            let kind = if s.kind == SignalKind::Stop { MarkerKind::Stop } else { MarkerKind::Signal };
+            out.push(Marker { step, kind });
+        }
+        if let Some(step) = s.keep_step {
+            out.push(Marker { step, kind: MarkerKind::Best });
+        }
+    }
+    out
+}
+
+async fn line(
+    store: &dyn Store,
+    run: &RunId,
+    metric: &MetricName,
+    steps: (i64, i64),
+    buckets: u32,
+    label: String,
+) -> StoreResult<Line> {
+    let series = downsampled(store, run, metric, Some(steps.0), Some(steps.1), buckets).await;
+    match series {
+        Ok(s) => Ok(Line { label, buckets: s.buckets }),
+        // A compared run may lack the metric: it draws nothing.
+        Err(StoreError::SeriesNotFound { .. }) => Ok(Line { label, buckets: Vec::new() }),
+        Err(e) => Err(e),
+    }
+}
+
+/// A run page chart, with the run's markers.
+pub async fn run_chart(
+    store: &dyn Store,
+    run: &Run,
+    key: &ChartKey,
+    view: &View,
+    markers: Vec<Marker>,
+) -> StoreResult<Chart> {
+    let steps = view.steps(run.last_step);
+    let lines = key
+        .metrics
+        .iter()
+        .map(|m| line(store, &run.id, m, steps, view.buckets(), m.to_string()));
+    Ok(Chart {
+        title: key.title.clone(),
+        lines: try_join_all(lines).await?,
+        markers,
+        steps,
+        log_y: view.log_y.unwrap_or(key.log_y),
+        smoothing: view.smoothing,
+        size: (view.width, view.height),
+    })
+}
+
+/// One metric of several runs overlaid, labelled by run name.
+pub async fn compare_chart(
+    store: &dyn Store,
+    runs: &[Run],
+    metric: &MetricName,
+    view: &View,
+) -> StoreResult<Chart> {
+    let steps = view.steps(runs.iter().filter_map(|r| r.last_step).max());
+    let lines = runs.iter().map(|r| {
+        let label = format!("{} ({})", r.name, r.id);
+        line(store, &r.id, metric, steps, view.buckets(), label)
+    });
+    Ok(Chart {
+        title: metric.to_string(),
+        lines: try_join_all(lines).await?,
+        markers: Vec::new(),
+        steps,
+        log_y: view.log_y.unwrap_or(false),
+        smoothing: view.smoothing,
+        size: (view.width, view.height),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str) -> MetricSummary {
+        MetricSummary { name: name.into(), points: 1, last_step: 0, last_value: 0.0 }
+    }
+
+    #[test]
+    fn a_page_groups_what_the_run_has_and_lists_the_rest() {
+        let stored: Vec<_> = ["loss", "rewards/chosen", "eval/score", "time/step_seconds", "grad_norm"]
+            .map(summary)
+            .into();
+        let (charts, rest) = page_charts(&stored);
+        let slugs: Vec<&str> = charts.iter().map(|c| c.slug.as_str()).collect();
+        assert_eq!(slugs, ["loss", "rewards", "grad_norm", "eval/score"]);
+        assert_eq!(charts[1].metrics.len(), 1, "only the stored members of a group");
+        assert!(charts[2].log_y);
+        assert_eq!(rest, ["time/step_seconds"]);
+        assert_eq!(resolve("rewards", &stored), Some(charts[1].clone()));
+        assert_eq!(resolve("eval/score", &stored), Some(charts[3].clone()));
+        assert_eq!(resolve("kl", &stored), None);
+        assert_eq!(resolve("nope", &stored), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! The compare page: one metric of several runs overlaid, with a legend.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{Html, Response};
+use futures::future::try_join_all;
+use redline_core::wire::{FieldError, Run};
+use redline_core::{MetricName, RunId};
+
+use super::error::PageError;
+use super::run::svg_response;
+use super::session::Viewer;
+use super::view::{self, Chrome};
+use crate::charts::{self, View};
+use crate::error::AppError;
+use crate::http::extract::QueryParams;
+use crate::state::AppState;
+use crate::store::{RunFilter, Store};
+
+const MAX_COMPARED: usize = 12;
+/// `chart` is what the live script adds to a chart URL; the compare page has one chart.
+const QUERY: &[&str] = &["runs", "metric", "from", "to", "smooth", "log", "width", "chart"];
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+struct ComparePage {
+    chrome: Chrome,
+    /// Recent runs to choose from, and whether each is chosen.
+    choices: Vec<(Run, bool)>,
+    metrics: Vec<String>,
+    metric: String,
+    runs_param: String,
+    svg: Option<String>,
+    view: View,
+    view_query: String,
+}
+
+/// The runs named by `runs` (comma-separated ids) and the metric to draw.
+fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppError> {
+    let mut ids = Vec::new();
+    // A form sends one `runs` per ticked box; a link sends them comma-separated.
+    for raw in q.all("runs").flat_map(|v| v.split(',')).filter(|s| !s.is_empty()) {
+        let id = RunId::parse(raw.to_owned()).map_err(|e| FieldError::new("runs", format!("run id {e}")))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > MAX_COMPARED {
+        return Err(FieldError::new("runs", format!("at most {MAX_COMPARED} runs at once, got {}", ids.len())).into());
+    }
+    let metric = q
+        .str("metric")
+        .filter(|m| !m.is_empty())
+        .map(|m| MetricName::parse_readable(m).map_err(|e| FieldError::new("metric", format!("metric name {e}"))))
+        .transpose()?;
+    Ok((ids, metric))
+}
+
+async fn runs_of(store: &dyn Store, ids: &[RunId]) -> Result<Vec<Run>, AppError> {
+    Ok(try_join_all(ids.iter().map(|id| store.run(id))).await?)
+}
+
+pub async fn compare_page(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Html<String>, PageError> {
+    let viewer = Viewer::of(&state, &headers, "/compare").await?;
+    q.only_repeating(QUERY, &["runs"])?;
+    let (ids, metric) = selection(&q)?;
+    let view = view::chart_view(&q)?;
+    let store: &dyn Store = state.store.as_ref();
+    let chosen = runs_of(store, &ids).await?;
+    let recent = store.list_runs(&RunFilter { limit: 100, ..RunFilter::default() }).await?;
+    let mut metrics: Vec<String> = Vec::new();
+    for run in &chosen {
+        metrics.extend(store.metrics(&run.id).await?.into_iter().map(|m| m.name));
+    }
+    metrics.sort();
+    metrics.dedup();
+    let metric = metric.or_else(|| MetricName::parse(if metrics.iter().any(|m| m == "loss") { "loss" } else { metrics.first()?.as_str() }).ok());
+    let svg = match &metric {
+        Some(m) if !chosen.is_empty() => {
+            let chart = charts::compare_chart(store, &chosen, m, &view).await?;
+            let drawn = tokio::task::spawn_blocking(move || charts::render(&chart)).await;
+            Some(drawn.map_err(|e| AppError::Internal(e.into()))?)
+        }
+        _ => None,
+    };
+    let mut choices: Vec<(Run, bool)> = chosen.iter().cloned().map(|r| (r, true)).collect();
+    choices.extend(recent.into_iter().filter(|r| !ids.contains(&r.id)).map(|r| (r, false)));
+    let page = ComparePage {
+        chrome: Chrome::new(&state, Some(&viewer)),
+        choices,
+        metrics,
+        metric: metric.map(|m| m.to_string()).unwrap_or_default(),
+        runs_param: ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        svg,
+        view_query: view::view_query(&view),
+        view,
+    };
+    view::render(&page)
+}
+
+pub async fn compare_svg(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Response, PageError> {
+    Viewer::of(&state, &headers, "/compare").await?;
+    q.only_repeating(QUERY, &["runs"])?;
+    let (ids, metric) = selection(&q)?;
+    let metric = metric.ok_or_else(|| FieldError::new("metric", "is required"))?;
+    let view = view::chart_view(&q)?;
+    let runs = runs_of(state.store.as_ref(), &ids).await?;
+    let chart = charts::compare_chart(state.store.as_ref(), &runs, &metric, &view).await?;
+    let svg = tokio::task::spawn_blocking(move || charts::render(&chart)).await.map_err(|e| AppError::Internal(e.into()))?;
+    Ok(svg_response(svg))
+}

@@ -1,0 +1,152 @@
+//! A run's page: its facts, controls, a grid of charts (inline SVG), its signals and config;
+//! and one chart alone as SVG, which the page's script fetches to refresh a chart in place.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use futures::future::try_join_all;
+use redline_core::wire::{FieldError, Run, Signal, SignalKind};
+
+use super::error::PageError;
+use super::session::Viewer;
+use super::view::{self, Chrome};
+use crate::charts::{self, ChartKey, Marker, View, format_value};
+use crate::error::AppError;
+use crate::http::extract::QueryParams;
+use crate::http::run_id;
+use crate::state::AppState;
+use crate::store::Store;
+
+#[derive(Debug)]
+struct Figure {
+    key: ChartKey,
+    svg: String,
+}
+
+#[derive(Debug)]
+struct SignalRow {
+    signal: Signal,
+    what: String,
+    created: String,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    chrome: Chrome,
+    can_write: bool,
+    run: Run,
+    health: &'static str,
+    loss_type: String,
+    beta: String,
+    nll_alpha: String,
+    loss: String,
+    margin: String,
+    started: String,
+    duration: String,
+    best_step: Option<i64>,
+    figures: Vec<Figure>,
+    other_series: Vec<String>,
+    signals: Vec<SignalRow>,
+    config: String,
+    view: View,
+    view_query: String,
+}
+
+const CHART_QUERY: &[&str] = &["from", "to", "smooth", "log", "width"];
+
+/// Renders charts on the blocking pool, all at once: drawing is CPU work and must not hold up
+/// the async executor.
+async fn draw_all(charts: Vec<charts::Chart>) -> Result<Vec<String>, AppError> {
+    let jobs = charts.into_iter().map(|c| tokio::task::spawn_blocking(move || charts::render(&c)));
+    try_join_all(jobs).await.map_err(|e| AppError::Internal(e.into()))
+}
+
+fn describe(s: &Signal) -> String {
+    match s.kind {
+        SignalKind::SetHparam => format!(
+            "set {} = {}",
+            s.name.as_deref().unwrap_or("?"),
+            s.value.map(format_value).unwrap_or_default()
+        ),
+        SignalKind::Stop => match s.keep_step {
+            Some(k) => format!("stop, keep step {k}"),
+            None => "stop".into(),
+        },
+        SignalKind::Checkpoint => "checkpoint".into(),
+    }
+}
+
+pub async fn run_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: QueryParams,
+) -> Result<Html<String>, PageError> {
+    let viewer = Viewer::of(&state, &headers, &format!("/runs/{}", view::url_encode(&id))).await?;
+    q.only(CHART_QUERY)?;
+    let id = run_id(id)?;
+    let view = view::chart_view(&q)?;
+    let store: &dyn Store = state.store.as_ref();
+    let (run, metrics, signals) = futures::try_join!(store.run(&id), store.metrics(&id), store.signals(&id, 0, false))?;
+    let (keys, other_series) = charts::page_charts(&metrics);
+    let markers = charts::markers(&signals);
+    let built = try_join_all(keys.iter().map(|k| charts::run_chart(store, &run, k, &view, markers.clone()))).await?;
+    let svgs = draw_all(built).await?;
+    let last = |name: &str| metrics.iter().find(|m| m.name == name).map(|m| format_value(m.last_value)).unwrap_or_default();
+    let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
+    let page = RunPage {
+        chrome: Chrome::new(&state, Some(&viewer)),
+        can_write: viewer.can_write,
+        health: view::health(&run, alerts),
+        loss_type: view::config_value(&run, "loss"),
+        beta: last("beta"),
+        nll_alpha: last("nll_alpha"),
+        loss: last("loss"),
+        margin: last("rewards/margins"),
+        started: view::time(run.created_at),
+        duration: view::duration(&run, chrono::Utc::now()),
+        best_step: signals.iter().rev().find_map(|s| s.keep_step),
+        figures: keys.into_iter().zip(svgs).map(|(key, svg)| Figure { key, svg }).collect(),
+        other_series,
+        signals: signals
+            .into_iter()
+            .rev()
+            .map(|s| SignalRow { what: describe(&s), created: view::time(s.created_at), signal: s })
+            .collect(),
+        config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
+        view_query: view::view_query(&view),
+        view,
+        run,
+    };
+    view::render(&page)
+}
+
+/// One chart of the run page: `chart` names a group (`rewards`) or a series (`eval/score`).
+pub async fn chart_svg(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: QueryParams,
+) -> Result<Response, PageError> {
+    Viewer::of(&state, &headers, &format!("/runs/{}", view::url_encode(&id))).await?;
+    let mut known = CHART_QUERY.to_vec();
+    known.push("chart");
+    q.only(&known)?;
+    let id = run_id(id)?;
+    let view = view::chart_view(&q)?;
+    let slug = q.str("chart").ok_or_else(|| FieldError::new("chart", "is required"))?;
+    let store: &dyn Store = state.store.as_ref();
+    let (run, metrics, signals) = futures::try_join!(store.run(&id), store.metrics(&id), store.signals(&id, 0, false))?;
+    let key = charts::resolve(slug, &metrics)
+        .ok_or_else(|| AppError::NotFound(format!("run {id} has no chart or series named {slug:?}")))?;
+    let markers: Vec<Marker> = charts::markers(&signals);
+    let chart = charts::run_chart(store, &run, &key, &view, markers).await?;
+    let svg = draw_all(vec![chart]).await?.pop().unwrap_or_default();
+    Ok(svg_response(svg))
+}
+
+pub fn svg_response(svg: String) -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")], svg).into_response()
+}

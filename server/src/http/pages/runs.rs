@@ -1,0 +1,107 @@
+//! The runs page: every run with its status, health and latest numbers; filter, sort, pages.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Html;
+use futures::future::try_join_all;
+use redline_core::wire::{Run, RunStatus};
+
+use super::error::PageError;
+use super::session::Viewer;
+use super::view::{self, Chrome};
+use crate::charts::format_value;
+use crate::http::extract::QueryParams;
+use crate::http::runs::run_filter;
+use crate::state::AppState;
+use crate::store::{RunSort, Store, StoreResult};
+
+#[derive(Debug)]
+struct Row {
+    run: Run,
+    health: &'static str,
+    loss_type: String,
+    beta: String,
+    loss: String,
+    margin: String,
+    started: String,
+    duration: String,
+}
+
+#[derive(Template)]
+#[template(path = "runs.html")]
+struct RunsPage {
+    chrome: Chrome,
+    rows: Vec<Row>,
+    project: String,
+    tag: String,
+    status: String,
+    sort: &'static str,
+    sorts: Vec<&'static str>,
+    statuses: Vec<&'static str>,
+    /// The query without `offset`, for the pagination links.
+    base_query: String,
+    offset: u32,
+    prev_offset: Option<u32>,
+    next_offset: Option<u32>,
+}
+
+async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Row> {
+    let (metrics, signals) = futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
+    let last = |name: &str| {
+        metrics.iter().find(|m| m.name == name).map(|m| format_value(m.last_value)).unwrap_or_default()
+    };
+    let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
+    Ok(Row {
+        health: view::health(&run, alerts),
+        loss_type: view::config_value(&run, "loss"),
+        beta: view::config_value(&run, "beta"),
+        loss: last("loss"),
+        margin: last("rewards/margins"),
+        started: view::time(run.created_at),
+        duration: view::duration(&run, now),
+        run,
+    })
+}
+
+pub async fn runs_page(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Html<String>, PageError> {
+    let viewer = Viewer::of(&state, &headers, "/").await?;
+    q.only(&["project", "status", "tag", "sort", "limit", "offset"])?;
+    let mut filter = run_filter(&q)?;
+    if q.str("limit").is_none() {
+        filter.limit = 50;
+    }
+    let (limit, offset) = (filter.limit, filter.offset);
+    // One more than a page tells whether there is a next one.
+    filter.limit += 1;
+    let mut runs = state.store.list_runs(&filter).await?;
+    let has_next = runs.len() > limit as usize;
+    runs.truncate(limit as usize);
+    let now = chrono::Utc::now();
+    let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now))).await.map_err(PageError::store)?;
+    let text = |name| q.str(name).unwrap_or_default().to_owned();
+    let mut base = Vec::new();
+    for key in ["project", "status", "tag", "sort", "limit"] {
+        if let Some(v) = q.str(key).filter(|v| !v.is_empty()) {
+            base.push(format!("{key}={}", view::url_encode(v)));
+        }
+    }
+    let page = RunsPage {
+        chrome: Chrome::new(&state, Some(&viewer)),
+        rows,
+        project: text("project"),
+        tag: text("tag"),
+        status: text("status"),
+        sort: filter.sort.as_str(),
+        sorts: RunSort::ALL.iter().map(|s| s.as_str()).collect(),
+        statuses: [RunStatus::Running, RunStatus::Completed, RunStatus::Failed, RunStatus::Stopped]
+            .iter()
+            .map(|s| s.as_str())
+            .collect(),
+        base_query: base.join("&"),
+        offset,
+        prev_offset: (offset > 0).then(|| offset.saturating_sub(limit)),
+        next_offset: has_next.then_some(offset + limit),
+    };
+    view::render(&page)
+}
