@@ -161,7 +161,7 @@ fn draw(
         root.draw(&Text::new(
             format!("{}: no data in this range", chart.title),
             (12, 20),
-            ("sans-serif", 13),
+            ("sans-serif", 16),
         ))?;
         return root.present().map_err(Into::into);
     };
@@ -172,7 +172,7 @@ fn draw(
         chart.title.clone()
     };
     let mut ctx = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 14))
+        .caption(title, ("sans-serif", 17))
         .margin(6)
         .x_label_area_size(30)
         .y_label_area_size(52)
@@ -184,8 +184,8 @@ fn draw(
         .light_line_style(RGBColor(244, 245, 247))
         .bold_line_style(RGBColor(225, 228, 233))
         .x_desc("step")
-        .label_style(("sans-serif", 11))
-        .axis_desc_style(("sans-serif", 11))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 14))
         .x_label_formatter(&|s: &i64| s.to_string())
         .y_label_formatter(&y_label)
         .draw()?;
@@ -232,7 +232,7 @@ fn draw(
             .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(RGBColor(200, 200, 200))
-            .label_font(("sans-serif", 11))
+            .label_font(("sans-serif", 14))
             .draw()?;
     }
     root.present()?;
