@@ -46,6 +46,8 @@
     // Steps redraw the charts; anything else (status, signals, acks) also redraws the facts.
     var partsChanged = !prev || !charts || prev.status !== snap.status ||
       prev.signals !== snap.signals || prev.acked !== snap.acked;
+    var stepText = document.getElementById("step");
+    if (stepText && snap.last_step !== undefined && snap.last_step !== null) stepText.textContent = String(snap.last_step);
     var work = [refreshCharts()];
     if (partsChanged) work.push(refreshParts());
     Promise.all(work).then(function () {

@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod browser;
 mod cli;
 mod pages;
 mod runs;

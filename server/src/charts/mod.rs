@@ -186,6 +186,7 @@ pub async fn run_chart(
     markers: Vec<Marker>,
 ) -> StoreResult<Chart> {
     let steps = view.steps(run.last_step);
+    let legend = key.metrics.len() > 1;
     let lines = key
         .metrics
         .iter()
@@ -198,6 +199,7 @@ pub async fn run_chart(
         log_y: view.log_y.unwrap_or(key.log_y),
         smoothing: view.smoothing,
         size: (view.width, view.height),
+        legend,
     })
 }
 
@@ -221,6 +223,7 @@ pub async fn compare_chart(
         log_y: view.log_y.unwrap_or(false),
         smoothing: view.smoothing,
         size: (view.width, view.height),
+        legend: true,
     })
 }
 

@@ -53,6 +53,8 @@ pub struct Chart {
     /// EMA weight of the previous value (0 = no smoothing), as TensorBoard's slider.
     pub smoothing: f64,
     pub size: (u32, u32),
+    /// Whether to draw the legend (always when lines are told apart only by colour).
+    pub legend: bool,
 }
 
 /// The chart as an SVG document (scalable: it carries a viewBox and no fixed size).
@@ -151,6 +153,16 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// A tick label precise enough that ticks `span / 5` apart read differently.
+fn format_tick(v: f64, span: f64) -> String {
+    let step = span / 5.0;
+    if step <= 0.0 || v == 0.0 || !(1e-3..1e5).contains(&v.abs()) {
+        return format_value(v);
+    }
+    let decimals = (-step.log10().floor() as i32).clamp(0, 8) as usize;
+    format!("{v:.decimals$}")
+}
+
 fn draw(
     chart: &Chart,
     root: &DrawingArea<SVGBackend<'_>, Shift>,
@@ -177,15 +189,14 @@ fn draw(
         .x_label_area_size(30)
         .y_label_area_size(52)
         .build_cartesian_2d(x0..x1.max(x0 + 1), y0..y1)?;
-    let y_label = |v: &f64| format_value(if log { 10f64.powf(*v) } else { *v });
+    let span = if log { 0.0 } else { y1 - y0 };
+    let y_label = |v: &f64| format_tick(if log { 10f64.powf(*v) } else { *v }, span);
     ctx.configure_mesh()
         .x_labels(6)
         .y_labels(5)
         .light_line_style(RGBColor(244, 245, 247))
         .bold_line_style(RGBColor(225, 228, 233))
-        .x_desc("step")
         .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 14))
         .x_label_formatter(&|s: &i64| s.to_string())
         .y_label_formatter(&y_label)
         .draw()?;
@@ -227,7 +238,7 @@ fn draw(
             style,
         )))?;
     }
-    if chart.lines.len() > 1 {
+    if chart.legend {
         ctx.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
@@ -259,6 +270,7 @@ mod tests {
             log_y: false,
             smoothing: 0.0,
             size: (400, 200),
+            legend: true,
         }
     }
 
@@ -292,5 +304,9 @@ mod tests {
         assert_eq!(format_value(1234.0), "1234");
         assert_eq!(format_value(2e-5), "2.0e-5");
         assert_eq!(format_value(0.0), "0");
+        assert_eq!(format_tick(3.3215, 0.002), "3.3215");
+        assert_eq!(format_tick(40.0, 50.0), "40");
+        assert_eq!(format_tick(0.3, 0.5), "0.3");
+        assert_eq!(format_tick(0.25, 0.2), "0.25");
     }
 }
