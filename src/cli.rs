@@ -132,6 +132,9 @@ pub enum BenchCommand {
     Ingest(BenchIngestArgs),
     /// Time to read a 1,000,000-step series back downsampled to 1,000 buckets, per store.
     Read(BenchReadArgs),
+    /// A run page of 20 charts and single chart SVGs over series of a million steps each: time
+    /// per request and page weight.
+    Dashboard(BenchDashboardArgs),
     /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
     /// share of a step the top-k metrics take.
     Train(BenchTrainArgs),
@@ -203,6 +206,18 @@ pub struct BenchIngestArgs {
     /// Requests of 1,000 points sent to MLflow.
     #[arg(long, default_value_t = 20)]
     pub mlflow_requests: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDashboardArgs {
+    #[command(flatten)]
+    pub targets: BenchTargets,
+    /// Steps in every series of the run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub steps: usize,
+    /// Timed requests of each kind (the median and p90 are reported).
+    #[arg(long, default_value_t = 21)]
+    pub repeats: usize,
 }
 
 #[derive(Debug, Args)]

@@ -131,7 +131,12 @@ pub fn aligned_width(from: i64, to: i64, buckets: u32, align: i64) -> i64 {
 
 /// Folds `parts` (sorted by step, each inside one bucket of `width` steps counted from step 0)
 /// into those buckets, clipped to `from..=to`.
-pub fn rebucket(parts: impl IntoIterator<Item = Bucket>, from: i64, to: i64, width: i64) -> Vec<Bucket> {
+pub fn rebucket(
+    parts: impl IntoIterator<Item = Bucket>,
+    from: i64,
+    to: i64,
+    width: i64,
+) -> Vec<Bucket> {
     let mut out: Vec<Bucket> = Vec::new();
     for part in parts {
         let start = (part.start.div_euclid(width) * width).max(from);
@@ -154,7 +159,16 @@ mod tests {
     #[test]
     fn rebucketing_summaries_matches_summarising_the_points() {
         let points: Vec<(i64, f64)> = (5..5_000)
-            .map(|s| (s, if s % 97 == 0 { f64::NAN } else { (s as f64).sin() }))
+            .map(|s| {
+                (
+                    s,
+                    if s % 97 == 0 {
+                        f64::NAN
+                    } else {
+                        (s as f64).sin()
+                    },
+                )
+            })
             .collect();
         let width = aligned_width(5, 4_999, 4, 1024);
         assert_eq!(width, 2048);
@@ -163,7 +177,12 @@ mod tests {
             .chunk_by(|a, b| a.0 / 1024 == b.0 / 1024)
             .filter_map(Bucket::of_points);
         let from_chunks = rebucket(chunks, 5, 4_999, width);
-        let from_points = rebucket(points.iter().map(|&(s, v)| Bucket::of_point(s, v)), 5, 4_999, width);
+        let from_points = rebucket(
+            points.iter().map(|&(s, v)| Bucket::of_point(s, v)),
+            5,
+            4_999,
+            width,
+        );
         assert_eq!(from_chunks, from_points);
         assert_eq!(from_chunks.len(), 3);
         assert_eq!((from_chunks[0].start, from_chunks[0].end), (5, 2047));

@@ -41,9 +41,16 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Self {
-        let chromium = find("REDLINE_CHROMIUM", &["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
+        let chromium = find(
+            "REDLINE_CHROMIUM",
+            &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+        );
         let chromedriver = find("REDLINE_CHROMEDRIVER", &["/usr/bin/chromedriver"]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -54,7 +61,10 @@ impl Browser {
         let http = reqwest::Client::new();
         let start = Instant::now();
         while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "chromedriver did not answer");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "chromedriver did not answer"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut args = vec![
@@ -72,12 +82,25 @@ impl Browser {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": chromium, "args": args}}}});
-        let resp: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let resp: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let session = resp["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {resp}"))
             .to_owned();
-        Self { driver, base, session, http }
+        Self {
+            driver,
+            base,
+            session,
+            http,
+        }
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -92,11 +115,17 @@ impl Browser {
     }
 
     async fn open(&self, url: &str) {
-        self.command(reqwest::Method::POST, "url", Some(json!({"url": url}))).await;
+        self.command(reqwest::Method::POST, "url", Some(json!({"url": url})))
+            .await;
     }
 
     async fn eval(&self, script: &str) -> Value {
-        self.command(reqwest::Method::POST, "execute/sync", Some(json!({"script": script, "args": []}))).await
+        self.command(
+            reqwest::Method::POST,
+            "execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
     }
 
     /// Evaluates `script` until it returns true; the deadline only stops a broken page from
@@ -104,14 +133,19 @@ impl Browser {
     async fn wait_for(&self, what: &str, script: &str) {
         let start = Instant::now();
         while self.eval(script).await != Value::Bool(true) {
-            assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn screenshot(&self, name: &str) {
         let png = self.command(reqwest::Method::GET, "screenshot", None).await;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut dirs = vec![root.join("target/screenshots")];
         if std::env::var_os("REDLINE_UPDATE_SCREENSHOTS").is_some() {
@@ -128,7 +162,10 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let url = format!("{}/session/{}", self.base, self.session);
         // Best effort: killing chromedriver below takes the browser with it anyway.
-        let _ = std::thread::scope(|s| s.spawn(|| reqwest::blocking::Client::new().delete(url).send()).join());
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| reqwest::blocking::Client::new().delete(url).send())
+                .join()
+        });
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -139,7 +176,8 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let out = tempfile::tempdir().unwrap();
     let run = "tiny-dpo";
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama");
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama");
     let args = TrainArgs {
         model: Some(fixture),
         lr: Some(1e-3),
@@ -159,35 +197,73 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
 
     let browser = Browser::start().await;
     browser.open(&app.url("/")).await;
-    let listed = browser.eval(&format!("return !!document.querySelector('tr[data-run=\"{run}\"]')")).await;
+    let listed = browser
+        .eval(&format!(
+            "return !!document.querySelector('tr[data-run=\"{run}\"]')"
+        ))
+        .await;
     assert_eq!(listed, Value::Bool(true), "the run is listed");
     browser.screenshot("runs.png").await;
 
     browser.open(&app.url(&format!("/runs/{run}"))).await;
-    let charts = browser.eval("return document.querySelectorAll('figure[data-chart] svg').length").await;
-    assert!(charts.as_u64().unwrap() >= 10, "charts on the run page: {charts}");
-    for chart in ["loss", "rewards", "topk_entropy", "topk_mass", "logps_mean", "eval/loss"] {
+    let charts = browser
+        .eval("return document.querySelectorAll('figure[data-chart] svg').length")
+        .await;
+    assert!(
+        charts.as_u64().unwrap() >= 10,
+        "charts on the run page: {charts}"
+    );
+    for chart in [
+        "loss",
+        "rewards",
+        "topk_entropy",
+        "topk_mass",
+        "logps_mean",
+        "eval/loss",
+    ] {
         let found = browser.eval(&format!("return !!document.querySelector('figure[data-chart=\"{chart}\"] svg polyline, figure[data-chart=\"{chart}\"] svg path')")).await;
         assert_eq!(found, Value::Bool(true), "chart {chart} draws a line");
     }
     // The live script has connected once it has handled the stream's first update.
-    browser.wait_for("the first live update", "return document.body.dataset.liveUpdates !== undefined").await;
-    let before = browser.eval("return document.querySelector('figure[data-chart=\"loss\"]').innerHTML").await;
+    browser
+        .wait_for(
+            "the first live update",
+            "return document.body.dataset.liveUpdates !== undefined",
+        )
+        .await;
+    let before = browser
+        .eval("return document.querySelector('figure[data-chart=\"loss\"]').innerHTML")
+        .await;
 
     // A new step reaches the server: the open page shows it without a reload.
     browser.eval("window.notReloaded = true; return null").await;
-    app.ingest(run, json!([{"step": 41, "metrics": {"loss": 3.0}}])).await;
-    browser
-        .wait_for("step 41 on the page", "return document.body.dataset.liveStep === '41' && window.notReloaded === true")
+    app.ingest(run, json!([{"step": 41, "metrics": {"loss": 3.0}}]))
         .await;
-    let after = browser.eval("return document.querySelector('figure[data-chart=\"loss\"]').innerHTML").await;
+    browser
+        .wait_for(
+            "step 41 on the page",
+            "return document.body.dataset.liveStep === '41' && window.notReloaded === true",
+        )
+        .await;
+    let after = browser
+        .eval("return document.querySelector('figure[data-chart=\"loss\"]').innerHTML")
+        .await;
     assert_ne!(before, after, "the loss chart was redrawn");
-    let step = browser.eval("return document.getElementById('step').textContent.trim()").await;
+    let step = browser
+        .eval("return document.getElementById('step').textContent.trim()")
+        .await;
     assert_eq!(step, json!("41"), "the run's facts were refreshed");
     browser.screenshot("run.png").await;
 
-    browser.open(&app.url(&format!("/compare?runs={run}&metric=topk_entropy/chosen"))).await;
-    let legend = browser.eval("return document.querySelector('figure.chart svg').textContent").await;
-    assert!(legend.as_str().unwrap().contains("tiny DPO (sigmoid)"), "{legend}");
+    browser
+        .open(&app.url(&format!("/compare?runs={run}&metric=topk_entropy/chosen")))
+        .await;
+    let legend = browser
+        .eval("return document.querySelector('figure.chart svg').textContent")
+        .await;
+    assert!(
+        legend.as_str().unwrap().contains("tiny DPO (sigmoid)"),
+        "{legend}"
+    );
     browser.screenshot("compare.png").await;
 }

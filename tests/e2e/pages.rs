@@ -22,7 +22,9 @@ fn steps(range: std::ops::Range<i64>, spike: i64) -> Value {
 
 /// The value of a hidden form field in `html`.
 fn hidden(html: &str, name: &str) -> String {
-    let at = html.find(&format!(r#"name="{name}" value=""#)).expect("field present");
+    let at = html
+        .find(&format!(r#"name="{name}" value=""#))
+        .expect("field present");
     let rest = &html[at + name.len() + 15..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
@@ -35,11 +37,20 @@ async fn names_tags_and_config_are_escaped_everywhere(b: Backend) {
     let (s, _) = app.put("/api/v1/runs/x1", &run).await;
     assert_eq!(s, StatusCode::CREATED);
     app.ingest("x1", steps(0..5, 99)).await;
-    for path in ["/", "/runs/x1", "/compare?runs=x1", "/compare?runs=x1&metric=loss"] {
+    for path in [
+        "/",
+        "/runs/x1",
+        "/compare?runs=x1",
+        "/compare?runs=x1&metric=loss",
+    ] {
         let (s, html) = app.get_text(path).await;
         assert_eq!(s, StatusCode::OK, "{path}: {html}");
         assert!(!html.contains(NASTY), "{path} shows the name unescaped");
-        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;") || html.contains("&lt;script&gt;"), "{path}");
+        assert!(
+            html.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+                || html.contains("&lt;script&gt;"),
+            "{path}"
+        );
     }
 }
 
@@ -51,15 +62,33 @@ async fn a_run_page_draws_its_metric_groups_and_keeps_spikes(b: Backend) {
     app.ingest("r1", steps(0..5_000, 4_321)).await;
     let (s, html) = app.get_text("/runs/r1").await;
     assert_eq!(s, StatusCode::OK);
-    for chart in ["loss", "rewards", "topk_entropy", "grad_norm", "beta", "eval/score"] {
-        assert!(html.contains(&format!(r#"data-chart="{chart}""#)), "chart {chart} missing");
+    for chart in [
+        "loss",
+        "rewards",
+        "topk_entropy",
+        "grad_norm",
+        "beta",
+        "eval/score",
+    ] {
+        assert!(
+            html.contains(&format!(r#"data-chart="{chart}""#)),
+            "chart {chart} missing"
+        );
     }
     assert_eq!(html.matches("<svg").count(), 6);
-    assert!(html.contains("time/step_seconds"), "series outside the groups are listed");
+    assert!(
+        html.contains("time/step_seconds"),
+        "series outside the groups are listed"
+    );
     assert!(html.contains("/api/v1/runs/r1/series?metric=loss&amp;format=csv"));
 
     // One chart alone; the spike at step 4321 sets the top of the y axis (a tick at 40).
-    let resp = app.http.get(app.url("/runs/r1/chart.svg?chart=loss")).send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/runs/r1/chart.svg?chart=loss"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[CONTENT_TYPE], "image/svg+xml");
     let svg = resp.text().await.unwrap().replace(char::is_whitespace, "");
@@ -67,15 +96,33 @@ async fn a_run_page_draws_its_metric_groups_and_keeps_spikes(b: Backend) {
     assert!(svg.contains(">40<"), "the spike sets the axis: {svg}");
 
     // The API's downsampled read (from chunk summaries) agrees with the raw points.
-    let (_, ds) = app.get("/api/v1/runs/r1/series?metric=loss&buckets=3").await;
+    let (_, ds) = app
+        .get("/api/v1/runs/r1/series?metric=loss&buckets=3")
+        .await;
     let buckets = ds["buckets"].as_array().unwrap();
     assert!(buckets.len() <= 3);
-    assert_eq!(buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), 5_000);
-    let spike = buckets.iter().find(|b| b["start"].as_i64().unwrap() <= 4_321 && b["end"].as_i64().unwrap() >= 4_321).unwrap();
+    assert_eq!(
+        buckets
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        5_000
+    );
+    let spike = buckets
+        .iter()
+        .find(|b| b["start"].as_i64().unwrap() <= 4_321 && b["end"].as_i64().unwrap() >= 4_321)
+        .unwrap();
     assert_eq!(spike["max"], 50.0);
     assert_eq!(buckets.last().unwrap()["last_step"], 4_999);
-    let (_, zoom) = app.get("/api/v1/runs/r1/series?metric=loss&from=1000&to=4400&buckets=2").await;
-    let counted: u64 = zoom["buckets"].as_array().unwrap().iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    let (_, zoom) = app
+        .get("/api/v1/runs/r1/series?metric=loss&from=1000&to=4400&buckets=2")
+        .await;
+    let counted: u64 = zoom["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(counted, 3_401, "edge chunks are cut to the range: {zoom}");
 
     let (s, html) = app.get_text("/runs/r1/chart.svg?chart=nope").await;
@@ -92,13 +139,24 @@ both_stores!(the_runs_page_filters_sorts_and_pages);
 
 async fn the_runs_page_filters_sorts_and_pages(b: Backend) {
     let app = TestApp::spawn(b).await;
-    for (id, project, tag) in [("a1", "alpha", "x"), ("b1", "beta", "y"), ("a2", "alpha", "y")] {
-        let (s, _) = app.put(&format!("/api/v1/runs/{id}"), &json!({"name": format!("run-{id}"), "project": project, "tags": [tag]})).await;
+    for (id, project, tag) in [
+        ("a1", "alpha", "x"),
+        ("b1", "beta", "y"),
+        ("a2", "alpha", "y"),
+    ] {
+        let (s, _) = app
+            .put(
+                &format!("/api/v1/runs/{id}"),
+                &json!({"name": format!("run-{id}"), "project": project, "tags": [tag]}),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED);
     }
     app.ingest("b1", steps(0..10, 99)).await;
     let names = |html: &str| -> Vec<String> {
-        html.match_indices(">run-").map(|(i, _)| html[i + 1..i + 7].to_owned()).collect()
+        html.match_indices(">run-")
+            .map(|(i, _)| html[i + 1..i + 7].to_owned())
+            .collect()
     };
     let (_, html) = app.get_text("/?project=alpha").await;
     assert_eq!(names(&html), ["run-a2", "run-a1"]);
@@ -125,8 +183,15 @@ async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {
     app.create_run("c1").await;
     let (_, html) = app.get_text("/runs/c1").await;
     let csrf = hidden(&html, "csrf");
-    let post = |form: Vec<(&'static str, String)>| app.http.post(app.url("/runs/c1/control")).form(&form).send();
-    let forged = post(vec![("action", "stop".into()), ("csrf", "0".repeat(64))]).await.unwrap();
+    let post = |form: Vec<(&'static str, String)>| {
+        app.http
+            .post(app.url("/runs/c1/control"))
+            .form(&form)
+            .send()
+    };
+    let forged = post(vec![("action", "stop".into()), ("csrf", "0".repeat(64))])
+        .await
+        .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     let cross = app
         .http
@@ -137,11 +202,25 @@ async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {
         .await
         .unwrap();
     assert_eq!(cross.status(), StatusCode::FORBIDDEN);
-    let bad = post(vec![("action", "beta".into()), ("value", "lots".into()), ("csrf", csrf.clone())]).await.unwrap();
+    let bad = post(vec![
+        ("action", "beta".into()),
+        ("value", "lots".into()),
+        ("csrf", csrf.clone()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    assert!(bad.text().await.unwrap().contains("value: must be a number"));
+    assert!(
+        bad.text()
+            .await
+            .unwrap()
+            .contains("value: must be a number")
+    );
 
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     for form in [
         vec![("action", "beta"), ("value", "0.25")],
         vec![("action", "nll_alpha"), ("value", "0.5")],
@@ -150,7 +229,12 @@ async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {
     ] {
         let mut form = form;
         form.push(("csrf", csrf.as_str()));
-        let resp = client.post(app.url("/runs/c1/control")).form(&form).send().await.unwrap();
+        let resp = client
+            .post(app.url("/runs/c1/control"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{form:?}");
         assert_eq!(resp.headers()[LOCATION], "/runs/c1#signals");
     }
@@ -161,7 +245,15 @@ async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {
         .iter()
         .map(|s| (s["kind"].as_str().unwrap(), s["value"].clone()))
         .collect();
-    assert_eq!(kinds, [("set_hparam", json!(0.25)), ("set_hparam", json!(0.5)), ("checkpoint", Value::Null), ("stop", Value::Null)]);
+    assert_eq!(
+        kinds,
+        [
+            ("set_hparam", json!(0.25)),
+            ("set_hparam", json!(0.5)),
+            ("checkpoint", Value::Null),
+            ("stop", Value::Null)
+        ]
+    );
     let (_, html) = app.get_text("/runs/c1").await;
     assert!(html.contains("stop, keep step 7") && html.contains("set beta = 0.25"));
 }
@@ -170,23 +262,59 @@ both_stores!(with_auth_pages_need_a_login_and_controls_a_session);
 
 async fn with_auth_pages_need_a_login_and_controls_a_session(b: Backend) {
     let app = TestApp::spawn_with(b, |c| c.tokens = vec!["secret-token".into()]).await;
-    let (s, _) = app.send(app.http.put(app.url("/api/v1/runs/s1")).bearer_auth("secret-token").json(&json!({}))).await;
+    let (s, _) = app
+        .send(
+            app.http
+                .put(app.url("/api/v1/runs/s1"))
+                .bearer_auth("secret-token")
+                .json(&json!({})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let page = client.get(app.url("/runs/s1")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER);
     assert_eq!(page.headers()[LOCATION], "/login?next=/runs/s1");
-    let wrong = client.post(app.url("/login")).form(&[("token", "guess"), ("next", "/runs/s1")]).send().await.unwrap();
+    let wrong = client
+        .post(app.url("/login"))
+        .form(&[("token", "guess"), ("next", "/runs/s1")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let login = client.post(app.url("/login")).form(&[("token", "secret-token"), ("next", "/runs/s1")]).send().await.unwrap();
+    let login = client
+        .post(app.url("/login"))
+        .form(&[("token", "secret-token"), ("next", "/runs/s1")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(login.status(), StatusCode::SEE_OTHER);
     let cookie = login.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let cookie = cookie.split(';').next().unwrap().to_owned();
-    let html = client.get(app.url("/runs/s1")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let html = client
+        .get(app.url("/runs/s1"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = hidden(&html, "csrf");
     // The token of another session (here: none) does not carry over.
-    let anon = client.post(app.url("/runs/s1/control")).form(&[("action", "checkpoint"), ("csrf", csrf.as_str())]).send().await.unwrap();
+    let anon = client
+        .post(app.url("/runs/s1/control"))
+        .form(&[("action", "checkpoint"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
     let ok = client
         .post(app.url("/runs/s1/control"))
@@ -204,7 +332,12 @@ async fn a_run_pages_event_stream_reports_new_steps(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.create_run("l1").await;
     app.ingest("l1", steps(0..3, 99)).await;
-    let resp = app.http.get(app.url("/runs/l1/events")).send().await.unwrap();
+    let resp = app
+        .http
+        .get(app.url("/runs/l1/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut events = SseReader::new(resp);
     let first = events.next().await.expect("an initial update");
@@ -214,7 +347,12 @@ async fn a_run_pages_event_stream_reports_new_steps(b: Backend) {
     app.ingest("l1", steps(3..4, 99)).await;
     let next: Value = serde_json::from_str(&events.next().await.expect("an update").data).unwrap();
     assert_eq!(next["last_step"], 3);
-    let (s, _) = app.post("/api/v1/runs/l1/signals", &json!({"kind": "checkpoint", "reason": "test"})).await;
+    let (s, _) = app
+        .post(
+            "/api/v1/runs/l1/signals",
+            &json!({"kind": "checkpoint", "reason": "test"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let next: Value = serde_json::from_str(&events.next().await.expect("an update").data).unwrap();
     assert_eq!(next["signals"], 1);
@@ -225,13 +363,26 @@ both_stores!(assets_are_cached_by_content_hash);
 async fn assets_are_cached_by_content_hash(b: Backend) {
     let app = TestApp::spawn(b).await;
     let (_, html) = app.get_text("/").await;
-    let at = html.find("/static/redline.css?v=").expect("versioned stylesheet link");
+    let at = html
+        .find("/static/redline.css?v=")
+        .expect("versioned stylesheet link");
     let url = &html[at..at + html[at..].find('"').unwrap()];
     let resp = app.http.get(app.url(url)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
     let etag = resp.headers()["etag"].clone();
-    let again = app.http.get(app.url("/static/live.js")).header("if-none-match", etag).send().await.unwrap();
+    let again = app
+        .http
+        .get(app.url("/static/live.js"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
     let (s, _) = app.get_text("/static/nope.js").await;
     assert_eq!(s, StatusCode::NOT_FOUND);

@@ -22,29 +22,59 @@ pub struct Group {
 }
 
 const fn group(slug: &'static str, title: &'static str, metrics: &'static [&'static str]) -> Group {
-    Group { slug, title, metrics, log_y: false }
+    Group {
+        slug,
+        title,
+        metrics,
+        log_y: false,
+    }
 }
 
 /// The run page's charts, in order; a group shows when the run has any of its metrics.
 pub const GROUPS: &[Group] = &[
     group("loss", "loss", &["loss"]),
-    group("rewards", "rewards", &["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+    group(
+        "rewards",
+        "rewards",
+        &["rewards/chosen", "rewards/rejected", "rewards/margins"],
+    ),
     group("accuracies", "reward accuracy", &["rewards/accuracies"]),
-    group("logps", "log-likelihood, summed", &["logps/chosen", "logps/rejected"]),
-    group("logps_mean", "log-likelihood per token", &["logps_mean/chosen", "logps_mean/rejected"]),
+    group(
+        "logps",
+        "log-likelihood, summed",
+        &["logps/chosen", "logps/rejected"],
+    ),
+    group(
+        "logps_mean",
+        "log-likelihood per token",
+        &["logps_mean/chosen", "logps_mean/rejected"],
+    ),
     group(
         "topk_entropy",
         "top-k entropy (nats)",
-        &["topk_entropy/chosen", "topk_entropy/rejected", "topk_entropy/generated"],
+        &[
+            "topk_entropy/chosen",
+            "topk_entropy/rejected",
+            "topk_entropy/generated",
+        ],
     ),
     group(
         "topk_mass",
         "top-k probability mass",
-        &["topk_mass/chosen", "topk_mass/rejected", "topk_mass/generated"],
+        &[
+            "topk_mass/chosen",
+            "topk_mass/rejected",
+            "topk_mass/generated",
+        ],
     ),
     group("entropy", "entropy, full vocabulary (nats)", &["entropy"]),
     group("kl", "KL estimate, chosen", &["kl/chosen"]),
-    Group { slug: "grad_norm", title: "gradient norm", metrics: &["grad_norm"], log_y: true },
+    Group {
+        slug: "grad_norm",
+        title: "gradient norm",
+        metrics: &["grad_norm"],
+        log_y: true,
+    },
     group("learning_rate", "learning rate", &["learning_rate"]),
     group("beta", "β", &["beta"]),
     group("nll_alpha", "NLL α", &["nll_alpha"]),
@@ -100,8 +130,16 @@ pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
             .filter_map(|m| MetricName::parse(*m).ok())
             .map(ChartKey::of_metric),
     );
-    let charted = |m: &&str| charts.iter().any(|c| c.metrics.iter().any(|n| n.as_str() == *m));
-    let rest = stored.iter().filter(|m| !charted(m)).map(|m| (*m).to_owned()).collect();
+    let charted = |m: &&str| {
+        charts
+            .iter()
+            .any(|c| c.metrics.iter().any(|n| n.as_str() == *m))
+    };
+    let rest = stored
+        .iter()
+        .filter(|m| !charted(m))
+        .map(|m| (*m).to_owned())
+        .collect();
     (charts, rest)
 }
 
@@ -129,7 +167,14 @@ pub struct View {
 
 impl Default for View {
     fn default() -> Self {
-        Self { from: None, to: None, smoothing: 0.0, log_y: None, width: 460, height: 230 }
+        Self {
+            from: None,
+            to: None,
+            smoothing: 0.0,
+            log_y: None,
+            width: 460,
+            height: 230,
+        }
     }
 }
 
@@ -150,11 +195,18 @@ pub fn markers(signals: &[Signal]) -> Vec<Marker> {
     let mut out = Vec::new();
     for s in signals {
         if let Some(step) = s.applied_step {
-            let kind = if s.kind == SignalKind::Stop { MarkerKind::Stop } else { MarkerKind::Signal };
+            let kind = if s.kind == SignalKind::Stop {
+                MarkerKind::Stop
+            } else {
+                MarkerKind::Signal
+            };
             out.push(Marker { step, kind });
         }
         if let Some(step) = s.keep_step {
-            out.push(Marker { step, kind: MarkerKind::Best });
+            out.push(Marker {
+                step,
+                kind: MarkerKind::Best,
+            });
         }
     }
     out
@@ -170,9 +222,15 @@ async fn line(
 ) -> StoreResult<Line> {
     let series = downsampled(store, run, metric, Some(steps.0), Some(steps.1), buckets).await;
     match series {
-        Ok(s) => Ok(Line { label, buckets: s.buckets }),
+        Ok(s) => Ok(Line {
+            label,
+            buckets: s.buckets,
+        }),
         // A compared run may lack the metric: it draws nothing.
-        Err(StoreError::SeriesNotFound { .. }) => Ok(Line { label, buckets: Vec::new() }),
+        Err(StoreError::SeriesNotFound { .. }) => Ok(Line {
+            label,
+            buckets: Vec::new(),
+        }),
         Err(e) => Err(e),
     }
 }
@@ -232,18 +290,33 @@ mod tests {
     use super::*;
 
     fn summary(name: &str) -> MetricSummary {
-        MetricSummary { name: name.into(), points: 1, last_step: 0, last_value: 0.0 }
+        MetricSummary {
+            name: name.into(),
+            points: 1,
+            last_step: 0,
+            last_value: 0.0,
+        }
     }
 
     #[test]
     fn a_page_groups_what_the_run_has_and_lists_the_rest() {
-        let stored: Vec<_> = ["loss", "rewards/chosen", "eval/score", "time/step_seconds", "grad_norm"]
-            .map(summary)
-            .into();
+        let stored: Vec<_> = [
+            "loss",
+            "rewards/chosen",
+            "eval/score",
+            "time/step_seconds",
+            "grad_norm",
+        ]
+        .map(summary)
+        .into();
         let (charts, rest) = page_charts(&stored);
         let slugs: Vec<&str> = charts.iter().map(|c| c.slug.as_str()).collect();
         assert_eq!(slugs, ["loss", "rewards", "grad_norm", "eval/score"]);
-        assert_eq!(charts[1].metrics.len(), 1, "only the stored members of a group");
+        assert_eq!(
+            charts[1].metrics.len(),
+            1,
+            "only the stored members of a group"
+        );
         assert!(charts[2].log_y);
         assert_eq!(rest, ["time/step_seconds"]);
         assert_eq!(resolve("rewards", &stored), Some(charts[1].clone()));

@@ -72,7 +72,10 @@ pub fn render(chart: &Chart) -> String {
         escape_attr(&chart.title)
     );
     // Let the page size the chart: keep the viewBox, drop the fixed width and height.
-    let fixed = format!(r#"<svg width="{}" height="{}" "#, chart.size.0, chart.size.1);
+    let fixed = format!(
+        r#"<svg width="{}" height="{}" "#,
+        chart.size.0, chart.size.1
+    );
     svg.replacen(&fixed, &alt, 1)
 }
 
@@ -201,7 +204,11 @@ fn draw(
         .y_label_formatter(&y_label)
         .draw()?;
 
-    let clamp = |v: f64| y_of(v, log).unwrap_or(if v > 0.0 { y1 } else { y0 }).clamp(y0, y1);
+    let clamp = |v: f64| {
+        y_of(v, log)
+            .unwrap_or(if v > 0.0 { y1 } else { y0 })
+            .clamp(y0, y1)
+    };
     for (i, line) in chart.lines.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let band: Vec<&Bucket> = line
@@ -211,9 +218,15 @@ fn draw(
             .collect();
         if band.iter().any(|b| b.count > 1) {
             let upper = band.iter().map(|b| (b.start, clamp(b.max.unwrap_or(y1))));
-            let lower = band.iter().rev().map(|b| (b.end, clamp(b.min.unwrap_or(y0))));
+            let lower = band
+                .iter()
+                .rev()
+                .map(|b| (b.end, clamp(b.min.unwrap_or(y0))));
             let points: Vec<(i64, f64)> = upper.chain(lower).collect();
-            ctx.draw_series(std::iter::once(Polygon::new(points, colour.mix(0.22).filled())))?;
+            ctx.draw_series(std::iter::once(Polygon::new(
+                points,
+                colour.mix(0.22).filled(),
+            )))?;
         }
         let points = smoothed(&line.buckets, chart.smoothing)
             .into_iter()
@@ -257,7 +270,10 @@ mod tests {
     fn line(points: &[(i64, f64)]) -> Line {
         Line {
             label: "loss <b>".into(),
-            buckets: points.iter().map(|&(s, v)| Bucket::of_point(s, v)).collect(),
+            buckets: points
+                .iter()
+                .map(|&(s, v)| Bucket::of_point(s, v))
+                .collect(),
         }
     }
 
@@ -265,7 +281,10 @@ mod tests {
         Chart {
             title: "a <title> & \"quotes\"".into(),
             lines,
-            markers: vec![Marker { step: 5, kind: MarkerKind::Stop }],
+            markers: vec![Marker {
+                step: 5,
+                kind: MarkerKind::Stop,
+            }],
             steps: (0, 10),
             log_y: false,
             smoothing: 0.0,
@@ -276,7 +295,10 @@ mod tests {
 
     #[test]
     fn charts_are_scalable_svg_with_escaped_text() {
-        let svg = render(&chart(vec![line(&[(0, 1.0), (5, f64::NAN), (10, 2.0)]), line(&[(3, 0.5)])]));
+        let svg = render(&chart(vec![
+            line(&[(0, 1.0), (5, f64::NAN), (10, 2.0)]),
+            line(&[(3, 0.5)]),
+        ]));
         assert!(svg.starts_with("<svg role=\"img\""), "{}", &svg[..80]);
         assert!(svg.contains("viewBox=\"0 0 400 200\""));
         assert!(!svg.contains("<title>") && !svg.contains("<b>"));
@@ -293,8 +315,15 @@ mod tests {
     fn log_axes_drop_non_positive_values_and_smoothing_is_bias_corrected() {
         assert_eq!(y_of(-1.0, true), None);
         assert_eq!(y_of(100.0, true), Some(2.0));
-        let b: Vec<Bucket> = [(0, 1.0), (1, 1.0), (2, 1.0)].iter().map(|&(s, v)| Bucket::of_point(s, v)).collect();
-        assert!(smoothed(&b, 0.9).iter().all(|&(_, v)| (v - 1.0).abs() < 1e-12));
+        let b: Vec<Bucket> = [(0, 1.0), (1, 1.0), (2, 1.0)]
+            .iter()
+            .map(|&(s, v)| Bucket::of_point(s, v))
+            .collect();
+        assert!(
+            smoothed(&b, 0.9)
+                .iter()
+                .all(|&(_, v)| (v - 1.0).abs() < 1e-12)
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ pub(super) fn run_filter(q: &QueryParams) -> Result<RunFilter> {
         .map(|s| {
             RunSort::parse(s).ok_or_else(|| {
                 let names: Vec<_> = RunSort::ALL.iter().map(|v| v.as_str()).collect();
-                FieldError::new("sort", format!("must be one of {}, got {s:?}", names.join(", ")))
+                FieldError::new(
+                    "sort",
+                    format!("must be one of {}, got {s:?}", names.join(", ")),
+                )
             })
         })
         .transpose()?

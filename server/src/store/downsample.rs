@@ -53,7 +53,9 @@ pub async fn downsampled(
         } else {
             let first = (c * CHUNK_STEPS).max(lo);
             let last = ((c + 1) * CHUNK_STEPS - 1).min(hi);
-            let points = store.read_series(id, metric, first, last, usize::MAX).await?;
+            let points = store
+                .read_series(id, metric, first, last, usize::MAX)
+                .await?;
             parts.extend(points.iter().map(|&(s, v)| Bucket::of_point(s, v)));
         }
     }

@@ -126,7 +126,13 @@ pub enum RunSort {
 }
 
 impl RunSort {
-    pub const ALL: [Self; 5] = [Self::Newest, Self::Oldest, Self::Name, Self::Updated, Self::Step];
+    pub const ALL: [Self; 5] = [
+        Self::Newest,
+        Self::Oldest,
+        Self::Name,
+        Self::Updated,
+        Self::Step,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -3,8 +3,8 @@
 //! run, so concurrent resends cannot both count a point as new. New signals are announced with
 //! `NOTIFY`, so every server sharing the database wakes its open event streams.
 
-use std::ops::RangeInclusive;
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,8 +20,9 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
-use super::{SummaryRow, 
-    MetricIds, RunFilter, Store, StoreError, StoreResult, TokenInfo, chunk, now, signal_channel,
+use super::{
+    MetricIds, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
+    signal_channel,
 };
 
 const SIGNAL_CHANNEL: &str = "redline_signals";

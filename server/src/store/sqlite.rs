@@ -1,8 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode. Writes go through a single connection, which
 //! is how SQLite works anyway and spares every writer a busy-retry; reads use a pool of their own.
 
-use std::ops::RangeInclusive;
 use std::collections::{HashMap, HashSet};
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,8 +22,9 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
-use super::{SummaryRow, 
-    MetricIds, RunFilter, Store, StoreError, StoreResult, TokenInfo, chunk, now, signal_channel,
+use super::{
+    MetricIds, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
+    signal_channel,
 };
 
 /// Rows per multi-row INSERT: 5 parameters each, far below SQLite's 32,766-parameter limit.

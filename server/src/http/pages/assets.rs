@@ -53,7 +53,10 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Response,
     let etag = format!("\"{}\"", *VERSION);
     let cache = [
         (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, "public, max-age=31536000, immutable".to_owned()),
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000, immutable".to_owned(),
+        ),
     ];
     let fresh = headers
         .get(header::IF_NONE_MATCH)
@@ -62,5 +65,10 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Result<Response,
     if fresh {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    Ok((cache, [(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response())
+    Ok((
+        cache,
+        [(header::CONTENT_TYPE, asset.content_type)],
+        asset.body,
+    )
+        .into_response())
 }

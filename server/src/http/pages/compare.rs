@@ -20,7 +20,9 @@ use crate::store::{RunFilter, Store};
 
 const MAX_COMPARED: usize = 12;
 /// `chart` is what the live script adds to a chart URL; the compare page has one chart.
-const QUERY: &[&str] = &["runs", "metric", "from", "to", "smooth", "log", "width", "chart"];
+const QUERY: &[&str] = &[
+    "runs", "metric", "from", "to", "smooth", "log", "width", "chart",
+];
 
 #[derive(Template)]
 #[template(path = "compare.html")]
@@ -40,19 +42,31 @@ struct ComparePage {
 fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppError> {
     let mut ids = Vec::new();
     // A form sends one `runs` per ticked box; a link sends them comma-separated.
-    for raw in q.all("runs").flat_map(|v| v.split(',')).filter(|s| !s.is_empty()) {
-        let id = RunId::parse(raw.to_owned()).map_err(|e| FieldError::new("runs", format!("run id {e}")))?;
+    for raw in q
+        .all("runs")
+        .flat_map(|v| v.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let id = RunId::parse(raw.to_owned())
+            .map_err(|e| FieldError::new("runs", format!("run id {e}")))?;
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
     if ids.len() > MAX_COMPARED {
-        return Err(FieldError::new("runs", format!("at most {MAX_COMPARED} runs at once, got {}", ids.len())).into());
+        return Err(FieldError::new(
+            "runs",
+            format!("at most {MAX_COMPARED} runs at once, got {}", ids.len()),
+        )
+        .into());
     }
     let metric = q
         .str("metric")
         .filter(|m| !m.is_empty())
-        .map(|m| MetricName::parse_readable(m).map_err(|e| FieldError::new("metric", format!("metric name {e}"))))
+        .map(|m| {
+            MetricName::parse_readable(m)
+                .map_err(|e| FieldError::new("metric", format!("metric name {e}")))
+        })
         .transpose()?;
     Ok((ids, metric))
 }
@@ -61,21 +75,37 @@ async fn runs_of(store: &dyn Store, ids: &[RunId]) -> Result<Vec<Run>, AppError>
     Ok(try_join_all(ids.iter().map(|id| store.run(id))).await?)
 }
 
-pub async fn compare_page(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Html<String>, PageError> {
+pub async fn compare_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: QueryParams,
+) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/compare").await?;
     q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
     let view = view::chart_view(&q)?;
     let store: &dyn Store = state.store.as_ref();
     let chosen = runs_of(store, &ids).await?;
-    let recent = store.list_runs(&RunFilter { limit: 100, ..RunFilter::default() }).await?;
+    let recent = store
+        .list_runs(&RunFilter {
+            limit: 100,
+            ..RunFilter::default()
+        })
+        .await?;
     let mut metrics: Vec<String> = Vec::new();
     for run in &chosen {
         metrics.extend(store.metrics(&run.id).await?.into_iter().map(|m| m.name));
     }
     metrics.sort();
     metrics.dedup();
-    let metric = metric.or_else(|| MetricName::parse(if metrics.iter().any(|m| m == "loss") { "loss" } else { metrics.first()?.as_str() }).ok());
+    let metric = metric.or_else(|| {
+        MetricName::parse(if metrics.iter().any(|m| m == "loss") {
+            "loss"
+        } else {
+            metrics.first()?.as_str()
+        })
+        .ok()
+    });
     let svg = match &metric {
         Some(m) if !chosen.is_empty() => {
             let chart = charts::compare_chart(store, &chosen, m, &view).await?;
@@ -85,13 +115,22 @@ pub async fn compare_page(State(state): State<AppState>, headers: HeaderMap, q: 
         _ => None,
     };
     let mut choices: Vec<(Run, bool)> = chosen.iter().cloned().map(|r| (r, true)).collect();
-    choices.extend(recent.into_iter().filter(|r| !ids.contains(&r.id)).map(|r| (r, false)));
+    choices.extend(
+        recent
+            .into_iter()
+            .filter(|r| !ids.contains(&r.id))
+            .map(|r| (r, false)),
+    );
     let page = ComparePage {
         chrome: Chrome::new(&state, Some(&viewer)),
         choices,
         metrics,
         metric: metric.map(|m| m.to_string()).unwrap_or_default(),
-        runs_param: ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        runs_param: ids
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         svg,
         view_query: view::view_query(&view),
         view,
@@ -99,7 +138,11 @@ pub async fn compare_page(State(state): State<AppState>, headers: HeaderMap, q: 
     view::render(&page)
 }
 
-pub async fn compare_svg(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Response, PageError> {
+pub async fn compare_svg(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: QueryParams,
+) -> Result<Response, PageError> {
     Viewer::of(&state, &headers, "/compare").await?;
     q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
@@ -107,6 +150,8 @@ pub async fn compare_svg(State(state): State<AppState>, headers: HeaderMap, q: Q
     let view = view::chart_view(&q)?;
     let runs = runs_of(state.store.as_ref(), &ids).await?;
     let chart = charts::compare_chart(state.store.as_ref(), &runs, &metric, &view).await?;
-    let svg = tokio::task::spawn_blocking(move || charts::render(&chart)).await.map_err(|e| AppError::Internal(e.into()))?;
+    let svg = tokio::task::spawn_blocking(move || charts::render(&chart))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     Ok(svg_response(svg))
 }

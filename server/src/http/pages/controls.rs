@@ -39,10 +39,22 @@ fn signal_of(form: &Form) -> Result<NewSignal, FieldError> {
             let keep = number("keep_step")?.map(|k| k as i64);
             Ok(signal(SignalKind::Stop, None, None, keep, "stop"))
         }
-        "checkpoint" => Ok(signal(SignalKind::Checkpoint, None, None, None, "checkpoint")),
+        "checkpoint" => Ok(signal(
+            SignalKind::Checkpoint,
+            None,
+            None,
+            None,
+            "checkpoint",
+        )),
         action @ ("beta" | "nll_alpha") => {
             let value = number("value")?.ok_or_else(|| FieldError::new("value", "is required"))?;
-            Ok(signal(SignalKind::SetHparam, Some(action), Some(value), None, &format!("set {action}")))
+            Ok(signal(
+                SignalKind::SetHparam,
+                Some(action),
+                Some(value),
+                None,
+                &format!("set {action}"),
+            ))
         }
         other => Err(FieldError::new(
             "action",
@@ -63,5 +75,8 @@ pub async fn control(
     let created = state.store.create_signal(&id, &signal).await?;
     state.changed(&id);
     tracing::info!(run = %id, signal = created.id, kind = created.kind.as_str(), "signal queued from the dashboard");
-    Ok(Redirect::to(&format!("/runs/{}#signals", url_encode(id.as_str()))))
+    Ok(Redirect::to(&format!(
+        "/runs/{}#signals",
+        url_encode(id.as_str())
+    )))
 }

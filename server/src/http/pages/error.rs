@@ -12,7 +12,9 @@ use crate::store::StoreError;
 pub enum PageError {
     App(AppError),
     /// Reads need a token and the browser sent none: log in, then come back to `next`.
-    Login { next: String },
+    Login {
+        next: String,
+    },
 }
 
 impl<E: Into<AppError>> From<E> for PageError {

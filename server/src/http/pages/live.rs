@@ -53,7 +53,13 @@ struct Watch {
 impl Watch {
     fn new(state: AppState, run: Option<RunId>) -> Self {
         let changes = state.changes.subscribe();
-        Self { state, run, changes, last: None, last_sent: None }
+        Self {
+            state,
+            run,
+            changes,
+            last: None,
+            last_sent: None,
+        }
     }
 
     /// Waits for a write that concerns this page, the poll interval, or shutdown (false).
@@ -78,7 +84,8 @@ impl Watch {
         let store = &self.state.store;
         let json = match &self.run {
             Some(id) => {
-                let (run, signals) = futures::try_join!(store.run(id), store.signals(id, 0, false))?;
+                let (run, signals) =
+                    futures::try_join!(store.run(id), store.signals(id, 0, false))?;
                 serde_json::to_string(&RunSnapshot {
                     last_step: run.last_step,
                     status: run.status.as_str(),
@@ -87,10 +94,21 @@ impl Watch {
                 })
             }
             None => {
-                let filter = RunFilter { sort: RunSort::Updated, limit: 1, ..RunFilter::default() };
+                let filter = RunFilter {
+                    sort: RunSort::Updated,
+                    limit: 1,
+                    ..RunFilter::default()
+                };
                 let latest = store.list_runs(&filter).await?.into_iter().next();
                 serde_json::to_string(&RunsSnapshot {
-                    latest: latest.map(|r| (r.id.to_string(), r.updated_at.to_rfc3339(), r.last_step, r.status.as_str())),
+                    latest: latest.map(|r| {
+                        (
+                            r.id.to_string(),
+                            r.updated_at.to_rfc3339(),
+                            r.last_step,
+                            r.status.as_str(),
+                        )
+                    }),
                 })
             }
         };

@@ -59,8 +59,12 @@ const CHART_QUERY: &[&str] = &["from", "to", "smooth", "log", "width"];
 /// Renders charts on the blocking pool, all at once: drawing is CPU work and must not hold up
 /// the async executor.
 async fn draw_all(charts: Vec<charts::Chart>) -> Result<Vec<String>, AppError> {
-    let jobs = charts.into_iter().map(|c| tokio::task::spawn_blocking(move || charts::render(&c)));
-    try_join_all(jobs).await.map_err(|e| AppError::Internal(e.into()))
+    let jobs = charts
+        .into_iter()
+        .map(|c| tokio::task::spawn_blocking(move || charts::render(&c)));
+    try_join_all(jobs)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))
 }
 
 fn describe(s: &Signal) -> String {
@@ -84,17 +88,36 @@ pub async fn run_page(
     Path(id): Path<String>,
     q: QueryParams,
 ) -> Result<Html<String>, PageError> {
-    let viewer = Viewer::of(&state, &headers, &format!("/runs/{}", view::url_encode(&id))).await?;
+    let viewer = Viewer::of(
+        &state,
+        &headers,
+        &format!("/runs/{}", view::url_encode(&id)),
+    )
+    .await?;
     q.only(CHART_QUERY)?;
     let id = run_id(id)?;
     let view = view::chart_view(&q)?;
     let store: &dyn Store = state.store.as_ref();
-    let (run, metrics, signals) = futures::try_join!(store.run(&id), store.metrics(&id), store.signals(&id, 0, false))?;
+    let (run, metrics, signals) = futures::try_join!(
+        store.run(&id),
+        store.metrics(&id),
+        store.signals(&id, 0, false)
+    )?;
     let (keys, other_series) = charts::page_charts(&metrics);
     let markers = charts::markers(&signals);
-    let built = try_join_all(keys.iter().map(|k| charts::run_chart(store, &run, k, &view, markers.clone()))).await?;
+    let built = try_join_all(
+        keys.iter()
+            .map(|k| charts::run_chart(store, &run, k, &view, markers.clone())),
+    )
+    .await?;
     let svgs = draw_all(built).await?;
-    let last = |name: &str| metrics.iter().find(|m| m.name == name).map(|m| format_value(m.last_value)).unwrap_or_default();
+    let last = |name: &str| {
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| format_value(m.last_value))
+            .unwrap_or_default()
+    };
     let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
     let page = RunPage {
         chrome: Chrome::new(&state, Some(&viewer)),
@@ -108,12 +131,20 @@ pub async fn run_page(
         started: view::time(run.created_at),
         duration: view::duration(&run, chrono::Utc::now()),
         best_step: signals.iter().rev().find_map(|s| s.keep_step),
-        figures: keys.into_iter().zip(svgs).map(|(key, svg)| Figure { key, svg }).collect(),
+        figures: keys
+            .into_iter()
+            .zip(svgs)
+            .map(|(key, svg)| Figure { key, svg })
+            .collect(),
         other_series,
         signals: signals
             .into_iter()
             .rev()
-            .map(|s| SignalRow { what: describe(&s), created: view::time(s.created_at), signal: s })
+            .map(|s| SignalRow {
+                what: describe(&s),
+                created: view::time(s.created_at),
+                signal: s,
+            })
             .collect(),
         config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
         view_query: view::view_query(&view),
@@ -130,17 +161,29 @@ pub async fn chart_svg(
     Path(id): Path<String>,
     q: QueryParams,
 ) -> Result<Response, PageError> {
-    Viewer::of(&state, &headers, &format!("/runs/{}", view::url_encode(&id))).await?;
+    Viewer::of(
+        &state,
+        &headers,
+        &format!("/runs/{}", view::url_encode(&id)),
+    )
+    .await?;
     let mut known = CHART_QUERY.to_vec();
     known.push("chart");
     q.only(&known)?;
     let id = run_id(id)?;
     let view = view::chart_view(&q)?;
-    let slug = q.str("chart").ok_or_else(|| FieldError::new("chart", "is required"))?;
+    let slug = q
+        .str("chart")
+        .ok_or_else(|| FieldError::new("chart", "is required"))?;
     let store: &dyn Store = state.store.as_ref();
-    let (run, metrics, signals) = futures::try_join!(store.run(&id), store.metrics(&id), store.signals(&id, 0, false))?;
-    let key = charts::resolve(slug, &metrics)
-        .ok_or_else(|| AppError::NotFound(format!("run {id} has no chart or series named {slug:?}")))?;
+    let (run, metrics, signals) = futures::try_join!(
+        store.run(&id),
+        store.metrics(&id),
+        store.signals(&id, 0, false)
+    )?;
+    let key = charts::resolve(slug, &metrics).ok_or_else(|| {
+        AppError::NotFound(format!("run {id} has no chart or series named {slug:?}"))
+    })?;
     let markers: Vec<Marker> = charts::markers(&signals);
     let chart = charts::run_chart(store, &run, &key, &view, markers).await?;
     let svg = draw_all(vec![chart]).await?.pop().unwrap_or_default();
@@ -148,5 +191,12 @@ pub async fn chart_svg(
 }
 
 pub fn svg_response(svg: String) -> Response {
-    ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")], svg).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    )
+        .into_response()
 }

@@ -47,9 +47,14 @@ struct RunsPage {
 }
 
 async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Row> {
-    let (metrics, signals) = futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
+    let (metrics, signals) =
+        futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
     let last = |name: &str| {
-        metrics.iter().find(|m| m.name == name).map(|m| format_value(m.last_value)).unwrap_or_default()
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| format_value(m.last_value))
+            .unwrap_or_default()
     };
     let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
     Ok(Row {
@@ -64,7 +69,11 @@ async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) ->
     })
 }
 
-pub async fn runs_page(State(state): State<AppState>, headers: HeaderMap, q: QueryParams) -> Result<Html<String>, PageError> {
+pub async fn runs_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: QueryParams,
+) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/").await?;
     q.only(&["project", "status", "tag", "sort", "limit", "offset"])?;
     let mut filter = run_filter(&q)?;
@@ -78,7 +87,9 @@ pub async fn runs_page(State(state): State<AppState>, headers: HeaderMap, q: Que
     let has_next = runs.len() > limit as usize;
     runs.truncate(limit as usize);
     let now = chrono::Utc::now();
-    let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now))).await.map_err(PageError::store)?;
+    let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now)))
+        .await
+        .map_err(PageError::store)?;
     let text = |name| q.str(name).unwrap_or_default().to_owned();
     let mut base = Vec::new();
     for key in ["project", "status", "tag", "sort", "limit"] {
@@ -94,10 +105,15 @@ pub async fn runs_page(State(state): State<AppState>, headers: HeaderMap, q: Que
         status: text("status"),
         sort: filter.sort.as_str(),
         sorts: RunSort::ALL.iter().map(|s| s.as_str()).collect(),
-        statuses: [RunStatus::Running, RunStatus::Completed, RunStatus::Failed, RunStatus::Stopped]
-            .iter()
-            .map(|s| s.as_str())
-            .collect(),
+        statuses: [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Stopped,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect(),
         base_query: base.join("&"),
         offset,
         prev_offset: (offset > 0).then(|| offset.saturating_sub(limit)),

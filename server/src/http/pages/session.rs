@@ -33,7 +33,9 @@ impl Viewer {
         let viewer = Self::from_cookie(state, headers).await?;
         let auth = &state.auth;
         if auth.enabled && !auth.public_read && viewer.token.is_none() {
-            return Err(PageError::Login { next: path.to_owned() });
+            return Err(PageError::Login {
+                next: path.to_owned(),
+            });
         }
         Ok(viewer)
     }
@@ -47,17 +49,29 @@ impl Viewer {
         }
         let can_write = !state.auth.enabled || token.is_some();
         let csrf = csrf_token(state, token.as_deref());
-        Ok(Self { token, can_write, csrf })
+        Ok(Self {
+            token,
+            can_write,
+            csrf,
+        })
     }
 
     /// Refuses a form post that is not from this server's own page, or not allowed to write.
-    pub async fn for_post(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Self, AppError> {
+    pub async fn for_post(
+        state: &AppState,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Result<Self, AppError> {
         if !same_origin(headers) {
-            return Err(AppError::Forbidden("cross-origin form posts are refused".into()));
+            return Err(AppError::Forbidden(
+                "cross-origin form posts are refused".into(),
+            ));
         }
         let viewer = Self::from_cookie(state, headers).await?;
         if !viewer.can_write {
-            return Err(AppError::Unauthorized("log in with a token to use the run controls"));
+            return Err(AppError::Unauthorized(
+                "log in with a token to use the run controls",
+            ));
         }
         if !constant_time_eq(csrf.as_bytes(), viewer.csrf.as_bytes()) {
             return Err(AppError::Forbidden(
@@ -73,7 +87,8 @@ impl Viewer {
 }
 
 fn csrf_token(state: &AppState, token: Option<&str>) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(state.page_secret.as_slice()).expect("any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(state.page_secret.as_slice()).expect("any key length");
     mac.update(b"csrf\0");
     mac.update(token.unwrap_or_default().as_bytes());
     hex::encode(mac.finalize().into_bytes())
@@ -128,7 +143,10 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
-pub async fn login_page(State(state): State<AppState>, q: QueryParams) -> Result<Html<String>, PageError> {
+pub async fn login_page(
+    State(state): State<AppState>,
+    q: QueryParams,
+) -> Result<Html<String>, PageError> {
     q.only(&["next"])?;
     let page = LoginPage {
         chrome: Chrome::new(&state, None),
@@ -138,7 +156,11 @@ pub async fn login_page(State(state): State<AppState>, q: QueryParams) -> Result
     super::view::render(&page)
 }
 
-pub async fn login(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Result<Response, PageError> {
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, PageError> {
     if !same_origin(&headers) {
         return Err(AppError::Forbidden("cross-origin form posts are refused".into()).into());
     }
@@ -158,12 +180,17 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, form: Form
     }
     let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
     let mut response = Redirect::to(&next).into_response();
-    let value = HeaderValue::from_str(&cookie).map_err(|_| AppError::Forbidden("tokens are plain ASCII".into()))?;
+    let value = HeaderValue::from_str(&cookie)
+        .map_err(|_| AppError::Forbidden("tokens are plain ASCII".into()))?;
     response.headers_mut().insert(header::SET_COOKIE, value);
     Ok(response)
 }
 
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Result<Response, PageError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, PageError> {
     Viewer::for_post(&state, &headers, form.get("csrf").unwrap_or_default()).await?;
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
@@ -190,16 +217,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_origin(&h));
     }
 
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; redline_token=rl_x; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; redline_token=rl_x; b=2"),
+        );
         assert_eq!(cookie(&h, COOKIE).as_deref(), Some("rl_x"));
     }
 }

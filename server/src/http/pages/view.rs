@@ -64,7 +64,13 @@ pub fn chart_view(q: &QueryParams) -> Result<View, AppError> {
                 raw.parse::<i64>()
                     .ok()
                     .filter(|s| (0..=MAX_STEP).contains(s))
-                    .ok_or_else(|| FieldError::new(name, format!("must be a step from 0 to {MAX_STEP}, got {raw:?}")).into())
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            name,
+                            format!("must be a step from 0 to {MAX_STEP}, got {raw:?}"),
+                        )
+                        .into()
+                    })
             })
             .transpose()
     };
@@ -80,15 +86,28 @@ pub fn chart_view(q: &QueryParams) -> Result<View, AppError> {
             .parse::<f64>()
             .ok()
             .filter(|s| (0.0..1.0).contains(s))
-            .ok_or_else(|| FieldError::new("smooth", format!("must be a number from 0 up to (not including) 1, got {raw:?}")))?,
+            .ok_or_else(|| {
+                FieldError::new(
+                    "smooth",
+                    format!("must be a number from 0 up to (not including) 1, got {raw:?}"),
+                )
+            })?,
     };
     let log_y = match given("log") {
         None => None,
         Some("on" | "true" | "1") => Some(true),
         Some("off" | "false" | "0") => Some(false),
-        Some(other) => return Err(FieldError::new("log", format!("must be on or off, got {other:?}")).into()),
+        Some(other) => {
+            return Err(FieldError::new("log", format!("must be on or off, got {other:?}")).into());
+        }
     };
-    let mut view = View { from, to, smoothing, log_y, ..View::default() };
+    let mut view = View {
+        from,
+        to,
+        smoothing,
+        log_y,
+        ..View::default()
+    };
     if let Some(w) = q.parse("width", 200..=2000)? {
         view.width = w;
     }
@@ -136,7 +155,13 @@ pub fn health(run: &Run, alerts: usize) -> &'static str {
 }
 
 pub fn duration(run: &Run, now: DateTime<Utc>) -> String {
-    let end = run.finished_at.unwrap_or(if run.status == RunStatus::Running { now } else { run.updated_at });
+    let end = run
+        .finished_at
+        .unwrap_or(if run.status == RunStatus::Running {
+            now
+        } else {
+            run.updated_at
+        });
     let secs = (end - run.created_at).num_seconds().max(0);
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -172,7 +197,11 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     type Rejection = PageError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, PageError> {
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if !ct.starts_with("application/x-www-form-urlencoded") {
             return Err(AppError::UnsupportedMediaType(format!(
                 "Content-Type is {ct:?}; forms send application/x-www-form-urlencoded"
