@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod openapi;
 mod pages;
 mod runs;
 mod series;

@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn tick_labels_are_short() {
-        assert_eq!(format_value(0.693_147), "0.693");
+        assert_eq!(format_value(0.123_456), "0.123");
         assert_eq!(format_value(12.5), "12.5");
         assert_eq!(format_value(1234.0), "1234");
         assert_eq!(format_value(2e-5), "2.0e-5");

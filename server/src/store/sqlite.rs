@@ -60,9 +60,11 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        // Readers map the file: a chart page reads thousands of chunk rows, and a read()
+        // system call per page of them cost more than the reading.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.pragma("mmap_size", "1073741824"))
             .await?;
         Ok(Self {
             writer,

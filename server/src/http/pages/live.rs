@@ -82,35 +82,31 @@ impl Watch {
 
     async fn snapshot(&self) -> StoreResult<String> {
         let store = &self.state.store;
-        let json = match &self.run {
-            Some(id) => {
-                let (run, signals) =
-                    futures::try_join!(store.run(id), store.signals(id, 0, false))?;
-                serde_json::to_string(&RunSnapshot {
-                    last_step: run.last_step,
-                    status: run.status.as_str(),
-                    signals: signals.len(),
-                    acked: signals.iter().filter(|s| s.acked_at.is_some()).count(),
-                })
-            }
-            None => {
-                let filter = RunFilter {
-                    sort: RunSort::Updated,
-                    limit: 1,
-                    ..RunFilter::default()
-                };
-                let latest = store.list_runs(&filter).await?.into_iter().next();
-                serde_json::to_string(&RunsSnapshot {
-                    latest: latest.map(|r| {
-                        (
-                            r.id.to_string(),
-                            r.updated_at.to_rfc3339(),
-                            r.last_step,
-                            r.status.as_str(),
-                        )
-                    }),
-                })
-            }
+        let json = if let Some(id) = &self.run {
+            let (run, signals) = futures::try_join!(store.run(id), store.signals(id, 0, false))?;
+            serde_json::to_string(&RunSnapshot {
+                last_step: run.last_step,
+                status: run.status.as_str(),
+                signals: signals.len(),
+                acked: signals.iter().filter(|s| s.acked_at.is_some()).count(),
+            })
+        } else {
+            let filter = RunFilter {
+                sort: RunSort::Updated,
+                limit: 1,
+                ..RunFilter::default()
+            };
+            let latest = store.list_runs(&filter).await?.into_iter().next();
+            serde_json::to_string(&RunsSnapshot {
+                latest: latest.map(|r| {
+                    (
+                        r.id.to_string(),
+                        r.updated_at.to_rfc3339(),
+                        r.last_step,
+                        r.status.as_str(),
+                    )
+                }),
+            })
         };
         Ok(json.unwrap_or_default())
     }

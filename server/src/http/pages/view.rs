@@ -2,6 +2,7 @@
 //! body extractor, and formatting.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 
 use askama::Template;
 use axum::body::Bytes;
@@ -138,7 +139,7 @@ pub fn url_encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
