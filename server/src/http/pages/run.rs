@@ -10,8 +10,8 @@ use redline_core::wire::{FieldError, Run, Signal, SignalKind};
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::{self, Chrome};
-use crate::charts::{self, ChartKey, Marker, View, format_value};
+use super::view::{self, Chrome, RunView};
+use crate::charts::{self, ChartKey, View, format_value};
 use crate::error::AppError;
 use crate::http::extract::QueryParams;
 use crate::http::run_id;
@@ -98,46 +98,35 @@ pub async fn run_page(
     let id = run_id(id)?;
     let view = view::chart_view(&q)?;
     let store: &dyn Store = state.store.as_ref();
-    let (run, metrics, signals) = futures::try_join!(
-        store.run(&id),
-        store.metrics(&id),
-        store.signals(&id, 0, false)
-    )?;
-    let (keys, other_series) = charts::page_charts(&metrics);
-    let markers = charts::markers(&signals);
+    let v = RunView::load(store, &id).await?;
+    let (keys, other_series) = charts::page_charts(&v.metrics);
+    let markers = charts::markers(&v.signals);
     let built = try_join_all(
         keys.iter()
-            .map(|k| charts::run_chart(store, &run, k, &view, markers.clone())),
+            .map(|k| charts::run_chart(store, &v.run, k, &view, markers.clone())),
     )
     .await?;
     let svgs = draw_all(built).await?;
-    let last = |name: &str| {
-        metrics
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| format_value(m.last_value))
-            .unwrap_or_default()
-    };
-    let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
     let page = RunPage {
         chrome: Chrome::new(&state, Some(&viewer)),
         can_write: viewer.can_write,
-        health: view::health(&run, alerts),
-        loss_type: view::config_value(&run, "loss"),
-        beta: last("beta"),
-        nll_alpha: last("nll_alpha"),
-        loss: last("loss"),
-        margin: last("rewards/margins"),
-        started: view::time(run.created_at),
-        duration: view::duration(&run, chrono::Utc::now()),
-        best_step: signals.iter().rev().find_map(|s| s.keep_step),
+        health: v.health(),
+        loss_type: view::config_value(&v.run, "loss"),
+        beta: v.last("beta"),
+        nll_alpha: v.last("nll_alpha"),
+        loss: v.last("loss"),
+        margin: v.last("rewards/margins"),
+        started: view::time(v.run.created_at),
+        duration: view::duration(&v.run, chrono::Utc::now()),
+        best_step: v.signals.iter().rev().find_map(|s| s.keep_step),
         figures: keys
             .into_iter()
             .zip(svgs)
             .map(|(key, svg)| Figure { key, svg })
             .collect(),
         other_series,
-        signals: signals
+        signals: v
+            .signals
             .into_iter()
             .rev()
             .map(|s| SignalRow {
@@ -146,10 +135,10 @@ pub async fn run_page(
                 signal: s,
             })
             .collect(),
-        config: serde_json::to_string_pretty(&run.config).unwrap_or_default(),
+        config: serde_json::to_string_pretty(&v.run.config).unwrap_or_default(),
         view_query: view::view_query(&view),
         view,
-        run,
+        run: v.run,
     };
     view::render(&page)
 }
@@ -176,16 +165,11 @@ pub async fn chart_svg(
         .str("chart")
         .ok_or_else(|| FieldError::new("chart", "is required"))?;
     let store: &dyn Store = state.store.as_ref();
-    let (run, metrics, signals) = futures::try_join!(
-        store.run(&id),
-        store.metrics(&id),
-        store.signals(&id, 0, false)
-    )?;
-    let key = charts::resolve(slug, &metrics).ok_or_else(|| {
+    let v = RunView::load(store, &id).await?;
+    let key = charts::resolve(slug, &v.metrics).ok_or_else(|| {
         AppError::NotFound(format!("run {id} has no chart or series named {slug:?}"))
     })?;
-    let markers: Vec<Marker> = charts::markers(&signals);
-    let chart = charts::run_chart(store, &run, &key, &view, markers).await?;
+    let chart = charts::run_chart(store, &v.run, &key, &view, charts::markers(&v.signals)).await?;
     let svg = draw_all(vec![chart]).await?.pop().unwrap_or_default();
     Ok(svg_response(svg))
 }

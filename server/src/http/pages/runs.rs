@@ -9,8 +9,7 @@ use redline_core::wire::{Run, RunStatus};
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::{self, Chrome};
-use crate::charts::format_value;
+use super::view::{self, Chrome, RunView};
 use crate::http::extract::QueryParams;
 use crate::http::runs::run_filter;
 use crate::state::AppState;
@@ -47,25 +46,16 @@ struct RunsPage {
 }
 
 async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Row> {
-    let (metrics, signals) =
-        futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
-    let last = |name: &str| {
-        metrics
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| format_value(m.last_value))
-            .unwrap_or_default()
-    };
-    let alerts = signals.iter().filter(|s| s.source_rule.is_some()).count();
+    let v = RunView::of(store, run).await?;
     Ok(Row {
-        health: view::health(&run, alerts),
-        loss_type: view::config_value(&run, "loss"),
-        beta: view::config_value(&run, "beta"),
-        loss: last("loss"),
-        margin: last("rewards/margins"),
-        started: view::time(run.created_at),
-        duration: view::duration(&run, now),
-        run,
+        health: v.health(),
+        loss_type: view::config_value(&v.run, "loss"),
+        beta: view::config_value(&v.run, "beta"),
+        loss: v.last("loss"),
+        margin: v.last("rewards/margins"),
+        started: view::time(v.run.created_at),
+        duration: view::duration(&v.run, now),
+        run: v.run,
     })
 }
 

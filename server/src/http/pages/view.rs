@@ -10,14 +10,16 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use axum::response::Html;
 use chrono::{DateTime, Utc};
-use redline_core::wire::{FieldError, MAX_STEP, Run, RunStatus};
+use redline_core::RunId;
+use redline_core::wire::{FieldError, MAX_STEP, MetricSummary, Run, RunStatus, Signal};
 
 use super::error::PageError;
 use super::session::Viewer;
-use crate::charts::View;
+use crate::charts::{View, format_value};
 use crate::error::AppError;
 use crate::http::extract::{QueryParams, url_pairs};
 use crate::state::AppState;
+use crate::store::{Store, StoreResult};
 
 /// The layout around every page: the server's facts and the viewer's session.
 #[derive(Debug)]
@@ -145,13 +147,56 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// `ok`, `alert` or `stopped`: what a glance at a run should tell.
-pub fn health(run: &Run, alerts: usize) -> &'static str {
-    match run.status {
-        RunStatus::Stopped => "stopped",
-        RunStatus::Failed => "alert",
-        _ if alerts > 0 => "alert",
-        _ => "ok",
+/// A run with the series summaries and signals its pages show.
+#[derive(Debug)]
+pub struct RunView {
+    pub run: Run,
+    pub metrics: Vec<MetricSummary>,
+    pub signals: Vec<Signal>,
+}
+
+impl RunView {
+    pub async fn load(store: &dyn Store, id: &RunId) -> StoreResult<Self> {
+        let (run, metrics, signals) = futures::try_join!(
+            store.run(id),
+            store.metrics(id),
+            store.signals(id, 0, false)
+        )?;
+        Ok(Self {
+            run,
+            metrics,
+            signals,
+        })
+    }
+
+    pub async fn of(store: &dyn Store, run: Run) -> StoreResult<Self> {
+        let (metrics, signals) =
+            futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
+        Ok(Self {
+            run,
+            metrics,
+            signals,
+        })
+    }
+
+    /// The series' last value, short; empty when the run has no such series.
+    pub fn last(&self, name: &str) -> String {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| format_value(m.last_value))
+            .unwrap_or_default()
+    }
+
+    /// `ok`, `alert` or `stopped`: what a glance at a run should tell. Signals a rule raised are
+    /// alerts.
+    pub fn health(&self) -> &'static str {
+        match self.run.status {
+            RunStatus::Stopped => "stopped",
+            RunStatus::Failed => "alert",
+            _ if self.signals.iter().any(|s| s.source_rule.is_some()) => "alert",
+            _ => "ok",
+        }
     }
 }
 
