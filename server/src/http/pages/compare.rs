@@ -71,6 +71,18 @@ fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppErr
     Ok((ids, metric))
 }
 
+/// The compare page has one chart, drawn wide unless the query sets a width.
+fn wide(q: &QueryParams, view: View) -> View {
+    if q.str("width").is_some() {
+        return view;
+    }
+    View {
+        width: 1000,
+        height: 400,
+        ..view
+    }
+}
+
 async fn runs_of(store: &dyn Store, ids: &[RunId]) -> Result<Vec<Run>, AppError> {
     Ok(try_join_all(ids.iter().map(|id| store.run(id))).await?)
 }
@@ -83,7 +95,7 @@ pub async fn compare_page(
     let viewer = Viewer::of(&state, &headers, "/compare").await?;
     q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
-    let view = view::chart_view(&q)?;
+    let view = wide(&q, view::chart_view(&q)?);
     let store: &dyn Store = state.store.as_ref();
     let chosen = runs_of(store, &ids).await?;
     let recent = store
@@ -147,7 +159,7 @@ pub async fn compare_svg(
     q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
     let metric = metric.ok_or_else(|| FieldError::new("metric", "is required"))?;
-    let view = view::chart_view(&q)?;
+    let view = wide(&q, view::chart_view(&q)?);
     let runs = runs_of(state.store.as_ref(), &ids).await?;
     let chart = charts::compare_chart(state.store.as_ref(), &runs, &metric, &view).await?;
     let svg = tokio::task::spawn_blocking(move || charts::render(&chart))
