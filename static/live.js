@@ -46,8 +46,11 @@
     // Steps redraw the charts; anything else (status, signals, acks) also redraws the facts.
     var partsChanged = !prev || !charts || prev.status !== snap.status ||
       prev.signals !== snap.signals || prev.acked !== snap.acked;
-    var stepText = document.getElementById("step");
-    if (stepText && snap.last_step !== undefined && snap.last_step !== null) stepText.textContent = String(snap.last_step);
+    // The facts that move with every step; the rest is refetched when it changes.
+    [["step", snap.last_step], ["loss", snap.loss], ["margin", snap.margin]].forEach(function (f) {
+      var el = document.getElementById(f[0]);
+      if (el && f[1] !== undefined && f[1] !== null) el.textContent = String(f[1]);
+    });
     var work = [refreshCharts()];
     if (partsChanged) work.push(refreshParts());
     Promise.all(work).then(function () {

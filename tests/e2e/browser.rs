@@ -253,6 +253,10 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
         .eval("return document.getElementById('step').textContent.trim()")
         .await;
     assert_eq!(step, json!("41"), "the run's facts were refreshed");
+    let loss = browser
+        .eval("return document.getElementById('loss').textContent.trim()")
+        .await;
+    assert_eq!(loss, json!("3"), "the last loss follows the new step");
     browser.screenshot("run.png").await;
 
     browser

@@ -387,3 +387,21 @@ async fn assets_are_cached_by_content_hash(b: Backend) {
     let (s, _) = app.get_text("/static/nope.js").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+both_stores!(the_runs_pages_event_stream_reports_new_runs_and_steps);
+
+async fn the_runs_pages_event_stream_reports_new_runs_and_steps(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let resp = app.http.get(app.url("/events")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut events = SseReader::new(resp);
+    let first: Value =
+        serde_json::from_str(&events.next().await.expect("an initial update").data).unwrap();
+    assert_eq!(first["latest"], Value::Null, "no runs yet");
+    app.create_run("n1").await;
+    let next: Value = serde_json::from_str(&events.next().await.expect("an update").data).unwrap();
+    assert_eq!(next["latest"][0], "n1");
+    app.ingest("n1", steps(0..2, 99)).await;
+    let next: Value = serde_json::from_str(&events.next().await.expect("an update").data).unwrap();
+    assert_eq!(next["latest"][2], 1, "the run's last step");
+}

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::url_encode;
+use super::view::{RunView, url_encode};
 use crate::http::run_id;
 use crate::state::AppState;
 use crate::store::{RunFilter, RunSort, StoreResult};
@@ -31,6 +31,9 @@ const POLL: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct RunSnapshot {
     last_step: Option<i64>,
+    /// The facts' last loss and margin, as the page formats them.
+    loss: String,
+    margin: String,
     status: &'static str,
     signals: usize,
     acked: usize,
@@ -83,12 +86,14 @@ impl Watch {
     async fn snapshot(&self) -> StoreResult<String> {
         let store = &self.state.store;
         let json = if let Some(id) = &self.run {
-            let (run, signals) = futures::try_join!(store.run(id), store.signals(id, 0, false))?;
+            let v = RunView::load(store.as_ref(), id).await?;
             serde_json::to_string(&RunSnapshot {
-                last_step: run.last_step,
-                status: run.status.as_str(),
-                signals: signals.len(),
-                acked: signals.iter().filter(|s| s.acked_at.is_some()).count(),
+                last_step: v.run.last_step,
+                loss: v.last("loss"),
+                margin: v.last("rewards/margins"),
+                status: v.run.status.as_str(),
+                signals: v.signals.len(),
+                acked: v.signals.iter().filter(|s| s.acked_at.is_some()).count(),
             })
         } else {
             let filter = RunFilter {
