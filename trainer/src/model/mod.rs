@@ -2,6 +2,7 @@
 //! `VarBuilder` over a checkpoint's tensors builds the model directly.
 
 mod config;
+mod fused;
 mod layers;
 mod load;
 
@@ -11,7 +12,7 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::{Family, ModelConfig};
 pub use load::{LoadedModel, init_deterministic, load_weights, reference_model, trainable_model};
 
-use layers::{Block, Dense, RmsNorm, Rotary};
+use layers::{Block, Dense, Positions, RmsNorm, Rotary};
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -66,21 +67,33 @@ impl Decoder {
     /// Logits `(batch, seq, vocab)` for right-padded `input_ids` `(batch, seq)`. Padding needs no
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (_, t) = input_ids.dims2()?;
-        let device = input_ids.device();
-        let dtype = self.embed_tokens.embeddings().dtype();
-        let (cos, sin) = self.rotary.tables(t, device)?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let mask = causal_mask(t, device)?.to_dtype(dtype)?;
         let mut x = self.embed_tokens.forward(input_ids)?;
+        let positions = self.positions(&x)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &mask)?;
+            x = layer.forward(&x, &positions)?;
         }
         let x = self.norm.forward(&x)?;
         match &self.lm_head {
             Some(head) => head.forward(&x),
             None => layers::matmul_2d(&x, &self.embed_tokens.embeddings().t()?, None),
         }
+    }
+}
+
+impl Decoder {
+    fn positions(&self, x: &Tensor) -> Result<Positions<'_>> {
+        if fused::supported(x) {
+            return Ok(Positions::Fused {
+                inv_freq: self.rotary.inv_freq(),
+            });
+        }
+        let (_, t, _) = x.dims3()?;
+        let (cos, sin) = self.rotary.tables(t, x.device())?;
+        Ok(Positions::Composite {
+            cos: cos.to_dtype(x.dtype())?,
+            sin: sin.to_dtype(x.dtype())?,
+            mask: causal_mask(t, x.device())?.to_dtype(x.dtype())?,
+        })
     }
 }
 
