@@ -4,11 +4,21 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use crate::model::log_softmax;
+use crate::model::{fused, log_softmax};
 
 /// Log-probability of each next token: `logits (b, t, v)` scored against `input_ids (b, t)`;
 /// position `i` of the result is `log p(input[i+1] | input[..=i])`, shape `(b, t-1)`.
 pub fn token_logps(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    if fused::supported(logits) {
+        fused::token_logps(logits, input_ids)
+    } else {
+        token_logps_composite(logits, input_ids)
+    }
+}
+
+/// [`token_logps`] from differentiable candle ops, for devices and dtypes the fused op does not
+/// handle.
+pub(crate) fn token_logps_composite(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
     let logp = log_softmax(&logits.narrow(1, 0, t - 1)?)?;
     let targets = input_ids

@@ -93,11 +93,11 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// A dense layer `x·W + b` that folds all leading dimensions into one matrix product. The
-/// weight is kept as `(in, out)`, the transpose of the checkpoint's `(out, in)` (see
-/// [`super::stored_transposed`]): candle's backward of a product with a transposed view costs
-/// about twice that of a contiguous one. `candle_nn::Linear` also broadcasts the weight over the
-/// batch, which makes the backward materialise one weight-sized gradient per batch row.
+/// A dense layer `x·W + b` over `x (tokens, in)`. The weight is kept as `(in, out)`, the
+/// transpose of the checkpoint's `(out, in)` (see [`super::stored_transposed`]): candle's
+/// backward of a product with a transposed view costs about twice that of a contiguous one.
+/// `candle_nn::Linear` also broadcasts the weight over the batch, which makes the backward
+/// materialise one weight-sized gradient per batch row.
 #[derive(Debug, Clone)]
 pub struct Dense {
     weight: Tensor,
@@ -122,32 +122,24 @@ impl Dense {
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        matmul_2d(x, &self.weight, self.bias.as_ref())
+        let y = x.matmul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 
-/// `x (…, in) · w (in, out) + b` as a single 2-D product.
-pub fn matmul_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let (inner, lead) = dims.split_last().expect("at least one dimension");
-    let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, *inner))?.matmul(w)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = lead.to_vec();
-    out.push(w.dim(1)?);
-    y.reshape(out)
-}
-
-/// What attention needs about positions: the rotary frequencies for the fused kernel, or the
-/// rotary tables and the additive causal mask `(seq, seq)` for the composite path.
+/// What attention needs about positions: the sequence length (activations are `(batch·seq,
+/// features)`), and the rotary frequencies for the fused kernel, or the rotary tables and the
+/// additive causal mask `(seq, seq)` for the composite path.
 pub enum Positions<'a> {
     Fused {
+        seq: usize,
         inv_freq: &'a [f32],
     },
     Composite {
+        seq: usize,
         cos: Tensor,
         sin: Tensor,
         mask: Tensor,
@@ -179,7 +171,7 @@ impl Attention {
         })
     }
 
-    /// `x`: `(batch, seq, hidden)`.
+    /// `x`: `(batch·seq, hidden)`.
     pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
         let (q, k, v) = (
             self.q_proj.forward(x)?,
@@ -187,29 +179,37 @@ impl Attention {
             self.v_proj.forward(x)?,
         );
         let out = match positions {
-            Positions::Fused { inv_freq } => {
-                fused::causal_attention(&q, &k, &v, self.layout, inv_freq)?
+            Positions::Fused { seq, inv_freq } => {
+                fused::causal_attention(&q, &k, &v, *seq, self.layout, inv_freq)?
             }
-            Positions::Composite { cos, sin, mask } => {
-                attention_composite(&q, &k, &v, self.layout, cos, sin, mask)?
-            }
+            Positions::Composite {
+                seq,
+                cos,
+                sin,
+                mask,
+            } => attention_composite(&q, &k, &v, *seq, self.layout, cos, sin, mask)?,
         };
         self.o_proj.forward(&out)
     }
 }
 
-/// Attention after the projections: `q (b, t, heads·d)`, `k`, `v (b, t, kv_heads·d)` to
-/// `(b, t, heads·d)`.
+/// Attention after the projections: `q (b·t, heads·d)`, `k`, `v (b·t, kv_heads·d)` to
+/// `(b·t, heads·d)`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the projections, their layout, the tables"
+)]
 pub(super) fn attention_composite(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    t: usize,
     layout: HeadLayout,
     cos: &Tensor,
     sin: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
-    let (b, t, _) = q.dims3()?;
+    let b = q.dim(0)? / t;
     let d = layout.head_dim;
     let split = |x: &Tensor, n: usize| -> Result<Tensor> {
         x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
@@ -225,7 +225,7 @@ pub(super) fn attention_composite(
     probs
         .matmul(&v)?
         .transpose(1, 2)?
-        .reshape((b, t, layout.heads * d))
+        .reshape((b * t, layout.heads * d))
 }
 
 /// Grouped-query attention: each key/value head serves `n_rep` query heads, in transformers'

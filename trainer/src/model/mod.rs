@@ -2,7 +2,7 @@
 //! `VarBuilder` over a checkpoint's tensors builds the model directly.
 
 mod config;
-mod fused;
+pub(crate) mod fused;
 mod layers;
 mod load;
 
@@ -67,29 +67,36 @@ impl Decoder {
     /// Logits `(batch, seq, vocab)` for right-padded `input_ids` `(batch, seq)`. Padding needs no
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let mut x = self.embed_tokens.forward(input_ids)?;
-        let positions = self.positions(&x)?;
+        let (b, t) = input_ids.dims2()?;
+        // Activations stay `(tokens, hidden)` through the layers: each reshape would be one more
+        // op in the backward pass.
+        let embeddings = self.embed_tokens.embeddings();
+        let mut x = embeddings.index_select(&input_ids.flatten_all()?, 0)?;
+        let positions = self.positions(t, &x)?;
         for layer in &self.layers {
             x = layer.forward(&x, &positions)?;
         }
         let x = self.norm.forward(&x)?;
-        match &self.lm_head {
-            Some(head) => head.forward(&x),
-            None => layers::matmul_2d(&x, &self.embed_tokens.embeddings().t()?, None),
-        }
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => x.matmul(&embeddings.t()?)?,
+        };
+        logits.reshape((b, t, ()))
     }
 }
 
 impl Decoder {
-    fn positions(&self, x: &Tensor) -> Result<Positions<'_>> {
+    /// What attention needs about the `t` positions of each sequence in `x (tokens, hidden)`.
+    fn positions(&self, t: usize, x: &Tensor) -> Result<Positions<'_>> {
         if fused::supported(x) {
             return Ok(Positions::Fused {
+                seq: t,
                 inv_freq: self.rotary.inv_freq(),
             });
         }
-        let (_, t, _) = x.dims3()?;
         let (cos, sin) = self.rotary.tables(t, x.device())?;
         Ok(Positions::Composite {
+            seq: t,
             cos: cos.to_dtype(x.dtype())?,
             sin: sin.to_dtype(x.dtype())?,
             mask: causal_mask(t, x.device())?.to_dtype(x.dtype())?,

@@ -16,20 +16,22 @@ pub struct HeadLayout {
     pub head_dim: usize,
 }
 
-/// `q (b, t, heads·d)`, `k` and `v (b, t, kv_heads·d)`, as the projections give them; returns
-/// `(b, t, heads·d)`. `inv_freq` are the rotary frequencies (`d/2` of them).
+/// `q (b·t, heads·d)`, `k` and `v (b·t, kv_heads·d)`, as the projections give them for `b`
+/// sequences of `t` tokens; returns `(b·t, heads·d)`. `inv_freq` are the rotary frequencies
+/// (`d/2` of them).
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    t: usize,
     layout: HeadLayout,
     inv_freq: &[f32],
 ) -> Result<Tensor> {
-    let (_, t, _) = q.dims3()?;
     // As transformers: angles and their cos/sin in f32, whatever the model's dtype.
     let angles = (0..t).flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f));
     let op = CausalAttention {
         layout,
+        seq: t,
         cos: angles.clone().map(f32::cos).collect(),
         sin: angles.map(f32::sin).collect(),
     };
@@ -39,6 +41,7 @@ pub fn causal_attention(
 
 struct CausalAttention {
     layout: HeadLayout,
+    seq: usize,
     /// `(t, d/2)` tables of the rotary angles.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -198,30 +201,33 @@ impl<T: Real> Kernel<T> {
 }
 
 impl CausalAttention {
-    /// `(batch, t)` of `q`, checking the three layouts against the heads.
-    fn dims(&self, q: &Shape, k: &Shape, v: &Shape) -> Result<(usize, usize)> {
+    /// Checks the three layouts against the heads and the sequence length.
+    fn check(&self, q: &Shape, k: &Shape, v: &Shape) -> Result<()> {
         let HeadLayout {
             heads,
             kv_heads,
             head_dim,
         } = self.layout;
-        let (b, t, qw) = q.dims3()?;
+        let (rows, qw) = q.dims2()?;
         if qw != heads * head_dim
-            || k.dims() != [b, t, kv_heads * head_dim]
+            || k.dims() != [rows, kv_heads * head_dim]
             || v.dims() != k.dims()
             || heads % kv_heads != 0
             || head_dim % 2 != 0
-            || self.cos.len() != t * head_dim / 2
+            || rows % self.seq != 0
+            || self.cos.len() != self.seq * head_dim / 2
         {
             bail!(
-                "causal_attention: q {q:?}, k {k:?}, v {v:?} do not fit {:?}",
-                self.layout
+                "causal_attention: q {q:?}, k {k:?}, v {v:?} do not fit {:?} over {} positions",
+                self.layout,
+                self.seq
             );
         }
-        Ok((b, t))
+        Ok(())
     }
 
-    fn forward<T: Real>(&self, t: usize, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let t = self.seq;
         let kern = Kernel::<T>::new(self, t);
         let (qn, kn) = (t * kern.hq * kern.d, t * kern.hkv * kern.d);
         let mut out = vec![T::zero(); q.len()];
@@ -239,7 +245,8 @@ impl CausalAttention {
         v: &Tensor,
         dout: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (_, t) = self.dims(q.shape(), k.shape(), v.shape())?;
+        self.check(q.shape(), k.shape(), v.shape())?;
+        let t = self.seq;
         let kern = Kernel::<T>::new(self, t);
         let (qn, kn) = (t * kern.hq * kern.d, t * kern.hkv * kern.d);
         let mut dq = vec![T::zero(); q.elem_count()];
@@ -276,16 +283,14 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, t) = self.dims(l1.shape(), l2.shape(), l3.shape())?;
+        self.check(l1.shape(), l2.shape(), l3.shape())?;
         let out = match s1.dtype() {
             DType::F32 => f32::to_cpu_storage_owned(self.forward::<f32>(
-                t,
                 contiguous(s1, l1)?,
                 contiguous(s2, l2)?,
                 contiguous(s3, l3)?,
             )),
             DType::F64 => f64::to_cpu_storage_owned(self.forward::<f64>(
-                t,
                 contiguous(s1, l1)?,
                 contiguous(s2, l2)?,
                 contiguous(s3, l3)?,

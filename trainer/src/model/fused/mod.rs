@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the decoder's element-wise and attention blocks, each a candle custom op
 //! with an explicit backward pass. candle's autograd pays, per recorded op, one backward op plus a
 //! zero-filled gradient and an addition per input; the composite RMSNorm, SwiGLU and attention of
-//! [`super::layers`] record some 40 ops per layer, these three ops record one each.
+//! [`super::layers`] record some 40 ops per layer, these three ops record one each. The
+//! next-token log-probabilities over the vocabulary are a fourth.
 //!
 //! They run on CPU in f32 and f64; other devices and dtypes keep the composite path (see
 //! [`supported`]).
@@ -9,12 +10,14 @@
 mod attention;
 mod rms_norm;
 mod swiglu;
+mod token_logps;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType, bail};
 
 pub use attention::{HeadLayout, causal_attention};
 pub use rms_norm::rms_norm;
 pub use swiglu::swiglu;
+pub use token_logps::token_logps;
 
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {

@@ -6,6 +6,7 @@ use candle_core::{D, DType, Device, Result, Tensor, Var};
 use super::super::causal_mask;
 use super::super::layers::{Rotary, attention_composite, rms_norm_composite, silu};
 use super::*;
+use crate::metrics::token_logps_composite;
 
 /// Deterministic values in [-2, 2], varied enough to exercise every branch.
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -39,6 +40,11 @@ const HEADS: HeadLayout = HeadLayout {
 };
 
 fn cases() -> Vec<Case> {
+    let ids = Tensor::new(
+        &[[1u32, 10, 3, 0], [5, 5, 9, 2], [7, 0, 4, 10]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let rotary = Rotary::from_theta(HEADS.head_dim, 10_000.0);
     let inv_freq = rotary.inv_freq().to_vec();
     let attention = |heads: HeadLayout| {
@@ -47,14 +53,14 @@ fn cases() -> Vec<Case> {
         let (q, kv) = (heads.heads * 8, heads.kv_heads * 8);
         Case {
             name: "causal_attention",
-            shapes: vec![vec![2, 5, q], vec![2, 5, kv], vec![2, 5, kv]],
-            fused: Box::new(move |x| causal_attention(&x[0], &x[1], &x[2], heads, &inv_freq)),
+            shapes: vec![vec![10, q], vec![10, kv], vec![10, kv]],
+            fused: Box::new(move |x| causal_attention(&x[0], &x[1], &x[2], 5, heads, &inv_freq)),
             composite: Box::new(move |x| {
                 let (dt, dev) = (x[0].dtype(), x[0].device());
                 let (cos, sin) = rotary.tables(5, dev)?;
                 let mask = causal_mask(5, dev)?.to_dtype(dt)?;
                 let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
-                attention_composite(&x[0], &x[1], &x[2], heads, &cos, &sin, &mask)
+                attention_composite(&x[0], &x[1], &x[2], 5, heads, &cos, &sin, &mask)
             }),
         }
     };
@@ -76,6 +82,15 @@ fn cases() -> Vec<Case> {
             kv_heads: 4,
             ..HEADS
         }),
+        Case {
+            name: "token_logps",
+            shapes: vec![vec![3, 4, 11]],
+            fused: Box::new({
+                let ids = ids.clone();
+                move |x| token_logps(&x[0], &ids)
+            }),
+            composite: Box::new(move |x| token_logps_composite(&x[0], &ids)),
+        },
     ]
 }
 
