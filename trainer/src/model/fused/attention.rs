@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-use super::{Real, axpy, contiguous, dot, with_slices};
+use super::{Real, axpy, contiguous, dot, parallel, with_slices};
 
 /// The head layout of the projections.
 #[derive(Debug, Clone, Copy)]
@@ -231,10 +231,16 @@ impl CausalAttention {
         let kern = Kernel::<T>::new(self, t);
         let (qn, kn) = (t * kern.hq * kern.d, t * kern.hkv * kern.d);
         let mut out = vec![T::zero(); q.len()];
-        out.par_chunks_mut(qn)
-            .zip(q.par_chunks(qn))
-            .zip(k.par_chunks(kn).zip(v.par_chunks(kn)))
-            .for_each(|((o, q), (k, v))| kern.forward(q, k, v, o));
+        let one = |((o, q), (k, v))| kern.forward(q, k, v, o);
+        if parallel(q.len() * t) {
+            (out.par_chunks_mut(qn).zip(q.par_chunks(qn)))
+                .zip(k.par_chunks(kn).zip(v.par_chunks(kn)))
+                .for_each(one);
+        } else {
+            (out.chunks_mut(qn).zip(q.chunks(qn)))
+                .zip(k.chunks(kn).zip(v.chunks(kn)))
+                .for_each(one);
+        }
         out
     }
 
@@ -253,13 +259,22 @@ impl CausalAttention {
         let mut dk = vec![T::zero(); k.elem_count()];
         let mut dv = vec![T::zero(); v.elem_count()];
         with_slices::<T, _>(&[q, k, v, dout], |s| {
-            dq.par_chunks_mut(qn)
-                .zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn)))
-                .zip(s[0].par_chunks(qn).zip(s[3].par_chunks(qn)))
-                .zip(s[1].par_chunks(kn).zip(s[2].par_chunks(kn)))
-                .for_each(|(((dq, (dk, dv)), (q, dout)), (k, v))| {
-                    kern.backward(q, k, v, dout, dq, dk, dv);
-                });
+            let one = |(((dq, (dk, dv)), (q, dout)), (k, v))| {
+                kern.backward(q, k, v, dout, dq, dk, dv);
+            };
+            if parallel(dq.len() * t) {
+                (dq.par_chunks_mut(qn))
+                    .zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn)))
+                    .zip(s[0].par_chunks(qn).zip(s[3].par_chunks(qn)))
+                    .zip(s[1].par_chunks(kn).zip(s[2].par_chunks(kn)))
+                    .for_each(one);
+            } else {
+                (dq.chunks_mut(qn))
+                    .zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn)))
+                    .zip(s[0].chunks(qn).zip(s[3].chunks(qn)))
+                    .zip(s[1].chunks(kn).zip(s[2].chunks(kn)))
+                    .for_each(one);
+            }
         })?;
         Ok((
             Tensor::from_vec(dq, q.shape(), q.device())?,

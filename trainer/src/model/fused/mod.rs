@@ -19,6 +19,22 @@ pub use rms_norm::rms_norm;
 pub use swiglu::swiglu;
 pub use token_logps::token_logps;
 
+/// Work (elements touched) from which a kernel splits over rayon's pool when called from outside
+/// it: handing work over then costs a wake-up and a blocking wait, more than a small kernel takes.
+pub(super) const PARALLEL_MIN_WORK: usize = 64 * 1024;
+
+/// The same from a thread of the pool (training steps run inside candle's), where splitting
+/// costs little.
+const PARALLEL_MIN_WORK_IN_POOL: usize = 4 * 1024;
+
+fn parallel(work: usize) -> bool {
+    if rayon::current_thread_index().is_some() {
+        work >= PARALLEL_MIN_WORK_IN_POOL
+    } else {
+        work >= PARALLEL_MIN_WORK
+    }
+}
+
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)

@@ -4,7 +4,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-use super::{Real, contiguous, with_slices};
+use super::{Real, contiguous, parallel, with_slices};
 
 /// Rows per task of the weight-gradient reduction: a fixed split keeps the sum's order, and
 /// so the gradient, the same from run to run whatever the thread count.
@@ -29,14 +29,18 @@ impl RmsNorm {
 
     fn forward<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(w.len())
-            .zip(x.par_chunks(w.len()))
-            .for_each(|(yr, xr)| {
-                let r = self.inv_rms(xr);
-                for ((yi, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
-                    *yi = xi * r * wi;
-                }
-            });
+        let row = |(yr, xr): (&mut [T], &[T])| {
+            let r = self.inv_rms(xr);
+            for ((yi, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                *yi = xi * r * wi;
+            }
+        };
+        let h = w.len();
+        if parallel(x.len()) {
+            y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(row);
+        } else {
+            y.chunks_mut(h).zip(x.chunks(h)).for_each(row);
+        }
         y
     }
 
@@ -45,27 +49,34 @@ impl RmsNorm {
         let h = w.len();
         let mut dx = vec![T::zero(); x.len()];
         let block = ROWS_PER_PARTIAL * h;
-        let partials: Vec<Vec<T>> = dx
-            .par_chunks_mut(block)
-            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
-            .map(|(dxb, (xb, gb))| {
-                let mut dw = vec![T::zero(); h];
-                for ((dxr, xr), gr) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(gb.chunks(h)) {
-                    let r = self.inv_rms(xr);
-                    let mut proj = T::zero();
-                    for (((&xi, &gi), &wi), dwi) in xr.iter().zip(gr).zip(w).zip(dw.iter_mut()) {
-                        let xhat = xi * r;
-                        *dwi += gi * xhat;
-                        proj += gi * wi * xhat;
-                    }
-                    let proj = proj / T::from_f64(h as f64);
-                    for (((dxi, &xi), &gi), &wi) in dxr.iter_mut().zip(xr).zip(gr).zip(w) {
-                        *dxi = r * (gi * wi - xi * r * proj);
-                    }
+        let rows = |(dxb, (xb, gb)): (&mut [T], (&[T], &[T]))| {
+            let mut dw = vec![T::zero(); h];
+            for ((dxr, xr), gr) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(gb.chunks(h)) {
+                let r = self.inv_rms(xr);
+                let mut proj = T::zero();
+                for (((&xi, &gi), &wi), dwi) in xr.iter().zip(gr).zip(w).zip(dw.iter_mut()) {
+                    let xhat = xi * r;
+                    *dwi += gi * xhat;
+                    proj += gi * wi * xhat;
                 }
-                dw
-            })
-            .collect();
+                let proj = proj / T::from_f64(h as f64);
+                for (((dxi, &xi), &gi), &wi) in dxr.iter_mut().zip(xr).zip(gr).zip(w) {
+                    *dxi = r * (gi * wi - xi * r * proj);
+                }
+            }
+            dw
+        };
+        let partials: Vec<Vec<T>> = if parallel(x.len()) {
+            (dx.par_chunks_mut(block))
+                .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+                .map(rows)
+                .collect()
+        } else {
+            (dx.chunks_mut(block))
+                .zip(x.chunks(block).zip(g.chunks(block)))
+                .map(rows)
+                .collect()
+        };
         let mut dw = vec![T::zero(); h];
         for p in partials {
             for (a, b) in dw.iter_mut().zip(p) {

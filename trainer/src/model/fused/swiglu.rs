@@ -4,7 +4,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-use super::{Real, contiguous, with_slices};
+use super::{Real, contiguous, parallel, with_slices};
 
 /// Elements per parallel task: element-wise work this small is not worth finer splitting.
 const CHUNK: usize = 8192;
@@ -22,32 +22,48 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 fn forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); gate.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(yc, (gc, uc))| {
-            for ((yi, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
-                *yi = g * sigmoid(g) * u;
-            }
-        });
+    let chunk = |(yc, (gc, uc)): (&mut [T], (&[T], &[T]))| {
+        for ((yi, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
+            *yi = g * sigmoid(g) * u;
+        }
+    };
+    if parallel(gate.len()) {
+        (y.par_chunks_mut(CHUNK))
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .for_each(chunk);
+    } else {
+        (y.chunks_mut(CHUNK))
+            .zip(gate.chunks(CHUNK).zip(up.chunks(CHUNK)))
+            .for_each(chunk);
+    }
     y
 }
+
+/// One task's slices in the backward pass: `((d gate, d up), (gate, up)), dy`.
+type Chunks<'a, T> = (((&'a mut [T], &'a mut [T]), (&'a [T], &'a [T])), &'a [T]);
 
 /// `d gate = dy·u·s·(1 + g·(1 − s))`, `d up = dy·g·s`, with `s = sigmoid(g)`.
 fn backward<T: Real>(gate: &[T], up: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
     let mut dgate = vec![T::zero(); gate.len()];
     let mut dup = vec![T::zero(); gate.len()];
-    dgate
-        .par_chunks_mut(CHUNK)
-        .zip(dup.par_chunks_mut(CHUNK))
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .zip(dy.par_chunks(CHUNK))
-        .for_each(|(((dgc, duc), (gc, uc)), dyc)| {
-            for ((((dg, du), &g), &u), &d) in dgc.iter_mut().zip(duc).zip(gc).zip(uc).zip(dyc) {
-                let s = sigmoid(g);
-                *dg = d * u * s * (T::one() + g * (T::one() - s));
-                *du = d * g * s;
-            }
-        });
+    let chunk = |(((dgc, duc), (gc, uc)), dyc): Chunks<T>| {
+        for ((((dg, du), &g), &u), &d) in dgc.iter_mut().zip(duc).zip(gc).zip(uc).zip(dyc) {
+            let s = sigmoid(g);
+            *dg = d * u * s * (T::one() + g * (T::one() - s));
+            *du = d * g * s;
+        }
+    };
+    if parallel(gate.len()) {
+        (dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)))
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .zip(dy.par_chunks(CHUNK))
+            .for_each(chunk);
+    } else {
+        (dgate.chunks_mut(CHUNK).zip(dup.chunks_mut(CHUNK)))
+            .zip(gate.chunks(CHUNK).zip(up.chunks(CHUNK)))
+            .zip(dy.chunks(CHUNK))
+            .for_each(chunk);
+    }
     (dgate, dup)
 }
 

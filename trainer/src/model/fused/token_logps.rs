@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-use super::{Real, contiguous, with_slices};
+use super::{Real, contiguous, parallel, with_slices};
 
 /// `logits (b, t, v)` scored against `input_ids (b, t)`: position `i` of the result `(b, t-1)`
 /// is `log p(input[i+1] | input[..=i])`.
@@ -25,28 +25,26 @@ fn log_sum_exp<T: Real>(row: &[T]) -> T {
     max + row.iter().map(|&x| (x - max).exp()).sum::<T>().ln()
 }
 
-/// The target of each scored position: `(row of logits, next id)` per output element.
-fn targets(ids: &[u32], t: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> + '_ {
-    let scored = t - 1;
-    (0..ids.len() / t * scored).into_par_iter().map(move |k| {
-        let (b, i) = (k / scored, k % scored);
-        (b * t + i, ids[b * t + i + 1] as usize)
-    })
-}
-
 fn forward<T: Real>(logits: &[T], ids: &[u32], t: usize, v: usize) -> Vec<T> {
-    targets(ids, t)
-        .map(|(row, id)| {
-            let r = &logits[row * v..][..v];
-            r[id] - log_sum_exp(r)
-        })
-        .collect()
+    let scored = t - 1;
+    // Output element k scores row (b, i) of the logits against the id at (b, i + 1).
+    let one = |k: usize| {
+        let (b, i) = (k / scored, k % scored);
+        let r = &logits[(b * t + i) * v..][..v];
+        r[ids[b * t + i + 1] as usize] - log_sum_exp(r)
+    };
+    let n = ids.len() / t * scored;
+    if parallel(logits.len()) {
+        (0..n).into_par_iter().map(one).collect()
+    } else {
+        (0..n).map(one).collect()
+    }
 }
 
 /// `d logits = g·(onehot(id) − softmax(logits))` at scored positions, zero at the last one.
 fn backward<T: Real>(logits: &[T], ids: &[u32], g: &[T], t: usize, v: usize) -> Vec<T> {
     let mut d = vec![T::zero(); logits.len()];
-    d.par_chunks_mut(t * v).enumerate().for_each(|(b, db)| {
+    let sequence = |(b, db): (usize, &mut [T])| {
         for i in 0..t - 1 {
             let row = (b * t + i) * v;
             let (r, dr) = (&logits[row..][..v], &mut db[i * v..][..v]);
@@ -56,7 +54,12 @@ fn backward<T: Real>(logits: &[T], ids: &[u32], g: &[T], t: usize, v: usize) -> 
             }
             dr[ids[b * t + i + 1] as usize] += gi;
         }
-    });
+    };
+    if parallel(logits.len()) {
+        d.par_chunks_mut(t * v).enumerate().for_each(sequence);
+    } else {
+        d.chunks_mut(t * v).enumerate().for_each(sequence);
+    }
     d
 }
 
