@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
@@ -15,10 +15,42 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut total = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            total += sum_of_squares(g)?;
         }
     }
     Ok(total.sqrt())
+}
+
+/// `Σ g²`; on CPU read in place (the tensor form allocates a squared copy of every gradient), in
+/// f32 over fixed chunks and f64 across them, so the order and the result do not depend on
+/// threads.
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    let (storage, layout) = g.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(x)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        let chunk_sum = |c: &[f32]| {
+            // Eight independent lanes: the compiler vectorises them, a single sum it cannot.
+            let mut lanes = [0.0f32; 8];
+            let blocks = c.chunks_exact(8);
+            let tail: f32 = blocks.remainder().iter().map(|v| v * v).sum();
+            for b in blocks {
+                for (lane, v) in lanes.iter_mut().zip(b) {
+                    *lane += v * v;
+                }
+            }
+            f64::from(lanes.iter().sum::<f32>() + tail)
+        };
+        let x = &x[start..end];
+        let partials: Vec<f64> = if x.len() >= PARALLEL_MIN_PARAMS {
+            x.par_chunks(PARALLEL_CHUNK).map(chunk_sum).collect()
+        } else {
+            x.chunks(PARALLEL_CHUNK).map(chunk_sum).collect()
+        };
+        return Ok(partials.iter().sum());
+    }
+    drop(storage);
+    Ok(f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?))
 }
 
 /// The factor torch's clipping multiplies gradients by: `max_norm / (norm + 1e-6)` when below 1.
@@ -331,6 +363,44 @@ mod tests {
     }
 
     /// The fused CPU update and the tensor update agree.
+    #[test]
+    fn sums_of_squares_match_the_tensor_form() {
+        // Below and above the size from which the sum splits over rayon's pool.
+        for n in [1001, 300_007] {
+            let g = (Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap() * 0.37)
+                .unwrap()
+                .sin()
+                .unwrap();
+            let want = f64::from(
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            );
+            let got = sum_of_squares(&g).unwrap();
+            assert!((got - want).abs() <= 1e-5 * want, "{n}: {got} vs {want}");
+            // A strided view takes the tensor form.
+            let t = g
+                .narrow(0, 0, 1000)
+                .unwrap()
+                .reshape((10, 100))
+                .unwrap()
+                .t()
+                .unwrap();
+            let want = f64::from(
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            );
+            assert!((sum_of_squares(&t).unwrap() - want).abs() <= 1e-5 * want);
+        }
+    }
+
     #[test]
     fn fused_and_tensor_updates_agree() {
         // The second shape is large enough for the fused update to split over rayon's pool.
