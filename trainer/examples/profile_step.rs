@@ -34,32 +34,36 @@ fn main() -> anyhow::Result<()> {
         top_k: 10,
     };
     let mut t = [0.0f64; 6];
-    for i in 0..=steps {
-        let batch = collate(&pairs[i * 8..(i + 1) * 8], 64, 3, &dev)?;
-        let s0 = Instant::now();
-        let logits = policy.forward(&batch.input_ids)?;
-        let lp = token_logps(&logits, &batch.input_ids)?;
-        let s1 = Instant::now();
-        let _ = reference.forward(&batch.input_ids)?;
-        let s2 = Instant::now();
-        let r = forward(&policy, Reference::Model(&reference), &batch, &settings)?;
-        let s3 = Instant::now();
-        let grads = r.loss.backward()?;
-        let s4 = Instant::now();
-        let norm = grad_norm(&grads, &vars)?;
-        let s5 = Instant::now();
-        opt.step(&grads, 1e-3, clip_coefficient(norm, 1.0))?;
-        let s6 = Instant::now();
-        drop(lp);
-        if i > 0 {
-            for (k, (a, b)) in [(s0, s1), (s1, s2), (s2, s3), (s3, s4), (s4, s5), (s5, s6)]
-                .iter()
-                .enumerate()
-            {
-                t[k] += (*b - *a).as_secs_f64();
+    // As `train` runs a step: inside candle's CPU thread pool.
+    dev.with_context(|| -> anyhow::Result<()> {
+        for i in 0..=steps {
+            let batch = collate(&pairs[i * 8..(i + 1) * 8], 64, 3, &dev)?;
+            let s0 = Instant::now();
+            let logits = policy.forward(&batch.input_ids)?;
+            let lp = token_logps(&logits, &batch.input_ids)?;
+            let s1 = Instant::now();
+            let _ = reference.forward(&batch.input_ids)?;
+            let s2 = Instant::now();
+            let r = forward(&policy, Reference::Model(&reference), &batch, &settings)?;
+            let s3 = Instant::now();
+            let grads = r.loss.backward()?;
+            let s4 = Instant::now();
+            let norm = grad_norm(&grads, &vars)?;
+            let s5 = Instant::now();
+            opt.step(&grads, 1e-3, clip_coefficient(norm, 1.0))?;
+            let s6 = Instant::now();
+            drop(lp);
+            if i > 0 {
+                for (k, (a, b)) in [(s0, s1), (s1, s2), (s2, s3), (s3, s4), (s4, s5), (s5, s6)]
+                    .iter()
+                    .enumerate()
+                {
+                    t[k] += (*b - *a).as_secs_f64();
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     let names = [
         "policy forward",
         "reference forward",

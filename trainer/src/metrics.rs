@@ -4,11 +4,23 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use crate::model::log_softmax;
+use crate::model::{fused, log_softmax};
+
+mod cpu;
 
 /// Log-probability of each next token: `logits (b, t, v)` scored against `input_ids (b, t)`;
 /// position `i` of the result is `log p(input[i+1] | input[..=i])`, shape `(b, t-1)`.
 pub fn token_logps(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    if fused::supported(logits) {
+        fused::token_logps(logits, input_ids)
+    } else {
+        token_logps_composite(logits, input_ids)
+    }
+}
+
+/// [`token_logps`] from differentiable candle ops, for devices and dtypes the fused op does not
+/// handle.
+pub(crate) fn token_logps_composite(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
     let logp = log_softmax(&logits.narrow(1, 0, t - 1)?)?;
     let targets = input_ids
@@ -29,6 +41,14 @@ pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)
 /// As [`topk_stats`], for distributions given as rows of `logits (n, v)`, weighted by `weights (n,)`.
 /// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
 pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f64, f64)> {
+    if logits.device().is_cpu() {
+        let (x, w) = (cpu_values(logits)?, cpu_values(weights)?);
+        return Ok(cpu::topk_stats(&x, &w, logits.dim(1)?, k));
+    }
+    topk_stats_rows_composite(logits, weights, k)
+}
+
+fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f64, f64)> {
     let (n, v) = logits.dims2()?;
     let mut probs = candle_nn::ops::softmax_last_dim(&logits.detach().contiguous()?)?;
     let mut top = Vec::with_capacity(k);
@@ -61,12 +81,26 @@ pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f
 
 /// Full-vocabulary Shannon entropy in nats, averaged over the positions where `mask` is 1.
 pub fn entropy(logits: &Tensor, mask: &Tensor) -> Result<f64> {
+    let (_, t, v) = logits.dims3()?;
+    if logits.device().is_cpu() {
+        let rows = cpu_values(&logits.narrow(1, 0, t - 1)?)?;
+        return Ok(cpu::entropy(&rows, &cpu_values(mask)?, v));
+    }
+    entropy_composite(logits, mask)
+}
+
+fn entropy_composite(logits: &Tensor, mask: &Tensor) -> Result<f64> {
     let (_, t, _) = logits.dims3()?;
     let logp = log_softmax(&logits.narrow(1, 0, t - 1)?.detach())?;
     let h = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
     let w = mask.to_dtype(DType::F32)?;
     let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
     Ok(f64::from((h * w)?.sum_all()?.to_scalar::<f32>()?) / f64::from(count))
+}
+
+/// The elements of `t` as f32, in order (detached: metrics add nothing to the graph).
+fn cpu_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
 #[cfg(test)]
@@ -107,6 +141,37 @@ mod tests {
         )
         .unwrap();
         assert!((m - 0.25).abs() < 1e-6 && (e - 2.0).abs() < 1e-5);
+    }
+
+    /// The CPU kernels against the device-agnostic tensor forms, on varied logits and weights.
+    #[test]
+    fn cpu_metrics_match_the_tensor_forms() {
+        let (b, t, v) = (3, 7, 50);
+        let values: Vec<f32> = (0..b * t * v)
+            .map(|i| 6.0 * ((i as f32) * 0.37).sin() * ((i as f32) * 0.011).cos())
+            .collect();
+        let logits = Tensor::from_vec(values, (b, t, v), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..b * (t - 1)).map(|i| f32::from(i % 3 != 0)).collect();
+        let mask = Tensor::from_vec(mask, (b, t - 1), &Device::Cpu).unwrap();
+        let rows = logits
+            .narrow(1, 0, t - 1)
+            .unwrap()
+            .reshape(((), v))
+            .unwrap();
+        let weights = mask.flatten_all().unwrap();
+        for k in [1, 5, v] {
+            let (m, e) = topk_stats_rows(&rows, &weights, k).unwrap();
+            let (mc, ec) = topk_stats_rows_composite(&rows, &weights, k).unwrap();
+            assert!(
+                (m - mc).abs() < 1e-5 && (e - ec).abs() < 1e-4,
+                "k={k}: {m} {e} vs {mc} {ec}"
+            );
+        }
+        let (h, hc) = (
+            entropy(&logits, &mask).unwrap(),
+            entropy_composite(&logits, &mask).unwrap(),
+        );
+        assert!((h - hc).abs() < 1e-5, "{h} vs {hc}");
     }
 
     #[test]

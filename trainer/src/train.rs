@@ -614,9 +614,12 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         if outcome.is_some() {
             break;
         }
-        let mut metrics = run.train_step(step, total)?;
+        // Inside candle's CPU thread pool a step's parallel sections (matrix products, the fused
+        // kernels) start on the calling pool thread instead of waking a worker and blocking on it.
+        let device = run.device.clone();
+        let mut metrics = device.with_context(|| run.train_step(step, total))?;
         if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && run.has_eval() {
-            metrics.extend(run.evaluate(step)?);
+            metrics.extend(device.with_context(|| run.evaluate(step))?);
         }
         reporter.record(step, unix_now(), &metrics)?;
         progress.show(step, &metrics);

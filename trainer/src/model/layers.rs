@@ -1,11 +1,14 @@
 //! The decoder's building blocks, written only with candle ops that have a backward pass. The
 //! fused kernels of candle-transformers (RmsNorm, rope, `softmax_last_dim`) record no gradient,
-//! so a model built from them trains nothing while its loss still moves.
+//! so a model built from them trains nothing while its loss still moves. On CPU the norms, the
+//! SwiGLU gate and attention run as this crate's own fused ops ([`super::fused`]), which do have
+//! a backward pass; the composite forms here serve other devices and dtypes.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
+use super::fused::{self, HeadLayout};
 
 /// Root-mean-square layer norm, computed as transformers does: in f32, `x / sqrt(mean(x²) + eps) · w`.
 #[derive(Debug, Clone)]
@@ -25,10 +28,18 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)
+        if fused::supported(x) {
+            fused::rms_norm(x, &self.weight, self.eps)
+        } else {
+            rms_norm_composite(x, &self.weight, self.eps)
+        }
     }
+}
+
+pub(super) fn rms_norm_composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)
 }
 
 /// `x · sigmoid(x)` from differentiable primitives.
@@ -44,11 +55,19 @@ pub struct Rotary {
 }
 
 impl Rotary {
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     pub fn new(cfg: &ModelConfig) -> Self {
-        let d = cfg.head_dim;
+        Self::from_theta(cfg.head_dim, cfg.rope_theta)
+    }
+
+    pub fn from_theta(head_dim: usize, theta: f64) -> Self {
+        let d = head_dim;
         // As transformers: 1 / θ^(2i/d), in f32.
         let inv_freq = (0..d / 2)
-            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / d as f32))
             .collect();
         Self { inv_freq }
     }
@@ -74,11 +93,11 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// A dense layer `x·W + b` that folds all leading dimensions into one matrix product. The
-/// weight is kept as `(in, out)`, the transpose of the checkpoint's `(out, in)` (see
-/// [`super::stored_transposed`]): candle's backward of a product with a transposed view costs
-/// about twice that of a contiguous one. `candle_nn::Linear` also broadcasts the weight over the
-/// batch, which makes the backward materialise one weight-sized gradient per batch row.
+/// A dense layer `x·W + b` over `x (tokens, in)`. The weight is kept as `(in, out)`, the
+/// transpose of the checkpoint's `(out, in)` (see [`super::stored_transposed`]): candle's
+/// backward of a product with a transposed view costs about twice that of a contiguous one.
+/// `candle_nn::Linear` also broadcasts the weight over the batch, which makes the backward
+/// materialise one weight-sized gradient per batch row.
 #[derive(Debug, Clone)]
 pub struct Dense {
     weight: Tensor,
@@ -103,23 +122,28 @@ impl Dense {
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        matmul_2d(x, &self.weight, self.bias.as_ref())
+        let y = x.matmul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 
-/// `x (…, in) · w (in, out) + b` as a single 2-D product.
-pub fn matmul_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let (inner, lead) = dims.split_last().expect("at least one dimension");
-    let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, *inner))?.matmul(w)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = lead.to_vec();
-    out.push(w.dim(1)?);
-    y.reshape(out)
+/// What attention needs about positions: the sequence length (activations are `(batch·seq,
+/// features)`), and the rotary frequencies for the fused kernel, or the rotary tables and the
+/// additive causal mask `(seq, seq)` for the composite path.
+pub enum Positions<'a> {
+    Fused {
+        seq: usize,
+        inv_freq: &'a [f32],
+    },
+    Composite {
+        seq: usize,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,9 +152,7 @@ pub struct Attention {
     k_proj: Dense,
     v_proj: Dense,
     o_proj: Dense,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
+    layout: HeadLayout,
 }
 
 impl Attention {
@@ -141,48 +163,81 @@ impl Attention {
             k_proj: Dense::new(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("k_proj"))?,
             v_proj: Dense::new(h, cfg.num_kv_heads * d, cfg.qkv_bias, vb.pp("v_proj"))?,
             o_proj: Dense::new(cfg.num_heads * d, h, cfg.o_bias, vb.pp("o_proj"))?,
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: d,
+            layout: HeadLayout {
+                heads: cfg.num_heads,
+                kv_heads: cfg.num_kv_heads,
+                head_dim: d,
+            },
         })
     }
 
-    /// `x`: `(batch, seq, hidden)`; `mask`: additive `(seq, seq)` causal mask.
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |p: &Dense, n: usize| -> Result<Tensor> {
-            p.forward(x)?
-                .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+    /// `x`: `(batch·seq, hidden)`.
+    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let out = match positions {
+            Positions::Fused { seq, inv_freq } => {
+                fused::causal_attention(&q, &k, &v, *seq, self.layout, inv_freq)?
+            }
+            Positions::Composite {
+                seq,
+                cos,
+                sin,
+                mask,
+            } => attention_composite(&q, &k, &v, *seq, self.layout, cos, sin, mask)?,
         };
-        let q = apply_rotary(&heads(&self.q_proj, self.num_heads)?, cos, sin)?;
-        let k = apply_rotary(&heads(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
-        let v = heads(&self.v_proj, self.num_kv_heads)?;
-        let (k, v) = (self.repeat_kv(&k)?, self.repeat_kv(&v)?);
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
+}
 
-    /// Grouped-query attention: each key/value head serves `heads / kv_heads` query heads, in
-    /// transformers' order (kv head 0 for query heads 0..n, and so on).
-    fn repeat_kv(&self, x: &Tensor) -> Result<Tensor> {
-        let n_rep = self.num_heads / self.num_kv_heads;
-        if n_rep == 1 {
-            return Ok(x.clone());
-        }
-        let (b, kv, t, d) = x.dims4()?;
-        x.unsqueeze(2)?
-            .broadcast_as((b, kv, n_rep, t, d))?
-            .reshape((b, kv * n_rep, t, d))
+/// Attention after the projections: `q (b·t, heads·d)`, `k`, `v (b·t, kv_heads·d)` to
+/// `(b·t, heads·d)`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the projections, their layout, the tables"
+)]
+pub(super) fn attention_composite(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    t: usize,
+    layout: HeadLayout,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let b = q.dim(0)? / t;
+    let d = layout.head_dim;
+    let split = |x: &Tensor, n: usize| -> Result<Tensor> {
+        x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
+    };
+    let q = apply_rotary(&split(q, layout.heads)?, cos, sin)?;
+    let k = apply_rotary(&split(k, layout.kv_heads)?, cos, sin)?;
+    let v = split(v, layout.kv_heads)?;
+    let n_rep = layout.heads / layout.kv_heads;
+    let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b * t, layout.heads * d))
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` query heads, in transformers'
+/// order (kv head 0 for query heads 0..n, and so on).
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
     }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +261,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = (silu(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?;
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let gated = if fused::supported(&gate) {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (silu(&gate)? * up)?
+        };
         self.down_proj.forward(&gated)
     }
 }
@@ -237,10 +297,10 @@ impl Block {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
         let attn = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?;
+            .forward(&self.input_layernorm.forward(x)?, positions)?;
         let x = (x + attn)?;
         let mlp = self
             .mlp

@@ -2,6 +2,7 @@
 //! `VarBuilder` over a checkpoint's tensors builds the model directly.
 
 mod config;
+pub(crate) mod fused;
 mod layers;
 mod load;
 
@@ -11,7 +12,7 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::{Family, ModelConfig};
 pub use load::{LoadedModel, init_deterministic, load_weights, reference_model, trainable_model};
 
-use layers::{Block, Dense, RmsNorm, Rotary};
+use layers::{Block, Dense, Positions, RmsNorm, Rotary};
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -66,21 +67,40 @@ impl Decoder {
     /// Logits `(batch, seq, vocab)` for right-padded `input_ids` `(batch, seq)`. Padding needs no
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let (_, t) = input_ids.dims2()?;
-        let device = input_ids.device();
-        let dtype = self.embed_tokens.embeddings().dtype();
-        let (cos, sin) = self.rotary.tables(t, device)?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let mask = causal_mask(t, device)?.to_dtype(dtype)?;
-        let mut x = self.embed_tokens.forward(input_ids)?;
+        let (b, t) = input_ids.dims2()?;
+        // Activations stay `(tokens, hidden)` through the layers: each reshape would be one more
+        // op in the backward pass.
+        let embeddings = self.embed_tokens.embeddings();
+        let mut x = embeddings.index_select(&input_ids.flatten_all()?, 0)?;
+        let positions = self.positions(t, &x)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &mask)?;
+            x = layer.forward(&x, &positions)?;
         }
         let x = self.norm.forward(&x)?;
-        match &self.lm_head {
-            Some(head) => head.forward(&x),
-            None => layers::matmul_2d(&x, &self.embed_tokens.embeddings().t()?, None),
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => x.matmul(&embeddings.t()?)?,
+        };
+        logits.reshape((b, t, ()))
+    }
+}
+
+impl Decoder {
+    /// What attention needs about the `t` positions of each sequence in `x (tokens, hidden)`.
+    fn positions(&self, t: usize, x: &Tensor) -> Result<Positions<'_>> {
+        if fused::supported(x) {
+            return Ok(Positions::Fused {
+                seq: t,
+                inv_freq: self.rotary.inv_freq(),
+            });
         }
+        let (cos, sin) = self.rotary.tables(t, x.device())?;
+        Ok(Positions::Composite {
+            seq: t,
+            cos: cos.to_dtype(x.dtype())?,
+            sin: sin.to_dtype(x.dtype())?,
+            mask: causal_mask(t, x.device())?.to_dtype(x.dtype())?,
+        })
     }
 }
 

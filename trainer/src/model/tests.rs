@@ -243,3 +243,34 @@ fn sharded_bf16_checkpoints_load_and_convert_to_f32() {
         "bf16 weights move logits by {worst}"
     );
 }
+
+/// Dtypes (and devices) the fused kernels do not handle take the composite ops: a bf16 model
+/// gives the (fused) f32 model's logits to bf16 precision.
+#[test]
+fn the_composite_path_gives_the_fused_paths_logits() {
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &Device::Cpu);
+        let composite = Decoder::new(&loaded.config, vb).unwrap();
+        load::copy_into(&varmap, &loaded.tensors, &loaded.config).unwrap();
+        let (fused, _) =
+            trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let logits = |m: &Decoder| -> Vec<f32> {
+            (m.forward(&ids()).unwrap().to_dtype(DType::F32).unwrap())
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let worst = logits(&composite)
+            .iter()
+            .zip(logits(&fused))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 2e-2,
+            "{arch}: bf16 composite logits differ by {worst}"
+        );
+    }
+}
