@@ -51,6 +51,13 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// A blocking task (chart drawing) that panicked or was cancelled.
+impl From<tokio::task::JoinError> for AppError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
 impl AppError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {

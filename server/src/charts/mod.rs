@@ -153,6 +153,17 @@ pub fn resolve(slug: &str, metrics: &[MetricSummary]) -> Option<ChartKey> {
     stored.contains(&slug).then(|| ChartKey::of_metric(metric))
 }
 
+/// Draws charts on the blocking pool, all at once: drawing is CPU work and must not hold up the
+/// async executor.
+pub async fn draw(charts: Vec<Chart>) -> Result<Vec<String>, tokio::task::JoinError> {
+    try_join_all(
+        charts
+            .into_iter()
+            .map(|c| tokio::task::spawn_blocking(move || render(&c))),
+    )
+    .await
+}
+
 /// How a chart is drawn: step range, smoothing, axis, size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct View {

@@ -121,8 +121,7 @@ pub async fn compare_page(
     let svg = match &metric {
         Some(m) if !chosen.is_empty() => {
             let chart = charts::compare_chart(store, &chosen, m, &view).await?;
-            let drawn = tokio::task::spawn_blocking(move || charts::render(&chart)).await;
-            Some(drawn.map_err(|e| AppError::Internal(e.into()))?)
+            charts::draw(vec![chart]).await?.pop()
         }
         _ => None,
     };
@@ -162,8 +161,6 @@ pub async fn compare_svg(
     let view = wide(&q, view::chart_view(&q)?);
     let runs = runs_of(state.store.as_ref(), &ids).await?;
     let chart = charts::compare_chart(state.store.as_ref(), &runs, &metric, &view).await?;
-    let svg = tokio::task::spawn_blocking(move || charts::render(&chart))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
+    let svg = charts::draw(vec![chart]).await?.pop().unwrap_or_default();
     Ok(svg_response(svg))
 }

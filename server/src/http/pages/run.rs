@@ -56,17 +56,6 @@ struct RunPage {
 
 const CHART_QUERY: &[&str] = &["from", "to", "smooth", "log", "width"];
 
-/// Renders charts on the blocking pool, all at once: drawing is CPU work and must not hold up
-/// the async executor.
-async fn draw_all(charts: Vec<charts::Chart>) -> Result<Vec<String>, AppError> {
-    let jobs = charts
-        .into_iter()
-        .map(|c| tokio::task::spawn_blocking(move || charts::render(&c)));
-    try_join_all(jobs)
-        .await
-        .map_err(|e| AppError::Internal(e.into()))
-}
-
 fn describe(s: &Signal) -> String {
     match s.kind {
         SignalKind::SetHparam => format!(
@@ -106,7 +95,7 @@ pub async fn run_page(
             .map(|k| charts::run_chart(store, &v.run, k, &view, markers.clone())),
     )
     .await?;
-    let svgs = draw_all(built).await?;
+    let svgs = charts::draw(built).await?;
     let page = RunPage {
         chrome: Chrome::new(&state, Some(&viewer)),
         can_write: viewer.can_write,
@@ -170,7 +159,7 @@ pub async fn chart_svg(
         AppError::NotFound(format!("run {id} has no chart or series named {slug:?}"))
     })?;
     let chart = charts::run_chart(store, &v.run, &key, &view, charts::markers(&v.signals)).await?;
-    let svg = draw_all(vec![chart]).await?.pop().unwrap_or_default();
+    let svg = charts::draw(vec![chart]).await?.pop().unwrap_or_default();
     Ok(svg_response(svg))
 }
 

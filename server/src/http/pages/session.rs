@@ -62,11 +62,7 @@ impl Viewer {
         headers: &HeaderMap,
         csrf: &str,
     ) -> Result<Self, AppError> {
-        if !same_origin(headers) {
-            return Err(AppError::Forbidden(
-                "cross-origin form posts are refused".into(),
-            ));
-        }
+        require_same_origin(headers)?;
         let viewer = Self::from_cookie(state, headers).await?;
         if !viewer.can_write {
             return Err(AppError::Unauthorized(
@@ -96,6 +92,16 @@ fn csrf_token(state: &AppState, token: Option<&str>) -> String {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require_same_origin(headers: &HeaderMap) -> Result<(), AppError> {
+    if same_origin(headers) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "cross-origin form posts are refused".into(),
+        ))
+    }
 }
 
 /// A post whose Origin (or, failing that, Referer) names another host is a cross-site request.
@@ -161,9 +167,7 @@ pub async fn login(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, PageError> {
-    if !same_origin(&headers) {
-        return Err(AppError::Forbidden("cross-origin form posts are refused".into()).into());
-    }
+    require_same_origin(&headers)?;
     let next = local_path(form.get("next"));
     let token = form.get("token").unwrap_or_default().trim().to_owned();
     if !state.auth.enabled {
