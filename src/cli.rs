@@ -43,9 +43,115 @@ pub enum Command {
     Token(TokenCommand),
     /// Train a model with a DPO-family loss, streaming every step to a server (or offline).
     Train(Box<TrainCommand>),
+    /// Rule sets: check a rule file, list, show and store versions.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Webhooks that receive alerts: add, list, remove, send a test, read the delivery log.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Measure ingest and read throughput over real HTTP on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validates rule files without storing them; errors name the line.
+    Check { files: Vec<PathBuf> },
+    /// The newest version of every rule set.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Prints a rule set's file.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<i32>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Stores FILE as the next version of rule set NAME (runs created from now on use it).
+    Put {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SeverityArg {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Registers URL under NAME and prints its signing secret (shown only now).
+    Add {
+        name: String,
+        url: String,
+        #[arg(long, value_parser = ["json", "slack", "discord"], default_value = "json")]
+        format: String,
+        /// Alerts below this severity are not sent.
+        #[arg(long, value_enum, default_value_t = SeverityArg::Info)]
+        min_severity: SeverityArg,
+        /// `whsec_…` signing secret; generated when left out.
+        #[arg(long, env = "REDLINE_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Every webhook (URLs shortened to their host).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Deletes a webhook with its queued messages and delivery log.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Sends a signed test message now and prints the result.
+    Test {
+        name: String,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// The newest delivery attempts, newest first.
+    Deliveries {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryArgs {
+    /// Non-public hosts, addresses or CIDR networks webhooks may reach (private and loopback
+    /// addresses are refused otherwise), e.g. `127.0.0.1,10.0.0.0/8,hooks.internal`.
+    #[arg(long = "webhook-allow", env = "REDLINE_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Per-attempt timeout, in milliseconds.
+    #[arg(long = "webhook-timeout-ms", env = "REDLINE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Attempts per message before giving up.
+    #[arg(long = "webhook-max-attempts", env = "REDLINE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt, in milliseconds; it doubles after each further one.
+    #[arg(long = "webhook-backoff-ms", env = "REDLINE_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
+    pub backoff_ms: u64,
+    /// The longest wait between attempts, in milliseconds (Retry-After is capped to it too).
+    #[arg(long = "webhook-backoff-max-ms", env = "REDLINE_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub backoff_max_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +206,8 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "REDLINE_MAX_BODY_BYTES", default_value_t = redline_server::config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 #[derive(Debug, Subcommand)]

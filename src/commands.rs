@@ -30,6 +30,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Token(cmd) => token(cmd).await,
+        Command::Rules(cmd) => crate::manage::rules(cmd).await,
+        Command::Webhook(cmd) => crate::manage::webhook(cmd).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,
@@ -80,6 +82,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_read: args.public_read,
         allow_unauthenticated_remote: args.allow_unauthenticated_remote,
         max_body_bytes: args.max_body_bytes,
+        delivery: args.delivery.config()?,
     };
     let database = config.database.clone();
     let server = Server::build(config).await?;
@@ -103,7 +106,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
+pub async fn open(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
     let url = store.database()?;
     store::connect(&url)
         .await

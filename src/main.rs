@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod manage;
 
 use clap::Parser;
 

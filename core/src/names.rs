@@ -178,6 +178,33 @@ name_type!(
     )
 );
 
+/// Characters allowed in rule-set and webhook names.
+pub const SLUG_CHARS: &str = "lowercase ASCII letters, digits, _ and -";
+
+fn validate_slug(s: &str) -> Result<(), NameError> {
+    check(
+        s,
+        64,
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+        "a lowercase ASCII letter or digit",
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'),
+        SLUG_CHARS,
+    )
+}
+
+name_type!(
+    /// The name of a rule set, such as `presets`: 1 to 64 characters of lowercase ASCII letters,
+    /// digits, `_` and `-`, starting with a letter or digit.
+    RuleSetName,
+    validate_slug
+);
+
+name_type!(
+    /// The name of a webhook, such as `oncall-slack`; same characters as [`RuleSetName`].
+    WebhookName,
+    validate_slug
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::alerts::DeliveryConfig;
 use crate::store::DatabaseUrl;
 
 #[derive(Debug, Clone)]
@@ -15,6 +16,8 @@ pub struct ServerConfig {
     /// Listen beyond loopback even though no token protects the API.
     pub allow_unauthenticated_remote: bool,
     pub max_body_bytes: usize,
+    /// How alerts reach webhooks.
+    pub delivery: DeliveryConfig,
 }
 
 /// The default body limit: a 10,000-step batch of 10 metrics is about 3 MB.
@@ -30,6 +33,7 @@ impl ServerConfig {
             public_read: false,
             allow_unauthenticated_remote: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            delivery: DeliveryConfig::default(),
         }
     }
 }

@@ -42,8 +42,16 @@ impl From<StoreError> for AppError {
             StoreError::RunNotFound(_)
             | StoreError::SeriesNotFound { .. }
             | StoreError::SignalNotFound { .. }
-            | StoreError::TokenNotFound(_) => Self::NotFound(e.to_string()),
+            | StoreError::TokenNotFound(_)
+            | StoreError::RuleSetNotFound(_)
+            | StoreError::WebhookNotFound(_) => Self::NotFound(e.to_string()),
+            StoreError::Invalid { field, message } => {
+                Self::InvalidField(FieldError::new(field, message))
+            }
             StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::RulesMoved => Self::Unavailable(
+                "another server was evaluating this run's rules at the same time; retry".into(),
+            ),
             StoreError::Corrupt(_) | StoreError::Database(_) | StoreError::Migrate(_) => {
                 Self::Internal(e.into())
             }

@@ -1,11 +1,13 @@
 //! Redline's server: HTTP API v1 over one [`store::Store`] (SQLite or PostgreSQL), bearer-token
-//! auth and signal delivery. [`startup::Server`] puts them together from a [`config::ServerConfig`].
+//! auth, rules on every step, signal delivery and webhook alerts. [`startup::Server`] puts them together from a [`config::ServerConfig`].
 
+pub mod alerts;
 pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod rules;
 pub mod startup;
 pub mod state;
 pub mod store;

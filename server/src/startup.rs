@@ -7,6 +7,10 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use redline_core::RuleSetName;
+use redline_core::rules::{PRESETS_NAME, presets_source};
+
+use crate::alerts::spawn_worker;
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::http;
@@ -30,6 +34,13 @@ impl Server {
 
     /// As [`Server::build`], over a store already open.
     pub async fn with_store(config: ServerConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        store
+            .ensure_rule_set(
+                &RuleSetName::parse(PRESETS_NAME).expect("the presets' name is valid"),
+                &presets_source(),
+            )
+            .await
+            .context("cannot store the preset rules")?;
         let stored_tokens = store.tokens().await?.iter().any(|t| t.revoked_at.is_none());
         let auth = Auth::new(&config.tokens, stored_tokens, config.public_read);
         if !auth.enabled
@@ -56,7 +67,7 @@ impl Server {
         }
         Ok(Self {
             listener,
-            state: AppState::new(store, auth, config.max_body_bytes),
+            state: AppState::new(store, auth, config.max_body_bytes, config.delivery),
         })
     }
 
@@ -79,11 +90,21 @@ impl Server {
         self.state.shutdown.clone()
     }
 
+    /// Serves until the shutdown token is cancelled; the webhook worker runs alongside and
+    /// stops with it (a message it was sending is leased, and sent again after a restart).
     pub async fn run(self) -> std::io::Result<()> {
         let shutdown = self.state.shutdown.clone();
-        axum::serve(self.listener, http::app(self.state))
+        let worker = spawn_worker(
+            self.state.store.clone(),
+            (*self.state.delivery).clone(),
+            self.state.outbox.clone(),
+            shutdown.clone(),
+        );
+        let served = axum::serve(self.listener, http::app(self.state))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+            .await;
+        worker.abort();
+        served
     }
 }
 

@@ -6,7 +6,9 @@ use redline_core::RunId;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{DeliveryConfig, Outbox};
 use crate::auth::Auth;
+use crate::rules::RuleRunner;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -20,10 +22,20 @@ pub struct AppState {
     pub changes: broadcast::Sender<RunId>,
     /// Keys the pages' CSRF tokens; new at every start.
     pub page_secret: Arc<[u8; 32]>,
+    /// Every run's rule state.
+    pub rules: Arc<RuleRunner>,
+    /// Wakes this server's webhook worker when an ingest queued alerts.
+    pub outbox: Arc<Outbox>,
+    pub delivery: Arc<DeliveryConfig>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, auth: Auth, max_body_bytes: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Auth,
+        max_body_bytes: usize,
+        delivery: DeliveryConfig,
+    ) -> Self {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
         Self {
@@ -33,6 +45,9 @@ impl AppState {
             max_body_bytes,
             changes: broadcast::channel(1024).0,
             page_secret: Arc::new(secret),
+            rules: Arc::default(),
+            outbox: Arc::default(),
+            delivery: Arc::new(delivery),
         }
     }
 

@@ -134,6 +134,10 @@ pub struct TrainArgs {
     /// Tags of the run (repeatable).
     #[arg(long = "tag")]
     pub tags: Option<Vec<String>>,
+    /// Rule sets that watch the run on the server, in order (repeatable; `--rules none` for
+    /// none) [default: presets].
+    #[arg(long = "rules")]
+    pub rules: Option<Vec<String>>,
 }
 
 macro_rules! overlay {
@@ -193,7 +197,8 @@ impl TrainArgs {
             run_id,
             run_name,
             project,
-            tags
+            tags,
+            rules
         )
     }
 }
@@ -253,6 +258,8 @@ pub struct TrainConfig {
     pub run_name: String,
     pub project: String,
     pub tags: Vec<String>,
+    /// The server's default (the presets) when `None`.
+    pub rules: Option<Vec<String>>,
 }
 
 fn bad(field: &str, message: impl std::fmt::Display) -> TrainError {
@@ -458,6 +465,9 @@ impl TrainConfig {
             run_name,
             project: a.project.unwrap_or_else(|| "default".into()),
             tags: a.tags.unwrap_or_default(),
+            rules: a
+                .rules
+                .map(|r| r.into_iter().filter(|n| n != "none").collect()),
         })
     }
 

@@ -583,9 +583,15 @@ fn server_target(cfg: &TrainConfig) -> Option<ServerTarget> {
         url: url.clone(),
         token: cfg.token.clone(),
         run_id: cfg.run_id.clone(),
-        run: serde_json::json!({
-            "name": cfg.run_name, "project": cfg.project, "tags": cfg.tags, "config": cfg.to_json(),
-        }),
+        run: {
+            let mut run = serde_json::json!({
+                "name": cfg.run_name, "project": cfg.project, "tags": cfg.tags, "config": cfg.to_json(),
+            });
+            if let Some(rules) = &cfg.rules {
+                run["rules"] = serde_json::json!(rules);
+            }
+            run
+        },
     })
 }
 

@@ -4,10 +4,12 @@ mod extract;
 mod health;
 mod openapi;
 mod pages;
+mod rules;
 mod runs;
 mod series;
 mod signals;
 mod steps;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -32,6 +34,8 @@ pub fn app(state: AppState) -> Router {
         .merge(steps::router())
         .merge(series::router())
         .merge(signals::router())
+        .merge(rules::router())
+        .merge(webhooks::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -124,6 +124,7 @@ async fn finish(
     let id = run_id(id)?;
     req.validate()?;
     let run = state.store.finish_run(&id, &req).await?;
+    state.rules.forget(&id);
     state.changed(&id);
     tracing::info!(run = %id, status = run.status.as_str(), "run finished");
     Ok(Json(run))

@@ -1,4 +1,4 @@
-//! Ingest: a batch of steps in, the run's pending signals out.
+//! Ingest: a batch of steps in, the rules run on its new steps, the run's pending signals out.
 
 use axum::extract::{Path, State};
 use axum::routing::post;
@@ -33,8 +33,16 @@ async fn append_steps(
     let id = run_id(id)?;
     let steps = batch.steps.len();
     let points = batch.into_points()?;
-    let result = state.store.ingest(&id, &points).await?;
-    if result.new_points > 0 {
+    let ingested = state.rules.ingest(&*state.store, &id, &points).await?;
+    if ingested.alerts() > 0 {
+        state.outbox.wake();
+    }
+    for f in &ingested.firings {
+        tracing::info!(run = %id, rule_set = %f.rule_set, rule = %f.rule, step = f.step,
+            action = ?f.action, message = %f.message, "rule fired");
+    }
+    let result = ingested.result;
+    if result.new_points > 0 || !ingested.firings.is_empty() {
         state.changed(&id);
     }
     tracing::debug!(run = %id, steps, new = result.new_points, dup = result.duplicate_points, "ingested");

@@ -1,6 +1,8 @@
 //! Persistence: one [`Store`] interface, implemented over SQLite (the embedded default) and
 //! PostgreSQL (the production store). The series layout both share is in [`chunk`].
 
+pub mod alerts;
+mod alerts_sql;
 pub mod chunk;
 mod downsample;
 mod postgres;
@@ -24,6 +26,7 @@ use redline_core::wire::{
 use redline_core::{MetricName, RunId};
 use tokio::sync::broadcast;
 
+pub use alerts::{AlertStore, RuleWrites};
 pub use downsample::downsampled;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -40,6 +43,16 @@ pub enum StoreError {
     SignalNotFound { run: RunId, signal: i64 },
     #[error("no token named {0}")]
     TokenNotFound(String),
+    #[error("no rule set named {0}")]
+    RuleSetNotFound(String),
+    #[error("no webhook named {0}")]
+    WebhookNotFound(String),
+    /// A field names something that does not exist (e.g. an unknown rule set).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// Another server evaluated this run's rules since this one last did; reload and retry.
+    #[error("the run's rules were evaluated elsewhere")]
+    RulesMoved,
     /// The request contradicts what is stored; the message says how.
     #[error("{0}")]
     Conflict(String),
@@ -171,21 +184,28 @@ pub struct TokenInfo {
 /// Everything Redline keeps. Implementations must make each call atomic: a failed call leaves
 /// nothing half-written.
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and benchmarks.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 
     /// Creates the run, or resumes it (status back to running) when the id exists.
-    /// Returns the run and whether it was created.
+    /// Returns the run and whether it was created. A new run pins the newest versions of the
+    /// rule sets `req.rules` names (default [`redline_core::rules::PRESETS_NAME`]).
     async fn create_or_resume_run(&self, id: &RunId, req: &CreateRun) -> StoreResult<(Run, bool)>;
     async fn run(&self, id: &RunId) -> StoreResult<Run>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
     /// Finishing again with the same status is a no-op; with another status it is a conflict.
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run>;
 
-    /// Stores the points not already stored, in one transaction, and returns the pending signals.
-    async fn ingest(&self, id: &RunId, batch: &PointBatch) -> StoreResult<IngestResult>;
+    /// Stores the points not already stored and what the rules concluded about them, in one
+    /// transaction, and returns the pending signals.
+    async fn ingest(
+        &self,
+        id: &RunId,
+        batch: &PointBatch,
+        rules: &RuleWrites<'_>,
+    ) -> StoreResult<IngestResult>;
     async fn metrics(&self, id: &RunId) -> StoreResult<Vec<MetricSummary>>;
     /// Points of one series with steps in `from..=to`, at most `limit`, in step order.
     async fn read_series(

@@ -20,8 +20,9 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
+use super::alerts_sql::alert_store;
 use super::{
-    MetricIds, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
+    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
     signal_channel,
 };
 
@@ -186,6 +187,8 @@ impl Store for PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {
+            let pk = Self::run_pk(&mut tx, id, false).await?;
+            Self::pin_rule_sets(&mut tx, pk, req).await?;
             tx.commit().await?;
             return Ok((row.try_into()?, true));
         }
@@ -251,7 +254,12 @@ impl Store for PostgresStore {
         row.try_into()
     }
 
-    async fn ingest(&self, id: &RunId, batch: &PointBatch) -> StoreResult<IngestResult> {
+    async fn ingest(
+        &self,
+        id: &RunId,
+        batch: &PointBatch,
+        rules: &RuleWrites<'_>,
+    ) -> StoreResult<IngestResult> {
         let ids = self.metric_ids(batch).await?;
         let mut tx = self.pool.begin().await?;
         let pk = Self::run_pk(&mut tx, id, true).await?;
@@ -323,6 +331,14 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        let created = Self::write_rules(&mut tx, pk, rules).await?;
+        if created > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(SIGNAL_CHANNEL)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         let pending: Vec<SignalRow> = sqlx::query_as(&format!(
             "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND acked_at IS NULL ORDER BY id"
         ))
@@ -330,6 +346,9 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        if created > 0 {
+            let _ = self.signal_tx.send(id.clone());
+        }
         Ok(IngestResult {
             new_points: plan.new_points,
             duplicate_points: plan.duplicate_points,
@@ -521,3 +540,14 @@ impl Store for PostgresStore {
         Ok(())
     }
 }
+
+alert_store!(
+    PostgresStore,
+    Postgres,
+    writer: pool,
+    reader: pool,
+    claim: "UPDATE webhook_outbox o SET next_attempt_at = $2 FROM (SELECT id FROM webhook_outbox \
+         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3 \
+         FOR UPDATE SKIP LOCKED) due WHERE o.id = due.id RETURNING o.id",
+    same: "IS NOT DISTINCT FROM"
+);

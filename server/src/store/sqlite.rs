@@ -22,8 +22,9 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
+use super::alerts_sql::alert_store;
 use super::{
-    MetricIds, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
+    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
     signal_channel,
 };
 
@@ -186,6 +187,8 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {
+            let pk = self.run_pk(&mut tx, id).await?;
+            Self::pin_rule_sets(&mut tx, pk, req).await?;
             tx.commit().await?;
             return Ok((row.try_into()?, true));
         }
@@ -253,7 +256,12 @@ impl Store for SqliteStore {
         row.try_into()
     }
 
-    async fn ingest(&self, id: &RunId, batch: &PointBatch) -> StoreResult<IngestResult> {
+    async fn ingest(
+        &self,
+        id: &RunId,
+        batch: &PointBatch,
+        rules: &RuleWrites<'_>,
+    ) -> StoreResult<IngestResult> {
         let ids = self.metric_ids(batch).await?;
         let mut tx = self.writer.begin().await?;
         let pk = self.run_pk(&mut tx, id).await?;
@@ -333,8 +341,12 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        let created = Self::write_rules(&mut tx, pk, rules).await?;
         let signals = Self::pending(&mut tx, pk, id).await?;
         tx.commit().await?;
+        if created > 0 {
+            let _ = self.signal_tx.send(id.clone());
+        }
         Ok(IngestResult {
             new_points: plan.new_points,
             duplicate_points: plan.duplicate_points,
@@ -520,3 +532,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
+
+alert_store!(
+    SqliteStore,
+    Sqlite,
+    writer: writer,
+    reader: reader,
+    claim: "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_outbox \
+         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) \
+         RETURNING id",
+    same: "IS"
+);

@@ -7,8 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod alerts;
+
+pub use alerts::*;
+
 use crate::series::Bucket;
-use crate::{HparamName, MetricName, MetricValue, RunId, value};
+use crate::{HparamName, MetricName, MetricValue, RuleSetName, RunId, value};
 
 /// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.
 pub const MAX_STEP: i64 = (1 << 53) - 1;
@@ -134,6 +138,11 @@ pub struct CreateRun {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub config: Option<serde_json::Value>,
+    /// The rule sets watching the run, in order; default `["presets"]`, `[]` for none. Pinned at
+    /// their newest versions when the run is created; a resume keeps the pinned ones.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub rules: Option<Vec<RuleSetName>>,
 }
 
 /// The project a run lands in when none is given.

@@ -1,0 +1,253 @@
+//! The shipped presets: they parse, each fires on a series shaped like its failure at a plausible
+//! step, and all stay quiet on a healthy run.
+
+use std::collections::BTreeMap;
+
+use super::{feed, noise};
+use crate::rules::{Action, Evaluator, Firing, PRESETS_NAME, RuleKind, presets, presets_source};
+
+fn preset_evaluator() -> Evaluator {
+    Evaluator::new(&[(PRESETS_NAME.to_owned(), presets())])
+}
+
+/// Runs the presets over `n` steps whose metrics come from `f(step)`.
+fn run(n: i64, f: impl Fn(i64) -> Vec<(&'static str, f64)>) -> Vec<Firing> {
+    let mut ev = preset_evaluator();
+    (1..=n).flat_map(|s| feed(&mut ev, s, &f(s))).collect()
+}
+
+/// A healthy DPO run: entropy rising slowly, stable mass, chosen likelihood rising (RPO), margin
+/// growing, accuracy below 1, finite loss, a small KL.
+fn healthy(s: i64) -> Vec<(&'static str, f64)> {
+    let t = s as f64;
+    vec![
+        ("topk_entropy/chosen", 2.0 + 0.0015 * t + 0.05 * noise(s, 1)),
+        ("topk_mass/chosen", 0.9 + 0.02 * noise(s, 2)),
+        ("logps_mean/chosen", -1.2 + 0.001 * t + 0.1 * noise(s, 3)),
+        ("rewards/margins", 0.005 * t + 0.2 * noise(s, 4)),
+        (
+            "rewards/accuracies",
+            (0.6 + 0.001 * t).min(0.85) + 0.1 * noise(s, 5),
+        ),
+        ("loss", 0.69 - 0.0005 * t + 0.05 * noise(s, 6)),
+        ("grad_norm", 1.0 + 0.3 * noise(s, 7)),
+        ("kl/chosen", 0.001 * t + 0.05 * noise(s, 8)),
+    ]
+}
+
+fn fired<'a>(firings: &'a [Firing], rule: &str) -> Vec<&'a Firing> {
+    firings.iter().filter(|f| f.rule == rule).collect()
+}
+
+fn stop_keep(f: &Firing) -> Option<i64> {
+    match f.action {
+        Action::Stop { keep_step } => keep_step,
+        _ => panic!("not a stop: {f:?}"),
+    }
+}
+
+#[test]
+fn presets_parse_in_a_fixed_order() {
+    let set = presets();
+    let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "topk-entropy-reversal",
+            "topk-mass-decline",
+            "likelihood-displacement",
+            "reward-saturation",
+            "non-finite",
+            "kl-budget"
+        ]
+    );
+    assert!(
+        set.rules
+            .iter()
+            .all(|r| matches!(r.kind, RuleKind::Trip(_)) && r.description.is_some())
+    );
+    assert!(presets_source().contains("[[rules]]"));
+    assert!(set.metrics().contains("topk_entropy/generated"));
+    assert!(set.metrics().contains("grad_norm"));
+}
+
+#[test]
+fn presets_stay_quiet_on_a_healthy_run() {
+    let firings = run(600, healthy);
+    assert!(firings.is_empty(), "{firings:#?}");
+}
+
+#[test]
+fn entropy_reversal_fires_after_the_turn_and_keeps_the_peak() {
+    // Rises 2.0 → 2.6 over 60 steps, then falls to 2.1 over the next 40.
+    let entropy = |s: i64| {
+        let t = s as f64;
+        let v = if s <= 60 {
+            2.0 + 0.01 * t
+        } else {
+            (2.6 - 0.0125 * (t - 60.0)).max(2.1)
+        };
+        v + 0.02 * noise(s, 11)
+    };
+    let firings = run(150, |s| {
+        let mut m = healthy(s);
+        m[0] = ("topk_entropy/chosen", entropy(s));
+        m
+    });
+    let mine = fired(&firings, "topk-entropy-reversal");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    assert_eq!(mine[0].action, Action::Alert);
+    let step = mine[0].step;
+    assert!((80..=100).contains(&step), "fired at {step}");
+    let keep = stop_keep(mine[1]).expect("a keep step");
+    assert!((58..=70).contains(&keep), "keep {keep}");
+    assert!(
+        mine[0].message.contains("below its peak"),
+        "{}",
+        mine[0].message
+    );
+    assert_eq!(firings.len(), 2, "only this preset fires: {firings:#?}");
+}
+
+#[test]
+fn entropy_that_only_falls_is_not_a_reversal() {
+    let firings = run(200, |s| {
+        let mut m = healthy(s);
+        m[0] = ("topk_entropy/chosen", 2.6 - 0.004 * s as f64);
+        m
+    });
+    assert!(
+        fired(&firings, "topk-entropy-reversal").is_empty(),
+        "{firings:#?}"
+    );
+}
+
+#[test]
+fn mass_decline_fires_on_the_hinge_failure() {
+    // Stable at 0.9 for 50 steps, then shrinking by 0.004 a step (the hinge failure mode).
+    let firings = run(200, |s| {
+        let mut m = healthy(s);
+        let decline = 0.004 * (s - 50).max(0) as f64;
+        m[1] = ("topk_mass/chosen", 0.9 - decline + 0.01 * noise(s, 12));
+        m
+    });
+    let mine = fired(&firings, "topk-mass-decline");
+    assert_eq!(mine.len(), 1, "{firings:#?}");
+    // 15% of 0.9 is 0.135, reached at step ~84; EMA lag and for_steps 10 add ~18.
+    assert!(
+        (90..=115).contains(&mine[0].step),
+        "fired at {}",
+        mine[0].step
+    );
+    assert_eq!(mine[0].action, Action::Alert);
+}
+
+#[test]
+fn likelihood_displacement_fires_when_chosen_falls_while_the_margin_grows() {
+    let firings = run(300, |s| {
+        let t = s as f64;
+        let mut m = healthy(s);
+        m[2] = ("logps_mean/chosen", -1.2 - 0.01 * t + 0.1 * noise(s, 13));
+        m[3] = ("rewards/margins", 0.01 * t + 0.05 * noise(s, 14));
+        m
+    });
+    let mine = fired(&firings, "likelihood-displacement");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    // 1 nat below the first-20 mean (about -1.3) at step ~110, plus EMA lag and for_steps.
+    assert!(
+        (110..=135).contains(&mine[0].step),
+        "fired at {}",
+        mine[0].step
+    );
+    let keep = stop_keep(mine[1]).expect("a keep step");
+    assert!(
+        keep < 20,
+        "the smoothed likelihood peaked at the start: {keep}"
+    );
+}
+
+#[test]
+fn reward_saturation_fires_when_accuracy_is_one_and_loss_zero() {
+    let firings = run(200, |s| {
+        let mut m = healthy(s);
+        if s > 100 {
+            m[4] = ("rewards/accuracies", 1.0);
+            m[5] = ("loss", 0.005 + 0.002 * noise(s, 15));
+        }
+        m
+    });
+    let mine = fired(&firings, "reward-saturation");
+    assert_eq!(mine.len(), 1, "{firings:#?}");
+    assert!(
+        (140..=165).contains(&mine[0].step),
+        "fired at {}",
+        mine[0].step
+    );
+}
+
+#[test]
+fn non_finite_stops_at_the_first_nan_and_keeps_the_last_finite_step() {
+    let firings = run(80, |s| {
+        let mut m = healthy(s);
+        if s >= 50 {
+            m[5] = ("loss", f64::NAN);
+        }
+        m
+    });
+    let mine = fired(&firings, "non-finite");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    assert_eq!(mine[0].step, 50);
+    assert_eq!(stop_keep(mine[1]), Some(49));
+    assert_eq!(mine[0].message, "loss is NaN");
+}
+
+#[test]
+fn kl_budget_fires_when_the_log_ratio_stays_above_one() {
+    let firings = run(200, |s| {
+        let mut m = healthy(s);
+        m[7] = ("kl/chosen", 0.02 * s as f64);
+        m
+    });
+    let mine = fired(&firings, "kl-budget");
+    assert_eq!(mine.len(), 1, "{firings:#?}");
+    // Raw 1.0 at step 50; the EMA lags ~9 steps, then 10 steps of streak.
+    assert!(
+        (60..=75).contains(&mine[0].step),
+        "fired at {}",
+        mine[0].step
+    );
+}
+
+/// A real over-optimising run (a small model trained with DPO at a high learning rate, no NLL):
+/// logps_mean/chosen rises to about -4.0 at step 15, then falls to about -37 by step 120 while the
+/// margin grows. Thinned to the metrics the presets read.
+#[test]
+fn likelihood_displacement_fires_on_a_real_over_optimising_run() {
+    let mut ev = preset_evaluator();
+    let mut firings = Vec::new();
+    for line in include_str!("../testdata/over_optimising_run.jsonl").lines() {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            step: i64,
+            metrics: BTreeMap<String, f64>,
+        }
+        let row: Row = serde_json::from_str(line).unwrap();
+        firings.extend(ev.observe(row.step, &|n| row.metrics.get(n).copied()));
+    }
+    let mine = fired(&firings, "likelihood-displacement");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    // Nothing else: the entropy falls from step 1 (the model is learning), which is no reversal.
+    assert_eq!(firings.len(), 2, "{firings:#?}");
+    assert_eq!(mine[0].action, Action::Alert);
+    assert!(
+        mine[0].message.contains("below its start"),
+        "{}",
+        mine[0].message
+    );
+    let keep = stop_keep(mine[1]).expect("a keep step");
+    assert!(keep < mine[1].step);
+    assert!(
+        (10..=20).contains(&keep),
+        "the chosen likelihood peaked near step 15: {keep}"
+    );
+}

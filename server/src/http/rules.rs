@@ -1,0 +1,118 @@
+//! Rule sets (versioned TOML files, docs/rules.md) and what rules did to a run.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use redline_core::RuleSetName;
+use redline_core::rules::RuleSet;
+use redline_core::wire::{FieldError, RuleEventList, RuleSetList, RuleSetVersion};
+
+use super::extract::QueryParams;
+use super::run_id;
+use crate::error::{AppError, Result};
+use crate::state::AppState;
+use crate::store::alerts::StoredRuleSet;
+
+/// The largest rule file accepted.
+const MAX_RULE_FILE_BYTES: usize = 256 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rule-sets", get(list_rule_sets))
+        .route("/rule-sets/{name}", get(get_rule_set).put(put_rule_set))
+        .route("/runs/{run_id}/rules", get(run_rule_sets))
+        .route("/runs/{run_id}/events", get(run_events))
+}
+
+fn rule_set_name(raw: String) -> Result<RuleSetName> {
+    RuleSetName::parse(raw).map_err(|e| FieldError::new("name", format!("rule set name {e}")).into())
+}
+
+/// The wire form; stored sources were validated when stored.
+fn version(s: StoredRuleSet) -> Result<RuleSetVersion> {
+    let parsed = RuleSet::parse(&s.source).map_err(|e| {
+        AppError::Internal(anyhow::anyhow!("stored rule set {} v{} does not parse: {e}", s.name, s.version))
+    })?;
+    Ok(RuleSetVersion {
+        rules: parsed.rules.into_iter().map(|r| r.name).collect(),
+        name: s.name,
+        version: s.version,
+        source: s.source,
+        created_at: s.created_at,
+    })
+}
+
+/// The newest version of every rule set.
+#[utoipa::path(get, path = "/api/v1/rule-sets", tag = "rules",
+    responses((status = 200, body = RuleSetList)))]
+async fn list_rule_sets(State(state): State<AppState>) -> Result<Json<RuleSetList>> {
+    let rule_sets = state.store.rule_sets().await?.into_iter().map(version).collect::<Result<_>>()?;
+    Ok(Json(RuleSetList { rule_sets }))
+}
+
+/// One rule set: the newest version, or `?version=N`.
+#[utoipa::path(get, path = "/api/v1/rule-sets/{name}", tag = "rules",
+    params(("name" = String, Path), ("version" = Option<i32>, Query)),
+    responses((status = 200, body = RuleSetVersion), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn get_rule_set(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: QueryParams,
+) -> Result<Json<RuleSetVersion>> {
+    q.only(&["version"])?;
+    let name = rule_set_name(name)?;
+    let v = q.parse("version", 1..=i32::MAX)?;
+    Ok(Json(version(state.store.rule_set(&name, v).await?)?))
+}
+
+/// Stores a rule file (the body, TOML) as the rule set's next version. Runs created from now on
+/// use it; running runs keep the version they started with. An invalid file stores nothing and
+/// the error names its line.
+#[utoipa::path(put, path = "/api/v1/rule-sets/{name}", tag = "rules",
+    params(("name" = String, Path)),
+    request_body(content = String, content_type = "application/toml"),
+    responses(
+        (status = 200, body = RuleSetVersion),
+        (status = 400, description = "The file does not parse or validate; `field` is `source`", body = redline_core::wire::ErrorBody),
+    ))]
+async fn put_rule_set(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<Json<RuleSetVersion>> {
+    let name = rule_set_name(name)?;
+    if body.len() > MAX_RULE_FILE_BYTES {
+        return Err(AppError::PayloadTooLarge { limit: MAX_RULE_FILE_BYTES });
+    }
+    RuleSet::parse(&body).map_err(|e| FieldError::new("source", e.to_string()))?;
+    let stored = state.store.put_rule_set(&name, &body).await?;
+    tracing::info!(rule_set = %name, version = stored.version, "rule set stored");
+    Ok(Json(version(stored)?))
+}
+
+/// The rule-set versions watching a run, in order.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/rules", tag = "rules",
+    params(("run_id" = String, Path)),
+    responses((status = 200, body = RuleSetList), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn run_rule_sets(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleSetList>> {
+    let id = run_id(id)?;
+    let sets = state.store.run_rules(&id).await?.sets;
+    let rule_sets = sets.into_iter().map(version).collect::<Result<_>>()?;
+    Ok(Json(RuleSetList { rule_sets }))
+}
+
+/// Everything the run's rules did (alerts, stops, checkpoints, regulation), oldest first, with
+/// the values that tripped each.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/events", tag = "rules",
+    params(("run_id" = String, Path)),
+    responses((status = 200, body = RuleEventList), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleEventList>> {
+    let id = run_id(id)?;
+    Ok(Json(RuleEventList { events: state.store.rule_events(&id).await? }))
+}

@@ -1,0 +1,109 @@
+//! Webhooks: create, list, delete, send a test, read the delivery log.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use redline_core::WebhookName;
+use redline_core::wire::{
+    DeliveryAttempt, DeliveryList, FieldError, NewWebhook, Webhook, WebhookList,
+};
+
+use super::extract::{JsonBody, QueryParams};
+use crate::alerts::{deliver_now, sign};
+use crate::error::Result;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks", get(list_webhooks).post(create_webhook))
+        .route("/webhooks/{name}", axum::routing::delete(delete_webhook))
+        .route("/webhooks/{name}/test", post(test_webhook))
+        .route("/webhooks/{name}/deliveries", get(deliveries))
+}
+
+fn webhook_name(raw: String) -> Result<WebhookName> {
+    WebhookName::parse(raw).map_err(|e| FieldError::new("name", format!("webhook name {e}")).into())
+}
+
+/// Webhook URLs often carry their own secret (Slack's and Discord's do): listings show the
+/// scheme and host only.
+fn redact(mut w: Webhook) -> Webhook {
+    if let Some(rest) = w.url.split_once("://").map(|(s, r)| (s.to_owned(), r.to_owned())) {
+        let host = rest.1.split(['/', '?', '#']).next().unwrap_or_default().to_owned();
+        w.url = format!("{}://{host}/…", rest.0);
+    }
+    w
+}
+
+/// Registers a webhook. Alerts at or above `min_severity` are sent to it from now on. The answer
+/// carries the signing secret; it is not shown again.
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
+    request_body = NewWebhook,
+    responses(
+        (status = 201, body = Webhook),
+        (status = 400, body = redline_core::wire::ErrorBody),
+        (status = 409, description = "The name is taken", body = redline_core::wire::ErrorBody),
+    ))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<NewWebhook>,
+) -> Result<(StatusCode, Json<Webhook>)> {
+    req.validate()?;
+    let secret = match &req.secret {
+        Some(s) => {
+            sign::secret_key(s).map_err(|e| FieldError::new("secret", e))?;
+            s.clone()
+        }
+        None => sign::generate_secret(),
+    };
+    let created = state.store.create_webhook(&req, &secret).await?;
+    tracing::info!(webhook = %req.name, format = req.format.as_str(), "webhook created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Every webhook, URLs shortened to their host.
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+    responses((status = 200, body = WebhookList)))]
+async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList>> {
+    let webhooks = state.store.webhooks().await?.into_iter().map(redact).collect();
+    Ok(Json(WebhookList { webhooks }))
+}
+
+/// Deletes a webhook with its queued messages and delivery log.
+#[utoipa::path(delete, path = "/api/v1/webhooks/{name}", tag = "webhooks",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn delete_webhook(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    let name = webhook_name(name)?;
+    state.store.delete_webhook(&name).await?;
+    tracing::info!(webhook = %name, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends a signed test message now, once, and answers with the attempt (also logged).
+#[utoipa::path(post, path = "/api/v1/webhooks/{name}/test", tag = "webhooks",
+    params(("name" = String, Path)),
+    responses((status = 200, body = DeliveryAttempt), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn test_webhook(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DeliveryAttempt>> {
+    let name = webhook_name(name)?;
+    Ok(Json(deliver_now(&*state.store, &state.delivery, &name).await?))
+}
+
+/// The newest delivery attempts (`limit`, default 100), newest first.
+#[utoipa::path(get, path = "/api/v1/webhooks/{name}/deliveries", tag = "webhooks",
+    params(("name" = String, Path), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = DeliveryList), (status = 404, body = redline_core::wire::ErrorBody)))]
+async fn deliveries(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: QueryParams,
+) -> Result<Json<DeliveryList>> {
+    q.only(&["limit"])?;
+    let name = webhook_name(name)?;
+    let limit = q.parse("limit", 1..=10_000)?.unwrap_or(100);
+    Ok(Json(DeliveryList { deliveries: state.store.deliveries(&name, limit).await? }))
+}
