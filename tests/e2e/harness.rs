@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redline_server::store::DatabaseUrl;
@@ -84,6 +84,8 @@ pub async fn fresh_database(backend: Backend) -> (DatabaseUrl, Option<tempfile::
 
 pub struct TestApp {
     pub base: String,
+    /// What it was started with, so [`TestApp::restart`] starts the same server again.
+    config: ServerConfig,
     pub http: reqwest::Client,
     pub token: Option<String>,
     stop: Option<DropGuard>,
@@ -100,12 +102,13 @@ impl TestApp {
         let (db, dir) = fresh_database(backend).await;
         let mut config = ServerConfig::local(db);
         tweak(&mut config);
-        let server = Server::build(config).await.expect("server builds");
+        let server = Server::build(config.clone()).await.expect("server builds");
         let base = format!("http://{}", server.local_addr());
         let stop = server.shutdown_token().drop_guard();
         let handle = tokio::spawn(server.run());
         Self {
             base,
+            config,
             http: reqwest::Client::new(),
             token: None,
             stop: Some(stop),
@@ -123,6 +126,17 @@ impl TestApp {
             .expect("server stops after shutdown")
             .expect("server task")
             .expect("server ran cleanly");
+    }
+
+    /// Shuts the server down and starts it again on the same database (on a new port).
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let server = Server::build(self.config.clone())
+            .await
+            .expect("server builds again");
+        self.base = format!("http://{}", server.local_addr());
+        self.stop = Some(server.shutdown_token().drop_guard());
+        self.handle = Some(tokio::spawn(server.run()));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -294,5 +308,20 @@ impl SseReader {
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+}
+
+/// Polls until `f` gives a value; the deadline only stops a broken run from hanging the suite.
+pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

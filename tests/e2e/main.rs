@@ -9,6 +9,8 @@ mod browser;
 mod cli;
 mod openapi;
 mod pages;
+mod receiver;
+mod rules;
 mod runs;
 mod series;
 mod signals;

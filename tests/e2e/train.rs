@@ -2,31 +2,15 @@
 //! series from the step that applied it, and a `stop` ends the run at the next step boundary.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use redline_trainer::config::{TrainArgs, TrainConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp};
+use crate::harness::{Backend, TestApp, eventually};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama")
-}
-
-/// Polls until `f` gives a value; the deadline only stops a broken run from hanging the suite.
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn points(series: &Value) -> Vec<(i64, f64)> {
@@ -46,7 +30,7 @@ async fn signals_from_the_api_steer_and_stop_a_training_run() {
     let (s, _) = app
         .put(
             &format!("/api/v1/runs/{run}"),
-            &json!({"project": "default"}),
+            &json!({"project": "default", "rules": []}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);

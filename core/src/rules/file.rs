@@ -1,7 +1,7 @@
 //! The rule-file format, first half: TOML into raw structs. toml parses the document once into a
 //! spanned tree; each `[[rules]]` entry is then deserialized on its own so that a type error or an
 //! unknown key can be reported with the rule it belongs to. Every field keeps its span
-//! (`Spanned`), so the checks in `validate.rs` point at the offending value too.
+//! (`Spanned`), so the checks in `validate.rs` and `when.rs` point at the offending value too.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -166,3 +166,13 @@ fn metrics_lists_every_candidate() {
     let metrics: Vec<String> = set.metrics().into_iter().collect();
     assert_eq!(metrics, ["kl/chosen", "kl/generated"]);
 }
+
+#[test]
+fn the_example_in_docs_rules_md_parses() {
+    let doc = include_str!("../../../../docs/rules.md");
+    let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("closed");
+    let set = RuleSet::parse(&doc[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.rules.len(), 4);
+    assert!(matches!(set.rules[3].kind, RuleKind::Regulate(_)));
+}
