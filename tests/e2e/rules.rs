@@ -181,7 +181,7 @@ async fn a_regulate_rule_raises_nll_alpha_and_the_trainer_applies_each_change() 
     let signals = signals["signals"].as_array().unwrap();
     assert_eq!(signals.len(), changes.len(), "one signal per change");
     let (_, series) = app
-        .get("/api/v1/runs/steered/series/nll_alpha?limit=100000")
+        .get("/api/v1/runs/steered/series?metric=nll_alpha")
         .await;
     let alpha: Vec<(i64, f64)> = series["points"]
         .as_array()
