@@ -243,6 +243,9 @@ pub enum BenchCommand {
     /// A run page of 20 charts and single chart SVGs over series of a million steps each: time
     /// per request and page weight.
     Dashboard(BenchDashboardArgs),
+    /// Signal latency: from the request carrying a step that trips a rule to the client holding
+    /// the signal, p50 and p99 over many trips.
+    Signals(BenchSignalsArgs),
     /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
     /// share of a step the top-k metrics take.
     Train(BenchTrainArgs),
@@ -301,6 +304,9 @@ pub struct BenchIngestArgs {
     /// Requests cap per measurement, so batch size 1 stays short.
     #[arg(long, default_value_t = 2_000)]
     pub max_requests: usize,
+    /// Rule sets on the benchmark runs; give both to measure what evaluating rules costs.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchRules::Presets])]
+    pub rules: Vec<BenchRules>,
     /// Concurrent clients for the concurrent variant (each feeds its own run); 0 skips it.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
@@ -326,6 +332,24 @@ pub struct BenchDashboardArgs {
     /// Timed requests of each kind (the median and p90 are reported).
     #[arg(long, default_value_t = 21)]
     pub repeats: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSignalsArgs {
+    #[command(flatten)]
+    pub targets: BenchTargets,
+    /// Rule trips timed per store.
+    #[arg(long, default_value_t = 1_000)]
+    pub trips: usize,
+}
+
+/// The rule sets a benchmark run is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchRules {
+    /// The shipped presets (what every run gets by default).
+    Presets,
+    /// No rules: ingest alone.
+    None,
 }
 
 #[derive(Debug, Args)]

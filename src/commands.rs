@@ -35,6 +35,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,
+        Command::Bench(BenchCommand::Signals(args)) => bench::signals::run(args).await,
         Command::Train(_) | Command::Bench(BenchCommand::Train(_)) => {
             unreachable!("training runs outside the async runtime")
         }

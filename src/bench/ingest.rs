@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Databases, Running, client, create_run, fmt_rate, mlflow, post_batch};
-use crate::cli::{BenchIngestArgs, BenchStore};
+use super::{Databases, Running, client, create_run_with, fmt_rate, mlflow, post_batch};
+use crate::cli::{BenchIngestArgs, BenchRules, BenchStore};
 
 /// The metric names of a DPO step, as the MLflow peer script uses them.
 const NAMES: [&str; 10] = [
@@ -24,6 +24,7 @@ const NAMES: [&str; 10] = [
 
 struct Row {
     store: &'static str,
+    rules: BenchRules,
     batch: usize,
     clients: usize,
     requests: usize,
@@ -70,6 +71,7 @@ async fn measure(
     kind: BenchStore,
     batch: usize,
     clients: usize,
+    rules: BenchRules,
     args: &BenchIngestArgs,
 ) -> anyhow::Result<Row> {
     let server = Running::start(dbs.fresh(kind).await?).await?;
@@ -83,7 +85,11 @@ async fn measure(
     let mut urls = Vec::new();
     for c in 0..clients {
         let run = format!("bench-{batch}-{c}");
-        create_run(&http, &server, &run).await?;
+        let body = match rules {
+            BenchRules::Presets => serde_json::json!({ "project": "bench" }),
+            BenchRules::None => serde_json::json!({ "project": "bench", "rules": [] }),
+        };
+        create_run_with(&http, &server, &run, body).await?;
         urls.push(server.url(&format!("/api/v1/runs/{run}/steps")));
     }
     let start = Instant::now();
@@ -103,6 +109,7 @@ async fn measure(
     let seconds = start.elapsed().as_secs_f64();
     let row = Row {
         store: server.backend,
+        rules,
         batch,
         clients,
         requests: requests * clients,
@@ -110,8 +117,9 @@ async fn measure(
         seconds,
     };
     eprintln!(
-        "{:<8} batch {:>6} × {} metrics, {} client(s): {} points/s",
+        "{:<8} rules {:<7} batch {:>6} × {} metrics, {} client(s): {} points/s",
         row.store,
+        format!("{rules:?}").to_lowercase(),
         batch,
         args.metrics,
         clients,
@@ -124,23 +132,26 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
     let mut dbs = Databases::new(args.targets.clone())?;
     let mut rows = Vec::new();
     for kind in dbs.stores() {
-        for &batch in &args.batch_sizes {
-            rows.push(measure(&mut dbs, kind, batch, 1, &args).await?);
-        }
-        if args.clients > 1 {
+        for &rules in &args.rules {
             for &batch in &args.batch_sizes {
-                rows.push(measure(&mut dbs, kind, batch, args.clients, &args).await?);
+                rows.push(measure(&mut dbs, kind, batch, 1, rules, &args).await?);
+            }
+            if args.clients > 1 {
+                for &batch in &args.batch_sizes {
+                    rows.push(measure(&mut dbs, kind, batch, args.clients, rules, &args).await?);
+                }
             }
         }
     }
     let peers = mlflow::measure_all(&mut dbs, &args).await?;
 
-    println!("| store | steps per request | clients | requests | points | seconds | points/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| store | rules | steps per request | clients | requests | points | seconds | points/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| redline {} | {} | {} | {} | {} | {:.3} | {} |",
+            "| redline {} | {} | {} | {} | {} | {} | {:.3} | {} |",
             r.store,
+            format!("{:?}", r.rules).to_lowercase(),
             r.batch,
             r.clients,
             r.requests,
@@ -151,7 +162,7 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
     }
     for p in &peers {
         println!(
-            "| mlflow {} | 100 | 1 | {} | {} | {:.3} | {} |",
+            "| mlflow {} | - | 100 | 1 | {} | {} | {:.3} | {} |",
             p.backend,
             p.points / 1000,
             p.points,
@@ -164,6 +175,21 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
             "\nMLflow not measured: no peers venv at {} (run ../shared/peers/setup.sh {0}).",
             args.peers_venv.display()
         );
+    }
+    for with in rows.iter().filter(|r| r.rules == BenchRules::Presets) {
+        let without = rows.iter().find(|r| {
+            r.rules == BenchRules::None
+                && (r.store, r.batch, r.clients) == (with.store, with.batch, with.clients)
+        });
+        if let Some(without) = without {
+            println!(
+                "{} batch {} × {} client(s): with presets {:.1}% of the throughput without rules",
+                with.store,
+                with.batch,
+                with.clients,
+                100.0 * with.rate() / without.rate()
+            );
+        }
     }
     for p in &peers {
         let same_shape = rows

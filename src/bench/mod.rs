@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod ingest;
 mod mlflow;
 pub mod read;
+pub mod signals;
 pub mod train;
 
 use std::net::SocketAddr;
@@ -105,11 +106,20 @@ pub fn client() -> reqwest::Client {
         .expect("a plain HTTP client builds")
 }
 
-/// Creates a run and fails loudly if the server says no.
+/// Creates a run (watched by the presets) and fails loudly if the server says no.
 pub async fn create_run(http: &reqwest::Client, server: &Running, id: &str) -> anyhow::Result<()> {
+    create_run_with(http, server, id, serde_json::json!({ "project": "bench" })).await
+}
+
+pub async fn create_run_with(
+    http: &reqwest::Client,
+    server: &Running,
+    id: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
     let resp = http
         .put(server.url(&format!("/api/v1/runs/{id}")))
-        .json(&serde_json::json!({ "project": "bench" }))
+        .json(&body)
         .send()
         .await?;
     anyhow::ensure!(
