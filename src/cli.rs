@@ -138,19 +138,39 @@ pub enum WebhookCommand {
 pub struct DeliveryArgs {
     /// Non-public hosts, addresses or CIDR networks webhooks may reach (private and loopback
     /// addresses are refused otherwise), e.g. `127.0.0.1,10.0.0.0/8,hooks.internal`.
-    #[arg(long = "webhook-allow", env = "REDLINE_WEBHOOK_ALLOW", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-allow",
+        env = "REDLINE_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
     pub allow: Vec<String>,
     /// Per-attempt timeout, in milliseconds.
-    #[arg(long = "webhook-timeout-ms", env = "REDLINE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "webhook-timeout-ms",
+        env = "REDLINE_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub timeout_ms: u64,
     /// Attempts per message before giving up.
-    #[arg(long = "webhook-max-attempts", env = "REDLINE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    #[arg(
+        long = "webhook-max-attempts",
+        env = "REDLINE_WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 8
+    )]
     pub max_attempts: u32,
     /// The wait after the first failed attempt, in milliseconds; it doubles after each further one.
-    #[arg(long = "webhook-backoff-ms", env = "REDLINE_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
+    #[arg(
+        long = "webhook-backoff-ms",
+        env = "REDLINE_WEBHOOK_BACKOFF_MS",
+        default_value_t = 5_000
+    )]
     pub backoff_ms: u64,
     /// The longest wait between attempts, in milliseconds (Retry-After is capped to it too).
-    #[arg(long = "webhook-backoff-max-ms", env = "REDLINE_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    #[arg(
+        long = "webhook-backoff-max-ms",
+        env = "REDLINE_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 300_000
+    )]
     pub backoff_max_ms: u64,
 }
 
@@ -310,6 +330,9 @@ pub struct BenchIngestArgs {
     /// Concurrent clients for the concurrent variant (each feeds its own run); 0 skips it.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// Measurements of each configuration, interleaved across --rules; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// Python virtual environment with MLflow (../shared/peers/setup.sh makes one). When it
     /// exists, MLflow's tracking server is measured too, with ../shared/peers/mlflow_ingest.py.
     #[arg(long, env = "REDLINE_PEERS_VENV", default_value = ".peers-venv")]

@@ -15,8 +15,14 @@ use crate::commands::open;
 
 impl DeliveryArgs {
     pub fn config(&self) -> anyhow::Result<DeliveryConfig> {
-        anyhow::ensure!(self.max_attempts >= 1, "--webhook-max-attempts must be at least 1");
-        anyhow::ensure!(self.timeout_ms >= 1, "--webhook-timeout-ms must be at least 1");
+        anyhow::ensure!(
+            self.max_attempts >= 1,
+            "--webhook-max-attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.timeout_ms >= 1,
+            "--webhook-timeout-ms must be at least 1"
+        );
         Ok(DeliveryConfig {
             allow: Allowlist::parse(&self.allow).map_err(anyhow::Error::msg)?,
             timeout: Duration::from_millis(self.timeout_ms),
@@ -29,10 +35,9 @@ impl DeliveryArgs {
 }
 
 fn read_rule_file(path: &std::path::Path) -> anyhow::Result<(String, RuleSet)> {
-    let source = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = RuleSet::parse(&source)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let source =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed = RuleSet::parse(&source).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((source, parsed))
 }
 
@@ -43,7 +48,12 @@ pub async fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
             for f in files {
                 let (_, set) = read_rule_file(&f)?;
                 let names: Vec<_> = set.rules.iter().map(|r| r.name.as_str()).collect();
-                println!("{}: ok, {} rules: {}", f.display(), names.len(), names.join(", "));
+                println!(
+                    "{}: ok, {} rules: {}",
+                    f.display(),
+                    names.len(),
+                    names.join(", ")
+                );
             }
         }
         RulesCommand::List { store } => {
@@ -51,17 +61,28 @@ pub async fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
                 println!("{}\tv{}\t{}", s.name, s.version, s.created_at);
             }
         }
-        RulesCommand::Show { name, version, store } => {
-            let name = RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
+        RulesCommand::Show {
+            name,
+            version,
+            store,
+        } => {
+            let name =
+                RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
             let s = open(&store).await?.rule_set(&name, version).await?;
             eprintln!("# {} version {} ({})", s.name, s.version, s.created_at);
             print!("{}", s.source);
         }
         RulesCommand::Put { name, file, store } => {
-            let name = RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
+            let name =
+                RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
             let (source, set) = read_rule_file(&file)?;
             let s = open(&store).await?.put_rule_set(&name, &source).await?;
-            println!("{} version {} stored ({} rules)", s.name, s.version, set.rules.len());
+            println!(
+                "{} version {} stored ({} rules)",
+                s.name,
+                s.version,
+                set.rules.len()
+            );
         }
     }
     Ok(())
@@ -69,7 +90,14 @@ pub async fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
 
 pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
     match cmd {
-        WebhookCommand::Add { name, url, format, min_severity, secret, store } => {
+        WebhookCommand::Add {
+            name,
+            url,
+            format,
+            min_severity,
+            secret,
+            store,
+        } => {
             let req = NewWebhook {
                 name: WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?,
                 url,
@@ -81,7 +109,8 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
                     SeverityArg::Critical => Severity::Critical,
                 }),
             };
-            req.validate().map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+            req.validate()
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
             let secret = match &req.secret {
                 Some(s) => {
                     sign::secret_key(s).map_err(|e| anyhow::anyhow!("--secret {e}"))?;
@@ -90,7 +119,10 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
                 None => sign::generate_secret(),
             };
             open(&store).await?.create_webhook(&req, &secret).await?;
-            eprintln!("Added webhook {}. Its signing secret is shown only now:", req.name);
+            eprintln!(
+                "Added webhook {}. Its signing secret is shown only now:",
+                req.name
+            );
             println!("{secret}");
         }
         WebhookCommand::List { store } => {
@@ -110,12 +142,22 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
             open(&store).await?.delete_webhook(&name).await?;
             eprintln!("Removed webhook {name}.");
         }
-        WebhookCommand::Test { name, delivery, store } => {
+        WebhookCommand::Test {
+            name,
+            delivery,
+            store,
+        } => {
             let name = WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?;
             let a = deliver_now(&*open(&store).await?, &delivery.config()?, &name).await?;
-            let status = a.status.map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
-            println!("{}: {status} in {:.0} ms{}", a.outcome, a.latency_ms,
-                a.error.map(|e| format!(" ({e})")).unwrap_or_default());
+            let status = a
+                .status
+                .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+            println!(
+                "{}: {status} in {:.0} ms{}",
+                a.outcome,
+                a.latency_ms,
+                a.error.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
             anyhow::ensure!(a.outcome == "delivered", "the test delivery failed");
         }
         WebhookCommand::Deliveries { name, limit, store } => {

@@ -108,27 +108,50 @@ impl RuleRunner {
     }
 }
 
-/// Feeds the batch's steps past the evaluator's last step, in step order.
+/// Feeds the batch's steps past the evaluator's last step, in step order: a merge over the
+/// watched series (each sorted by step), without allocating per step.
 fn evaluate(evaluator: &mut Evaluator, batch: &PointBatch) -> Vec<Firing> {
     let after = evaluator.last_step().unwrap_or(i64::MIN);
-    let mut steps: BTreeMap<i64, Vec<(&str, f64)>> = BTreeMap::new();
-    for name in evaluator.metrics() {
-        // Keyed by the batch's copy of the name, so the evaluator is free to move on below.
-        let Some((name, points)) = batch.series.get_key_value(name.as_str()) else {
-            continue;
+    let series: Vec<(&str, &[(i64, f64)])> = evaluator
+        .metrics()
+        .iter()
+        .filter_map(|name| batch.series.get_key_value(name.as_str()))
+        .map(|(name, points)| {
+            let first = points.partition_point(|p| p.0 <= after);
+            (name.as_str(), &points[first..])
+        })
+        .collect();
+    let mut cursor = vec![0usize; series.len()];
+    let mut firings = Vec::new();
+    loop {
+        let next = series
+            .iter()
+            .zip(&cursor)
+            .filter_map(|((_, points), &c)| points.get(c).map(|p| p.0))
+            .min();
+        let Some(step) = next else { break };
+        let lookup = |name: &str| {
+            series
+                .iter()
+                .zip(&cursor)
+                .find(|((n, _), _)| *n == name)
+                .and_then(|((_, points), &c)| points.get(c))
+                .filter(|p| p.0 == step)
+                .map(|p| p.1)
         };
-        for &(step, value) in points.iter().filter(|p| p.0 > after) {
-            steps.entry(step).or_default().push((name.as_str(), value));
+        firings.extend(evaluator.observe(step, &lookup));
+        for ((_, points), c) in series.iter().zip(cursor.iter_mut()) {
+            if points.get(*c).is_some_and(|p| p.0 == step) {
+                *c += 1;
+            }
         }
     }
     // A step that reports none of the watched metrics still moves the rules' step on.
-    if let Some(last) = batch.max_step().filter(|&s| s > after) {
-        steps.entry(last).or_default();
-    }
-    let mut firings = Vec::new();
-    for (step, values) in steps {
-        let lookup = |name: &str| values.iter().find(|v| v.0 == name).map(|v| v.1);
-        firings.extend(evaluator.observe(step, &lookup));
+    if let Some(last) = batch
+        .max_step()
+        .filter(|&s| s > evaluator.last_step().unwrap_or(after))
+    {
+        firings.extend(evaluator.observe(last, &|_| None));
     }
     firings
 }
@@ -146,7 +169,10 @@ async fn load(store: &dyn Store, id: &RunId) -> StoreResult<RunState> {
     let mut sets = Vec::with_capacity(run.sets.len());
     for s in &run.sets {
         let parsed = RuleSet::parse(&s.source).map_err(|e| {
-            StoreError::Corrupt(format!("rule set {} v{} does not parse: {e}", s.name, s.version))
+            StoreError::Corrupt(format!(
+                "rule set {} v{} does not parse: {e}",
+                s.name, s.version
+            ))
         })?;
         sets.push((s.name.clone(), parsed));
     }
@@ -182,12 +208,7 @@ async fn replay(
     }
     let names: Vec<String> = names.into_iter().cloned().collect();
     for (step, values) in steps {
-        let lookup = |name: &str| {
-            values
-                .iter()
-                .find(|v| names[v.0] == name)
-                .map(|v| v.1)
-        };
+        let lookup = |name: &str| values.iter().find(|v| names[v.0] == name).map(|v| v.1);
         // Already acted on when these steps arrived.
         let _ = evaluator.observe(step, &lookup);
     }

@@ -37,7 +37,7 @@ impl Server {
         store
             .ensure_rule_set(
                 &RuleSetName::parse(PRESETS_NAME).expect("the presets' name is valid"),
-                &presets_source(),
+                presets_source(),
             )
             .await
             .context("cannot store the preset rules")?;

@@ -132,20 +132,33 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
     let mut dbs = Databases::new(args.targets.clone())?;
     let mut rows = Vec::new();
     for kind in dbs.stores() {
-        for &rules in &args.rules {
-            for &batch in &args.batch_sizes {
-                rows.push(measure(&mut dbs, kind, batch, 1, rules, &args).await?);
-            }
-            if args.clients > 1 {
-                for &batch in &args.batch_sizes {
-                    rows.push(measure(&mut dbs, kind, batch, args.clients, rules, &args).await?);
+        let mut shapes = vec![];
+        for &batch in &args.batch_sizes {
+            shapes.push((batch, 1));
+        }
+        if args.clients > 1 {
+            shapes.extend(args.batch_sizes.iter().map(|&b| (b, args.clients)));
+        }
+        for (batch, clients) in shapes {
+            // Interleaved, so drift on a busy machine hits every configuration alike.
+            let mut runs: Vec<Vec<Row>> = args.rules.iter().map(|_| Vec::new()).collect();
+            for _ in 0..args.repeats.max(1) {
+                for (i, &rules) in args.rules.iter().enumerate() {
+                    runs[i].push(measure(&mut dbs, kind, batch, clients, rules, &args).await?);
                 }
+            }
+            for mut r in runs {
+                r.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+                let mid = r.len() / 2;
+                rows.push(r.swap_remove(mid));
             }
         }
     }
     let peers = mlflow::measure_all(&mut dbs, &args).await?;
 
-    println!("| store | rules | steps per request | clients | requests | points | seconds | points/s |");
+    println!(
+        "| store | rules | steps per request | clients | requests | points | seconds | points/s |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(

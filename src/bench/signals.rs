@@ -33,13 +33,22 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-async fn post(http: &reqwest::Client, url: &str, step: usize, x: f64) -> anyhow::Result<IngestResult> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    step: usize,
+    x: f64,
+) -> anyhow::Result<IngestResult> {
     let resp = http
         .post(url)
         .json(&serde_json::json!({"steps": [{"step": step, "metrics": {"x": x, "loss": 0.5}}]}))
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "ingest refused: {}", resp.text().await?);
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "ingest refused: {}",
+        resp.text().await?
+    );
     Ok(resp.json().await?)
 }
 
@@ -51,8 +60,18 @@ async fn measure(server: &Running, trips: usize) -> anyhow::Result<Latencies> {
         .body(TRIP_RULES)
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "rule set refused: {}", resp.text().await?);
-    create_run_with(&http, server, "latency", serde_json::json!({"rules": ["bench-trip"]})).await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "rule set refused: {}",
+        resp.text().await?
+    );
+    create_run_with(
+        &http,
+        server,
+        "latency",
+        serde_json::json!({"rules": ["bench-trip"]}),
+    )
+    .await?;
     let steps = server.url("/api/v1/runs/latency/steps");
     // The reporter's second path: the run's event stream, read on its own connection.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -64,7 +83,9 @@ async fn measure(server: &Running, trips: usize) -> anyhow::Result<Latencies> {
         let mut body = stream.bytes_stream();
         while let Some(Ok(chunk)) = body.next().await {
             let at = Instant::now();
-            let events = String::from_utf8_lossy(&chunk).matches("event: signal").count();
+            let events = String::from_utf8_lossy(&chunk)
+                .matches("event: signal")
+                .count();
             for _ in 0..events {
                 let _ = tx.send(at);
             }
@@ -92,7 +113,11 @@ async fn measure(server: &Running, trips: usize) -> anyhow::Result<Latencies> {
             .json(&serde_json::json!({"step": 2 * trip + 1}))
             .send()
             .await?;
-        anyhow::ensure!(ack.status().is_success(), "ack refused: {}", ack.text().await?);
+        anyhow::ensure!(
+            ack.status().is_success(),
+            "ack refused: {}",
+            ack.text().await?
+        );
     }
     answer.sort();
     streamed.sort();
@@ -121,7 +146,9 @@ pub async fn run(args: BenchSignalsArgs) -> anyhow::Result<()> {
         );
         rows.push(l);
     }
-    println!("| store | trips | answer p50 ms | answer p99 ms | answer max ms | stream p50 ms | stream p99 ms |");
+    println!(
+        "| store | trips | answer p50 ms | answer p99 ms | answer max ms | stream p50 ms | stream p99 ms |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for l in &rows {
         println!(

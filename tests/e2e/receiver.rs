@@ -80,7 +80,10 @@ impl Receiver {
 
     /// Requests it accepted (answered 200).
     pub fn accepted(&self) -> Vec<Received> {
-        self.received().into_iter().filter(|r| r.status == 200).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
     }
 
     pub fn set_failures(&self, fail: usize) {

@@ -95,11 +95,16 @@ async fn an_over_optimising_run_trips_a_preset_alerts_and_stops_keeping_the_best
     assert_eq!(signal["id"], stop["signal_id"]);
     assert_eq!(signal["source_rule"], "presets/likelihood-displacement");
     let keep = signal["keep_step"].as_i64().unwrap();
-    assert!(keep < tripped, "keep step {keep} is not before the trip at {tripped}");
+    assert!(
+        keep < tripped,
+        "keep step {keep} is not before the trip at {tripped}"
+    );
 
     // The trainer stopped at its next step boundary: the step it acknowledged the stop at is
     // the last one it trained, and it trained none after.
-    let applied = signal["applied_step"].as_i64().expect("the stop was acknowledged");
+    let applied = signal["applied_step"]
+        .as_i64()
+        .expect("the stop was acknowledged");
     assert!(applied >= tripped);
     let (_, run) = app.get("/api/v1/runs/over").await;
     assert_eq!(run["status"], "stopped");
@@ -200,9 +205,9 @@ async fn a_regulate_rule_raises_nll_alpha_and_the_trainer_applies_each_change() 
         // Applied, acknowledged, and streamed from the step that applied it.
         let applied = s["applied_step"].as_i64().expect("acknowledged");
         let streamed = alpha.iter().find(|p| p.0 == applied).map(|p| p.1);
-        let later = signals
-            .iter()
-            .any(|o| o["applied_step"].as_i64() == Some(applied) && o["id"].as_i64() > s["id"].as_i64());
+        let later = signals.iter().any(|o| {
+            o["applied_step"].as_i64() == Some(applied) && o["id"].as_i64() > s["id"].as_i64()
+        });
         if !later {
             assert_eq!(streamed, Some(value), "nll_alpha at step {applied}");
         }
@@ -237,12 +242,16 @@ async fn a_failing_receiver_gets_one_accepted_delivery_after_three_logged_attemp
     assert_eq!(outcomes, ["retry", "retry", "delivered"]);
     let statuses: Vec<i64> = log.iter().map(|a| a["status"].as_i64().unwrap()).collect();
     assert_eq!(statuses, [503, 503, 200]);
-    let received = receiver.received();
-    assert_eq!(received.len(), 3);
+    let requests = receiver.received();
+    assert_eq!(requests.len(), 3);
     assert_eq!(receiver.accepted().len(), 1);
     // Every attempt is the same message, freshly signed.
-    assert!(received.iter().all(|r| r.id == received[0].id && r.signature_is_valid()));
-    assert_eq!(log[0]["message_id"].as_str(), Some(received[0].id.as_str()));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.id == requests[0].id && r.signature_is_valid())
+    );
+    assert_eq!(log[0]["message_id"].as_str(), Some(requests[0].id.as_str()));
 }
 
 async fn a_restart_in_the_middle_of_deliveries_loses_none(b: Backend) {
@@ -289,7 +298,10 @@ async fn rule_files_are_validated_versioned_and_pinned(b: Backend) {
     let (s, err) = put("[[rules]]\nname = \"x\"\nactions = [\"alert\"]\n\n[[rules.when]]\nmetric = \"loss\"\nema = 1.5\nabove = 1.0\n").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
-    assert!(message.contains("line 7") && message.contains("ema"), "{message}");
+    assert!(
+        message.contains("line 7") && message.contains("ema"),
+        "{message}"
+    );
     let (s, _) = app.get("/api/v1/rule-sets/mine").await;
     assert_eq!(s, StatusCode::NOT_FOUND, "an invalid file stores nothing");
 
@@ -300,13 +312,19 @@ async fn rule_files_are_validated_versioned_and_pinned(b: Backend) {
     let (_, same) = put(v1).await;
     assert_eq!(same["version"], 1, "the same file is not a new version");
     let (s, run) = app
-        .put("/api/v1/runs/pinned", &json!({"rules": ["mine", "presets"]}))
+        .put(
+            "/api/v1/runs/pinned",
+            &json!({"rules": ["mine", "presets"]}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{run}");
     let (_, second) = put(v2).await;
     assert_eq!(second["version"], 2);
     let (_, pinned) = app.get("/api/v1/runs/pinned/rules").await;
-    assert_eq!(pinned["rule_sets"][0]["version"], 1, "a run keeps the version it started with");
+    assert_eq!(
+        pinned["rule_sets"][0]["version"], 1,
+        "a run keeps the version it started with"
+    );
     assert_eq!(pinned["rule_sets"][1]["name"], "presets");
     let (_, old) = app.get("/api/v1/rule-sets/mine?version=1").await;
     assert_eq!(old["rules"], json!(["high-loss"]));
@@ -325,7 +343,11 @@ async fn rule_files_are_validated_versioned_and_pinned(b: Backend) {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(err["error"]["field"], "rules[0]");
     let (s, _) = app.get("/api/v1/runs/unknown").await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "a refused run is not half-created");
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "a refused run is not half-created"
+    );
 }
 
 async fn webhooks_refuse_private_addresses_unless_allowed(b: Backend) {
@@ -336,22 +358,40 @@ async fn webhooks_refuse_private_addresses_unless_allowed(b: Backend) {
     assert_eq!(s, StatusCode::OK, "{attempt}");
     assert_eq!(attempt["outcome"], "failed");
     assert!(
-        attempt["error"].as_str().unwrap().contains("not a public address"),
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
         "{attempt}"
     );
     assert!(receiver.received().is_empty());
     let (_, list) = app.get("/api/v1/webhooks").await;
-    assert!(list["webhooks"][0]["url"].as_str().unwrap().ends_with("/…"), "{list}");
+    assert!(
+        list["webhooks"][0]["url"].as_str().unwrap().ends_with("/…"),
+        "{list}"
+    );
     assert!(list["webhooks"][0].get("secret").is_none(), "{list}");
 
     let (s, err) = app
-        .post("/api/v1/webhooks", &json!({"name": "x", "url": "ftp://example.com"}))
+        .post(
+            "/api/v1/webhooks",
+            &json!({"name": "x", "url": "ftp://example.com"}),
+        )
         .await;
-    assert_eq!((s, err["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("url")));
+    assert_eq!(
+        (s, err["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("url"))
+    );
     let (s, err) = app
-        .post("/api/v1/webhooks", &json!({"name": "y", "url": "https://example.com", "secret": "plain"}))
+        .post(
+            "/api/v1/webhooks",
+            &json!({"name": "y", "url": "https://example.com", "secret": "plain"}),
+        )
         .await;
-    assert_eq!((s, err["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("secret")));
+    assert_eq!(
+        (s, err["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("secret"))
+    );
 }
 
 async fn a_test_delivery_reaches_an_allowed_receiver(b: Backend) {

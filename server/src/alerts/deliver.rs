@@ -108,7 +108,12 @@ async fn send(
     let url = reqwest::Url::parse(&due.webhook.url).map_err(|e| format!("bad URL: {e}"))?;
     let addr = guard::resolve(&url, &cfg.allow).await?;
     let key = sign::secret_key(&due.webhook.secret).map_err(|e| format!("signing secret {e}"))?;
-    let body = payload::body(due.webhook.format, &due.webhook.name, due.event.as_ref(), now);
+    let body = payload::body(
+        due.webhook.format,
+        &due.webhook.name,
+        due.event.as_ref(),
+        now,
+    );
     let timestamp = now.timestamp();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -189,10 +194,19 @@ mod tests {
         for done in 1..=8 {
             let step = (5u64 << (done - 1)).min(300);
             let wait = cfg.backoff(done, None).as_secs_f64();
-            assert!(wait >= step as f64 / 2.0 && wait <= step as f64, "attempt {done}: {wait}");
+            assert!(
+                wait >= step as f64 / 2.0 && wait <= step as f64,
+                "attempt {done}: {wait}"
+            );
         }
-        assert_eq!(cfg.backoff(1, Some(Duration::from_secs(42))), Duration::from_secs(42));
-        assert_eq!(cfg.backoff(1, Some(Duration::from_secs(9_999))), cfg.backoff_max);
+        assert_eq!(
+            cfg.backoff(1, Some(Duration::from_secs(42))),
+            Duration::from_secs(42)
+        );
+        assert_eq!(
+            cfg.backoff(1, Some(Duration::from_secs(9_999))),
+            cfg.backoff_max
+        );
     }
 
     #[test]

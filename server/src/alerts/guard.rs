@@ -18,7 +18,11 @@ pub struct Allowlist(Vec<Entry>);
 impl Allowlist {
     /// Parses entries such as `127.0.0.1`, `10.0.0.0/8`, `::1`, `hooks.internal`.
     pub fn parse(entries: &[String]) -> Result<Self, String> {
-        entries.iter().map(|e| parse_entry(e.trim())).collect::<Result<_, _>>().map(Self)
+        entries
+            .iter()
+            .map(|e| parse_entry(e.trim()))
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 
     fn allows(&self, host: &str, ip: IpAddr) -> bool {
@@ -30,7 +34,9 @@ impl Allowlist {
 }
 
 fn parse_entry(e: &str) -> Result<Entry, String> {
-    let bad = || format!("webhook allowlist entry {e:?} is not a host name, an IP address or a CIDR network");
+    let bad = || {
+        format!("webhook allowlist entry {e:?} is not a host name, an IP address or a CIDR network")
+    };
     if let Some((ip, bits)) = e.split_once('/') {
         let ip: IpAddr = ip.parse().map_err(|_| bad())?;
         let bits: u8 = bits.parse().map_err(|_| bad())?;
@@ -43,7 +49,11 @@ fn parse_entry(e: &str) -> Result<Entry, String> {
     if let Ok(ip) = e.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(Entry::Net(ip, if ip.is_ipv4() { 32 } else { 128 }));
     }
-    if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')) {
+    if e.is_empty()
+        || !e
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    {
         return Err(bad());
     }
     Ok(Entry::Host(e.to_ascii_lowercase()))
@@ -109,7 +119,9 @@ pub async fn resolve(url: &reqwest::Url, allow: &Allowlist) -> Result<SocketAddr
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .collect();
-    let first = *addrs.first().ok_or_else(|| format!("{host} has no address"))?;
+    let first = *addrs
+        .first()
+        .ok_or_else(|| format!("{host} has no address"))?;
     // Every address must pass: a host with one public and one private address is refused.
     if let Some(bad) = addrs
         .iter()
@@ -134,9 +146,21 @@ mod tests {
     #[test]
     fn private_and_special_addresses_are_not_public() {
         for a in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::", "fc00::1", "fe80::1",
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
         ] {
             assert!(!is_public(ip(a)), "{a} counted as public");
         }
@@ -147,7 +171,12 @@ mod tests {
 
     #[test]
     fn the_allowlist_matches_hosts_addresses_and_networks() {
-        let allow = Allowlist::parse(&["127.0.0.1".into(), "10.0.0.0/8".into(), "Hooks.Internal".into()]).unwrap();
+        let allow = Allowlist::parse(&[
+            "127.0.0.1".into(),
+            "10.0.0.0/8".into(),
+            "Hooks.Internal".into(),
+        ])
+        .unwrap();
         assert!(allow.allows("x", ip("127.0.0.1")));
         assert!(allow.allows("x", ip("::ffff:127.0.0.1")));
         assert!(!allow.allows("x", ip("127.0.0.2")));
@@ -163,6 +192,9 @@ mod tests {
         let err = resolve(&url, &Allowlist::default()).await.unwrap_err();
         assert!(err.contains("not a public address"), "{err}");
         let allow = Allowlist::parse(&["127.0.0.1".into()]).unwrap();
-        assert_eq!(resolve(&url, &allow).await.unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            resolve(&url, &allow).await.unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
     }
 }

@@ -66,9 +66,9 @@ fn discord(webhook: &str, event: Option<&AlertEvent>) -> Value {
         return json!({ "content": headline(webhook, None) });
     };
     let color = match a.event.severity {
-        Severity::Info => 0x0072_B2,
-        Severity::Warning => 0xE6_9F00,
-        Severity::Critical => 0xD5_5E00,
+        Severity::Info => 0x0000_72B2,
+        Severity::Warning => 0x00E6_9F00,
+        Severity::Critical => 0x00D5_5E00,
     };
     json!({
         "content": headline(webhook, event),

@@ -25,13 +25,18 @@ pub fn router() -> Router<AppState> {
 }
 
 fn rule_set_name(raw: String) -> Result<RuleSetName> {
-    RuleSetName::parse(raw).map_err(|e| FieldError::new("name", format!("rule set name {e}")).into())
+    RuleSetName::parse(raw)
+        .map_err(|e| FieldError::new("name", format!("rule set name {e}")).into())
 }
 
 /// The wire form; stored sources were validated when stored.
 fn version(s: StoredRuleSet) -> Result<RuleSetVersion> {
     let parsed = RuleSet::parse(&s.source).map_err(|e| {
-        AppError::Internal(anyhow::anyhow!("stored rule set {} v{} does not parse: {e}", s.name, s.version))
+        AppError::Internal(anyhow::anyhow!(
+            "stored rule set {} v{} does not parse: {e}",
+            s.name,
+            s.version
+        ))
     })?;
     Ok(RuleSetVersion {
         rules: parsed.rules.into_iter().map(|r| r.name).collect(),
@@ -46,7 +51,13 @@ fn version(s: StoredRuleSet) -> Result<RuleSetVersion> {
 #[utoipa::path(get, path = "/api/v1/rule-sets", tag = "rules",
     responses((status = 200, body = RuleSetList)))]
 async fn list_rule_sets(State(state): State<AppState>) -> Result<Json<RuleSetList>> {
-    let rule_sets = state.store.rule_sets().await?.into_iter().map(version).collect::<Result<_>>()?;
+    let rule_sets = state
+        .store
+        .rule_sets()
+        .await?
+        .into_iter()
+        .map(version)
+        .collect::<Result<_>>()?;
     Ok(Json(RuleSetList { rule_sets }))
 }
 
@@ -82,7 +93,9 @@ async fn put_rule_set(
 ) -> Result<Json<RuleSetVersion>> {
     let name = rule_set_name(name)?;
     if body.len() > MAX_RULE_FILE_BYTES {
-        return Err(AppError::PayloadTooLarge { limit: MAX_RULE_FILE_BYTES });
+        return Err(AppError::PayloadTooLarge {
+            limit: MAX_RULE_FILE_BYTES,
+        });
     }
     RuleSet::parse(&body).map_err(|e| FieldError::new("source", e.to_string()))?;
     let stored = state.store.put_rule_set(&name, &body).await?;
@@ -114,5 +127,7 @@ async fn run_events(
     Path(id): Path<String>,
 ) -> Result<Json<RuleEventList>> {
     let id = run_id(id)?;
-    Ok(Json(RuleEventList { events: state.store.rule_events(&id).await? }))
+    Ok(Json(RuleEventList {
+        events: state.store.rule_events(&id).await?,
+    }))
 }

@@ -29,8 +29,17 @@ fn webhook_name(raw: String) -> Result<WebhookName> {
 /// Webhook URLs often carry their own secret (Slack's and Discord's do): listings show the
 /// scheme and host only.
 fn redact(mut w: Webhook) -> Webhook {
-    if let Some(rest) = w.url.split_once("://").map(|(s, r)| (s.to_owned(), r.to_owned())) {
-        let host = rest.1.split(['/', '?', '#']).next().unwrap_or_default().to_owned();
+    if let Some(rest) = w
+        .url
+        .split_once("://")
+        .map(|(s, r)| (s.to_owned(), r.to_owned()))
+    {
+        let host = rest
+            .1
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         w.url = format!("{}://{host}/…", rest.0);
     }
     w
@@ -66,7 +75,13 @@ async fn create_webhook(
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = WebhookList)))]
 async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList>> {
-    let webhooks = state.store.webhooks().await?.into_iter().map(redact).collect();
+    let webhooks = state
+        .store
+        .webhooks()
+        .await?
+        .into_iter()
+        .map(redact)
+        .collect();
     Ok(Json(WebhookList { webhooks }))
 }
 
@@ -74,7 +89,10 @@ async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList
 #[utoipa::path(delete, path = "/api/v1/webhooks/{name}", tag = "webhooks",
     params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = redline_core::wire::ErrorBody)))]
-async fn delete_webhook(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+async fn delete_webhook(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     let name = webhook_name(name)?;
     state.store.delete_webhook(&name).await?;
     tracing::info!(webhook = %name, "webhook deleted");
@@ -90,7 +108,9 @@ async fn test_webhook(
     Path(name): Path<String>,
 ) -> Result<Json<DeliveryAttempt>> {
     let name = webhook_name(name)?;
-    Ok(Json(deliver_now(&*state.store, &state.delivery, &name).await?))
+    Ok(Json(
+        deliver_now(&*state.store, &state.delivery, &name).await?,
+    ))
 }
 
 /// The newest delivery attempts (`limit`, default 100), newest first.
@@ -105,5 +125,7 @@ async fn deliveries(
     q.only(&["limit"])?;
     let name = webhook_name(name)?;
     let limit = q.parse("limit", 1..=10_000)?.unwrap_or(100);
-    Ok(Json(DeliveryList { deliveries: state.store.deliveries(&name, limit).await? }))
+    Ok(Json(DeliveryList {
+        deliveries: state.store.deliveries(&name, limit).await?,
+    }))
 }

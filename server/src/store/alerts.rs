@@ -5,9 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redline_core::rules::{Firing, Severity};
-use redline_core::wire::{
-    DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookFormat,
-};
+use redline_core::wire::{DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookFormat};
 use redline_core::{RuleSetName, RunId, WebhookName};
 
 use super::StoreResult;
@@ -113,8 +111,11 @@ pub trait AlertStore {
     /// The newest version of every rule set, by name.
     async fn rule_sets(&self) -> StoreResult<Vec<StoredRuleSet>>;
     /// A version of `name`, the newest when `version` is `None`.
-    async fn rule_set(&self, name: &RuleSetName, version: Option<i32>)
-    -> StoreResult<StoredRuleSet>;
+    async fn rule_set(
+        &self,
+        name: &RuleSetName,
+        version: Option<i32>,
+    ) -> StoreResult<StoredRuleSet>;
     /// The rule sets pinned to a run, in order, and where its rules stopped.
     async fn run_rules(&self, id: &RunId) -> StoreResult<RunRules>;
     /// What the run's rules did, oldest first.
@@ -127,7 +128,8 @@ pub trait AlertStore {
     /// Deletes the webhook with its undelivered messages and delivery log.
     async fn delete_webhook(&self, name: &WebhookName) -> StoreResult<()>;
     /// The newest `limit` attempts to deliver to `name`, newest first.
-    async fn deliveries(&self, name: &WebhookName, limit: u32) -> StoreResult<Vec<DeliveryAttempt>>;
+    async fn deliveries(&self, name: &WebhookName, limit: u32)
+    -> StoreResult<Vec<DeliveryAttempt>>;
 
     /// Claims up to `limit` pending messages due at `now`, leasing each until `lease_until`: a
     /// server that dies mid-delivery leaves them to be claimed again after the lease.

@@ -185,14 +185,15 @@ fn parse_severity(s: &str) -> StoreResult<Severity> {
 }
 
 fn parse_format(s: &str) -> StoreResult<WebhookFormat> {
-    WebhookFormat::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown webhook format {s:?}")))
+    WebhookFormat::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown webhook format {s:?}")))
 }
 
-/// The stored action name and, for actions that signal the trainer, the signal's columns
-/// (kind, hyperparameter name, value, keep step).
-pub(super) fn action_columns(
-    a: &Action,
-) -> (&'static str, Option<(&'static str, Option<&str>, Option<f64>, Option<i64>)>) {
+/// A signal's columns: kind, hyperparameter name, value, keep step.
+pub(super) type SignalColumns<'a> = (&'static str, Option<&'a str>, Option<f64>, Option<i64>);
+
+/// The stored action name and, for actions that signal the trainer, the signal's columns.
+pub(super) fn action_columns(a: &Action) -> (&'static str, Option<SignalColumns<'_>>) {
     match a {
         Action::Alert => ("alert", None),
         Action::Stop { keep_step } => ("stop", Some(("stop", None, None, *keep_step))),
@@ -205,14 +206,19 @@ pub(super) fn action_columns(
 }
 
 pub(super) fn trip_values(f: &Firing) -> Json<BTreeMap<String, MetricValue>> {
-    Json(f.values.iter().map(|(k, v)| (k.clone(), MetricValue(*v))).collect())
+    Json(
+        f.values
+            .iter()
+            .map(|(k, v)| (k.clone(), MetricValue(*v)))
+            .collect(),
+    )
 }
 
 /// Expands [`super::AlertStore`] and the in-transaction rule writes for one store.
 /// `$claim` claims due outbox rows: binds `$1` now, `$2` lease end, `$3` limit; returns ids.
-/// `$same` is the store's null-safe equality operator.
+/// `$same` is the store's null-safe equality operator, `$greatest` its two-argument maximum.
 macro_rules! alert_store {
-    ($store:ty, $db:ty, writer: $w:ident, reader: $r:ident, claim: $claim:expr, same: $same:literal) => {
+    ($store:ty, $db:ty, writer: $w:ident, reader: $r:ident, claim: $claim:expr, same: $same:literal, greatest: $greatest:literal) => {
         impl $store {
             /// Pins the newest versions of the rule sets a new run asked for (default: the presets).
             async fn pin_rule_sets(
@@ -244,23 +250,45 @@ macro_rules! alert_store {
                 Ok(())
             }
 
-            /// Writes what the rules concluded about a batch inside its ingest transaction.
-            /// Returns the number of signals created.
+            /// Writes what the rules concluded about a batch inside its ingest transaction,
+            /// and moves the run's last step to `last_step` when the batch stored new points
+            /// (one statement for both: this runs on every batch). Returns the number of signals
+            /// created.
             async fn write_rules(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 pk: i64,
                 writes: &$crate::store::alerts::RuleWrites<'_>,
+                last_step: Option<i64>,
             ) -> $crate::store::StoreResult<usize> {
                 use $crate::store::alerts_sql::{action_columns, trip_values};
-                let Some(ev) = writes.evaluated else { return Ok(0) };
+                let Some(ev) = writes.evaluated else {
+                    if let Some(step) = last_step {
+                        sqlx::query(concat!(
+                            "UPDATE runs SET last_step = ", $greatest, "(coalesce(last_step, -1), $2), \
+                             updated_at = $3 WHERE pk = $1"
+                        ))
+                        .bind(pk)
+                        .bind(step)
+                        .bind($crate::store::now())
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    return Ok(0);
+                };
                 let moved = sqlx::query(concat!(
-                    "UPDATE runs SET rules_step = $2 WHERE pk = $1 AND rules_step ",
+                    "UPDATE runs SET rules_step = $2, \
+                     last_step = CASE WHEN $4 IS NULL THEN last_step \
+                         ELSE ", $greatest, "(coalesce(last_step, -1), $4) END, \
+                     updated_at = CASE WHEN $4 IS NULL THEN updated_at ELSE $5 END \
+                     WHERE pk = $1 AND rules_step ",
                     $same,
                     " $3"
                 ))
                 .bind(pk)
                 .bind(ev.to_step)
                 .bind(ev.from_step)
+                .bind(last_step)
+                .bind($crate::store::now())
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();

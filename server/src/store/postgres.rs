@@ -19,11 +19,11 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use tokio::sync::broadcast;
 
-use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::alerts_sql::alert_store;
+use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
-    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
-    signal_channel,
+    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk,
+    now, signal_channel,
 };
 
 const SIGNAL_CHANNEL: &str = "redline_signals";
@@ -321,17 +321,9 @@ impl Store for PostgresStore {
             .bind(&last_bits)
             .execute(&mut *tx)
             .await?;
-
-            sqlx::query(
-                "UPDATE runs SET last_step = GREATEST(last_step, $2), updated_at = $3 WHERE pk = $1",
-            )
-            .bind(pk)
-            .bind(last_steps.iter().max())
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
         }
-        let created = Self::write_rules(&mut tx, pk, rules).await?;
+        let last_step = plan.summaries.iter().map(|s| s.last_step).max();
+        let created = Self::write_rules(&mut tx, pk, rules, last_step).await?;
         if created > 0 {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(SIGNAL_CHANNEL)
@@ -549,5 +541,6 @@ alert_store!(
     claim: "UPDATE webhook_outbox o SET next_attempt_at = $2 FROM (SELECT id FROM webhook_outbox \
          WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3 \
          FOR UPDATE SKIP LOCKED) due WHERE o.id = due.id RETURNING o.id",
-    same: "IS NOT DISTINCT FROM"
+    same: "IS NOT DISTINCT FROM",
+    greatest: "GREATEST"
 );

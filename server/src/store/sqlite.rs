@@ -21,11 +21,11 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
-use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::alerts_sql::alert_store;
+use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
-    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk, now,
-    signal_channel,
+    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk,
+    now, signal_channel,
 };
 
 /// Rows per multi-row INSERT: 5 parameters each, far below SQLite's 32,766-parameter limit.
@@ -330,18 +330,8 @@ impl Store for SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
-        if let Some(max_step) = plan.summaries.iter().map(|s| s.last_step).max() {
-            sqlx::query(
-                "UPDATE runs SET last_step = max(coalesce(last_step, -1), ?), updated_at = ? \
-                 WHERE pk = ?",
-            )
-            .bind(max_step)
-            .bind(now())
-            .bind(pk)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let created = Self::write_rules(&mut tx, pk, rules).await?;
+        let last_step = plan.summaries.iter().map(|s| s.last_step).max();
+        let created = Self::write_rules(&mut tx, pk, rules, last_step).await?;
         let signals = Self::pending(&mut tx, pk, id).await?;
         tx.commit().await?;
         if created > 0 {
@@ -541,5 +531,6 @@ alert_store!(
     claim: "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_outbox \
          WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) \
          RETURNING id",
-    same: "IS"
+    same: "IS",
+    greatest: "max"
 );
