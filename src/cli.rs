@@ -80,13 +80,6 @@ pub enum RulesCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SeverityArg {
-    Info,
-    Warning,
-    Critical,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
     /// Registers URL under NAME and prints its signing secret (shown only now).
@@ -96,8 +89,8 @@ pub enum WebhookCommand {
         #[arg(long, value_parser = ["json", "slack", "discord"], default_value = "json")]
         format: String,
         /// Alerts below this severity are not sent.
-        #[arg(long, value_enum, default_value_t = SeverityArg::Info)]
-        min_severity: SeverityArg,
+        #[arg(long, value_parser = ["info", "warning", "critical"], default_value = "info")]
+        min_severity: String,
         /// `whsec_…` signing secret; generated when left out.
         #[arg(long, env = "REDLINE_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,

@@ -10,7 +10,7 @@ use redline_core::{RuleSetName, WebhookName};
 use redline_server::alerts::guard::Allowlist;
 use redline_server::alerts::{DeliveryConfig, deliver_now, sign};
 
-use crate::cli::{DeliveryArgs, RulesCommand, SeverityArg, WebhookCommand};
+use crate::cli::{DeliveryArgs, RulesCommand, WebhookCommand};
 use crate::commands::open;
 
 impl DeliveryArgs {
@@ -32,6 +32,14 @@ impl DeliveryArgs {
             ..DeliveryConfig::default()
         })
     }
+}
+
+fn webhook_name(name: String) -> anyhow::Result<WebhookName> {
+    WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))
+}
+
+fn rule_set_name(name: String) -> anyhow::Result<RuleSetName> {
+    RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))
 }
 
 fn read_rule_file(path: &std::path::Path) -> anyhow::Result<(String, RuleSet)> {
@@ -66,15 +74,13 @@ pub async fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
             version,
             store,
         } => {
-            let name =
-                RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
+            let name = rule_set_name(name)?;
             let s = open(&store).await?.rule_set(&name, version).await?;
             eprintln!("# {} version {} ({})", s.name, s.version, s.created_at);
             print!("{}", s.source);
         }
         RulesCommand::Put { name, file, store } => {
-            let name =
-                RuleSetName::parse(name).map_err(|e| anyhow::anyhow!("rule set name {e}"))?;
+            let name = rule_set_name(name)?;
             let (source, set) = read_rule_file(&file)?;
             let s = open(&store).await?.put_rule_set(&name, &source).await?;
             println!(
@@ -99,25 +105,17 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
             store,
         } => {
             let req = NewWebhook {
-                name: WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?,
+                name: webhook_name(name)?,
                 url,
                 format: WebhookFormat::parse(&format).unwrap_or_default(),
                 secret,
-                min_severity: Some(match min_severity {
-                    SeverityArg::Info => Severity::Info,
-                    SeverityArg::Warning => Severity::Warning,
-                    SeverityArg::Critical => Severity::Critical,
-                }),
+                // clap has already restricted both to their known spellings.
+                min_severity: Severity::parse(&min_severity),
             };
             req.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-            let secret = match &req.secret {
-                Some(s) => {
-                    sign::secret_key(s).map_err(|e| anyhow::anyhow!("--secret {e}"))?;
-                    s.clone()
-                }
-                None => sign::generate_secret(),
-            };
+            let secret = sign::given_or_new(req.secret.as_deref())
+                .map_err(|e| anyhow::anyhow!("--secret {e}"))?;
             open(&store).await?.create_webhook(&req, &secret).await?;
             eprintln!(
                 "Added webhook {}. Its signing secret is shown only now:",
@@ -138,7 +136,7 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
             }
         }
         WebhookCommand::Remove { name, store } => {
-            let name = WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?;
+            let name = webhook_name(name)?;
             open(&store).await?.delete_webhook(&name).await?;
             eprintln!("Removed webhook {name}.");
         }
@@ -147,7 +145,7 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
             delivery,
             store,
         } => {
-            let name = WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?;
+            let name = webhook_name(name)?;
             let a = deliver_now(&*open(&store).await?, &delivery.config()?, &name).await?;
             let status = a
                 .status
@@ -161,7 +159,7 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
             anyhow::ensure!(a.outcome == "delivered", "the test delivery failed");
         }
         WebhookCommand::Deliveries { name, limit, store } => {
-            let name = WebhookName::parse(name).map_err(|e| anyhow::anyhow!("webhook name {e}"))?;
+            let name = webhook_name(name)?;
             for a in open(&store).await?.deliveries(&name, limit).await? {
                 println!(
                     "{}\t{}\tattempt {}\t{}\t{:.0} ms\t{}{}",

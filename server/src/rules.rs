@@ -195,9 +195,9 @@ async fn replay(
 ) -> StoreResult<()> {
     let stored = store.metrics(id).await?;
     let mut steps: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
-    let names: Vec<&String> = evaluator.metrics().iter().collect();
+    let names: Vec<String> = evaluator.metrics().iter().cloned().collect();
     for (i, name) in names.iter().enumerate() {
-        let Some(summary) = stored.iter().find(|m| &&m.name == name) else {
+        let Some(summary) = stored.iter().find(|m| &m.name == name) else {
             continue;
         };
         let metric = redline_core::MetricName::parse(summary.name.clone())
@@ -206,7 +206,6 @@ async fn replay(
             steps.entry(step).or_default().push((i, value));
         }
     }
-    let names: Vec<String> = names.into_iter().cloned().collect();
     for (step, values) in steps {
         let lookup = |name: &str| values.iter().find(|v| names[v.0] == name).map(|v| v.1);
         // Already acted on when these steps arrived.

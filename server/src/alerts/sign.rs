@@ -30,6 +30,14 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// The secret a new webhook signs with: the one given, once checked, or a new one.
+pub fn given_or_new(given: Option<&str>) -> Result<String, String> {
+    match given {
+        Some(s) => secret_key(s).map(|_| s.to_owned()),
+        None => Ok(generate_secret()),
+    }
+}
+
 /// The `webhook-signature` header value for one attempt.
 pub fn signature(key: &[u8], message_id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");

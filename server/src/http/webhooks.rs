@@ -59,13 +59,8 @@ async fn create_webhook(
     JsonBody(req): JsonBody<NewWebhook>,
 ) -> Result<(StatusCode, Json<Webhook>)> {
     req.validate()?;
-    let secret = match &req.secret {
-        Some(s) => {
-            sign::secret_key(s).map_err(|e| FieldError::new("secret", e))?;
-            s.clone()
-        }
-        None => sign::generate_secret(),
-    };
+    let secret =
+        sign::given_or_new(req.secret.as_deref()).map_err(|e| FieldError::new("secret", e))?;
     let created = state.store.create_webhook(&req, &secret).await?;
     tracing::info!(webhook = %req.name, format = req.format.as_str(), "webhook created");
     Ok((StatusCode::CREATED, Json(created)))

@@ -180,11 +180,10 @@ impl From<AttemptRow> for DeliveryAttempt {
 }
 
 fn parse_severity(s: &str) -> StoreResult<Severity> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| StoreError::Corrupt(format!("unknown severity {s:?}")))
+    Severity::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown severity {s:?}")))
 }
 
-fn parse_format(s: &str) -> StoreResult<WebhookFormat> {
+pub(super) fn parse_format(s: &str) -> StoreResult<WebhookFormat> {
     WebhookFormat::parse(s)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown webhook format {s:?}")))
 }
@@ -540,9 +539,7 @@ macro_rules! alert_store {
                 Ok($crate::store::alerts::WebhookTarget {
                     name: name.to_string(),
                     url,
-                    format: redline_core::wire::WebhookFormat::parse(&format).ok_or_else(|| {
-                        $crate::store::StoreError::Corrupt(format!("unknown webhook format {format:?}"))
-                    })?,
+                    format: $crate::store::alerts_sql::parse_format(&format)?,
                     secret,
                 })
             }
