@@ -43,9 +43,10 @@
     last = snap;
     if (busy) return;
     busy = true;
-    // Steps redraw the charts; anything else (status, signals, acks) also redraws the facts.
+    // Steps redraw the charts; anything else (status, signals, acks, rule events) also redraws the
+    // facts and tables.
     var partsChanged = !prev || !charts || prev.status !== snap.status ||
-      prev.signals !== snap.signals || prev.acked !== snap.acked;
+      prev.signals !== snap.signals || prev.acked !== snap.acked || prev.events !== snap.events;
     // The facts that move with every step; the rest is refetched when it changes.
     [["step", snap.last_step], ["loss", snap.loss], ["margin", snap.margin]].forEach(function (f) {
       var el = document.getElementById(f[0]);

@@ -67,6 +67,10 @@ impl From<tokio::task::JoinError> for AppError {
 }
 
 impl AppError {
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),

@@ -171,19 +171,28 @@ impl Drop for Browser {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let out = tempfile::tempdir().unwrap();
-    let run = "tiny-dpo";
+/// Trains the tiny fixture for 40 steps as run `run`, watched by the presets and by `loud`, an
+/// alert-only rule the test trips later (its event must reach the open page by itself).
+async fn train_tiny(app: &TestApp, run: &str, out: &Path) {
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama");
+    let loud = "[[rules]]\nname = \"loud\"\nactions = [\"alert\"]\n\n[[rules.when]]\nmetric = \"loss\"\nabove = 2.5\n";
+    let (s, body) = app
+        .send(
+            app.http
+                .put(app.url("/api/v1/rule-sets/loud"))
+                .header("content-type", "application/toml")
+                .body(loud),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
     let args = TrainArgs {
         model: Some(fixture),
         lr: Some(1e-3),
+        rules: Some(vec!["presets".into(), "loud".into()]),
         max_steps: Some(40),
         eval_every: Some(10),
-        output_dir: Some(out.path().to_path_buf()),
+        output_dir: Some(out.to_path_buf()),
         server: Some(app.base.clone()),
         run_id: Some(run.into()),
         run_name: Some("tiny DPO (sigmoid)".into()),
@@ -194,6 +203,14 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
         .join()
         .expect("trainer thread")
         .expect("training succeeds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let out = tempfile::tempdir().unwrap();
+    let run = "tiny-dpo";
+    train_tiny(&app, run, out.path()).await;
 
     let browser = Browser::start().await;
     browser.open(&app.url("/")).await;
@@ -258,6 +275,27 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
         .await;
     assert_eq!(loss, json!("3"), "the last loss follows the new step");
     browser.screenshot("run.png").await;
+
+    // A rule firing shows in the open page's rule events, live too.
+    app.ingest(run, json!([{"step": 42, "metrics": {"loss": "NaN"}}]))
+        .await;
+    browser
+        .wait_for(
+            "the non-finite rule's event on the page",
+            "const row = document.querySelector('#rule-events tr.critical'); \
+             return !!row && row.textContent.includes('presets/non-finite') && window.notReloaded === true",
+        )
+        .await;
+
+    browser.open(&app.url("/rules/presets")).await;
+    let source = browser
+        .eval("return document.getElementById('source').textContent")
+        .await;
+    assert!(
+        source.as_str().unwrap().contains("topk-entropy-reversal"),
+        "the preset file is shown"
+    );
+    browser.screenshot("rules.png").await;
 
     browser
         .open(&app.url(&format!("/compare?runs={run}&metric=topk_entropy/chosen")))

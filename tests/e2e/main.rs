@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alert_pages;
 mod auth;
 mod bad_input;
 mod browser;

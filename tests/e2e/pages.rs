@@ -21,7 +21,7 @@ fn steps(range: std::ops::Range<i64>, spike: i64) -> Value {
 }
 
 /// The value of a hidden form field in `html`.
-fn hidden(html: &str, name: &str) -> String {
+pub fn hidden(html: &str, name: &str) -> String {
     let at = html
         .find(&format!(r#"name="{name}" value=""#))
         .expect("field present");

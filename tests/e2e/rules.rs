@@ -19,7 +19,7 @@ fn fixture() -> PathBuf {
 }
 
 /// Webhooks may reach the loopback receiver, and retry quickly.
-fn local_delivery(c: &mut ServerConfig) {
+pub fn local_delivery(c: &mut ServerConfig) {
     c.delivery.allow = Allowlist::parse(&["127.0.0.1".into()]).unwrap();
     c.delivery.backoff_base = Duration::from_millis(20);
     c.delivery.backoff_max = Duration::from_millis(200);

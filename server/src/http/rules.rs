@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{run_id}/events", get(run_events))
 }
 
-fn rule_set_name(raw: String) -> Result<RuleSetName> {
+pub(crate) fn rule_set_name(raw: String) -> Result<RuleSetName> {
     RuleSetName::parse(raw)
         .map_err(|e| FieldError::new("name", format!("rule set name {e}")).into())
 }
@@ -92,15 +92,25 @@ async fn put_rule_set(
     body: String,
 ) -> Result<Json<RuleSetVersion>> {
     let name = rule_set_name(name)?;
-    if body.len() > MAX_RULE_FILE_BYTES {
+    Ok(Json(version(store_rule_file(&state, &name, &body).await?)?))
+}
+
+/// Validates a rule file and stores it as `name`'s next version: the API's `PUT` and the
+/// dashboard's form both come here.
+pub(crate) async fn store_rule_file(
+    state: &AppState,
+    name: &RuleSetName,
+    source: &str,
+) -> Result<StoredRuleSet> {
+    if source.len() > MAX_RULE_FILE_BYTES {
         return Err(AppError::PayloadTooLarge {
             limit: MAX_RULE_FILE_BYTES,
         });
     }
-    RuleSet::parse(&body).map_err(|e| FieldError::new("source", e.to_string()))?;
-    let stored = state.store.put_rule_set(&name, &body).await?;
+    RuleSet::parse(source).map_err(|e| FieldError::new("source", e.to_string()))?;
+    let stored = state.store.put_rule_set(name, source).await?;
     tracing::info!(rule_set = %name, version = stored.version, "rule set stored");
-    Ok(Json(version(stored)?))
+    Ok(stored)
 }
 
 /// The rule-set versions watching a run, in order.

@@ -22,13 +22,13 @@ pub fn router() -> Router<AppState> {
         .route("/webhooks/{name}/deliveries", get(deliveries))
 }
 
-fn webhook_name(raw: String) -> Result<WebhookName> {
+pub(crate) fn webhook_name(raw: String) -> Result<WebhookName> {
     WebhookName::parse(raw).map_err(|e| FieldError::new("name", format!("webhook name {e}")).into())
 }
 
 /// Webhook URLs often carry their own secret (Slack's and Discord's do): listings show the
 /// scheme and host only.
-fn redact(mut w: Webhook) -> Webhook {
+pub(crate) fn redact(mut w: Webhook) -> Webhook {
     if let Some(rest) = w
         .url
         .split_once("://")
@@ -58,12 +58,17 @@ async fn create_webhook(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<NewWebhook>,
 ) -> Result<(StatusCode, Json<Webhook>)> {
+    Ok((StatusCode::CREATED, Json(create(&state, &req).await?)))
+}
+
+/// Validates and registers a webhook: the API's `POST` and the dashboard's form both come here.
+pub(crate) async fn create(state: &AppState, req: &NewWebhook) -> Result<Webhook> {
     req.validate()?;
     let secret =
         sign::given_or_new(req.secret.as_deref()).map_err(|e| FieldError::new("secret", e))?;
-    let created = state.store.create_webhook(&req, &secret).await?;
+    let created = state.store.create_webhook(req, &secret).await?;
     tracing::info!(webhook = %req.name, format = req.format.as_str(), "webhook created");
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(created)
 }
 
 /// Every webhook, URLs shortened to their host.

@@ -120,6 +120,12 @@ pub trait AlertStore {
     async fn run_rules(&self, id: &RunId) -> StoreResult<RunRules>;
     /// What the run's rules did, oldest first.
     async fn rule_events(&self, id: &RunId) -> StoreResult<Vec<RuleEvent>>;
+    /// How many events the run's rules made, and the newest `limit` of them, newest first.
+    async fn newest_rule_events(
+        &self,
+        id: &RunId,
+        limit: u32,
+    ) -> StoreResult<(i64, Vec<RuleEvent>)>;
 
     /// Creates a webhook; `secret` is the one to sign with (given or generated).
     async fn create_webhook(&self, w: &NewWebhook, secret: &str) -> StoreResult<Webhook>;

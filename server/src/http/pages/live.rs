@@ -37,6 +37,8 @@ struct RunSnapshot {
     status: &'static str,
     signals: usize,
     acked: usize,
+    /// Rule events, so that an alert that sends no signal still refreshes the page's table.
+    events: i64,
 }
 
 /// What the runs page shows that can change: the most recently written run.
@@ -86,7 +88,10 @@ impl Watch {
     async fn snapshot(&self) -> StoreResult<String> {
         let store = &self.state.store;
         let json = if let Some(id) = &self.run {
-            let v = RunView::load(store.as_ref(), id).await?;
+            let (v, (events, _)) = futures::try_join!(
+                RunView::load(store.as_ref(), id),
+                store.newest_rule_events(id, 0)
+            )?;
             serde_json::to_string(&RunSnapshot {
                 last_step: v.run.last_step,
                 loss: v.last("loss"),
@@ -94,6 +99,7 @@ impl Watch {
                 status: v.run.status.as_str(),
                 signals: v.signals.len(),
                 acked: v.signals.iter().filter(|s| s.acked_at.is_some()).count(),
+                events,
             })
         } else {
             let filter = RunFilter {

@@ -7,15 +7,18 @@ mod compare;
 mod controls;
 mod error;
 mod live;
+mod rules;
 mod run;
 mod runs;
 mod session;
 mod view;
+mod webhooks;
 
 use axum::Router;
 use axum::routing::{get, post};
 
 use crate::state::AppState;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(runs::runs_page))
@@ -26,6 +29,20 @@ pub fn router() -> Router<AppState> {
         .route("/compare", get(compare::compare_page))
         .route("/compare/chart.svg", get(compare::compare_svg))
         .route("/events", get(live::runs_events))
+        .route(
+            "/rules",
+            get(rules::rule_sets_page).post(rules::create_rule_set),
+        )
+        .route(
+            "/rules/{name}",
+            get(rules::rule_set_page).post(rules::edit_rule_set),
+        )
+        .route(
+            "/webhooks",
+            get(webhooks::webhooks_page).post(webhooks::add_webhook),
+        )
+        .route("/webhooks/{name}/test", post(webhooks::test_webhook))
+        .route("/webhooks/{name}/remove", post(webhooks::remove_webhook))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .merge(assets::router())

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures::future::try_join_all;
-use redline_core::wire::{FieldError, Run, Signal, SignalKind};
+use redline_core::wire::{FieldError, RuleEvent, Run, Signal, SignalKind};
 
 use super::error::PageError;
 use super::session::Viewer;
@@ -31,6 +31,16 @@ struct SignalRow {
     created: String,
 }
 
+/// What a rule did, with the values that tripped it.
+#[derive(Debug)]
+struct EventRow {
+    event: RuleEvent,
+    values: String,
+}
+
+/// Rule events shown on the page, newest first; the API has them all.
+const SHOWN_EVENTS: u32 = 200;
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
@@ -49,6 +59,10 @@ struct RunPage {
     figures: Vec<Figure>,
     other_series: Vec<String>,
     signals: Vec<SignalRow>,
+    /// The rule-set versions watching the run, as `(name, version)`.
+    rule_sets: Vec<(String, i32)>,
+    events: Vec<EventRow>,
+    events_total: i64,
     config: String,
     view: View,
     view_query: String,
@@ -87,7 +101,12 @@ pub async fn run_page(
     let id = run_id(id)?;
     let view = view::chart_view(&q)?;
     let store: &dyn Store = state.store.as_ref();
-    let v = RunView::load(store, &id).await?;
+    let (v, rules, events) = futures::try_join!(
+        RunView::load(store, &id),
+        store.run_rules(&id),
+        store.newest_rule_events(&id, SHOWN_EVENTS)
+    )?;
+    let (events_total, events) = events;
     let (keys, other_series) = charts::page_charts(&v.metrics);
     let markers = charts::markers(&v.signals);
     let built = try_join_all(
@@ -122,6 +141,24 @@ pub async fn run_page(
                 what: describe(&s),
                 created: view::time(s.created_at),
                 signal: s,
+            })
+            .collect(),
+        rule_sets: rules
+            .sets
+            .into_iter()
+            .map(|s| (s.name, s.version))
+            .collect(),
+        events_total,
+        events: events
+            .into_iter()
+            .map(|e| EventRow {
+                values: e
+                    .values
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", format_value(v.0)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                event: e,
             })
             .collect(),
         config: serde_json::to_string_pretty(&v.run.config).unwrap_or_default(),

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::Html;
 use chrono::{DateTime, Utc};
 use redline_core::RunId;
@@ -226,6 +226,17 @@ pub fn config_value(run: &Run, key: &str) -> String {
         None | Some(serde_json::Value::Null) => String::new(),
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(v) => v.to_string(),
+    }
+}
+
+/// A form input the API refused, as the status and message to show beside the form (which keeps
+/// what was typed). Anything else (auth, a missing name, an internal error) is a page error.
+pub fn form_problem(e: AppError) -> Result<(StatusCode, String), PageError> {
+    match e {
+        AppError::InvalidField(_) | AppError::PayloadTooLarge { .. } | AppError::Conflict(_) => {
+            Ok((e.status(), e.to_string()))
+        }
+        other => Err(other.into()),
     }
 }
 
