@@ -14,8 +14,12 @@ use redline_core::RunId;
 use redline_core::rules::{Action, Evaluator, Firing, RuleSet};
 use redline_core::wire::{IngestResult, PointBatch};
 
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
 use crate::store::alerts::Evaluated;
-use crate::store::{RuleWrites, Store, StoreError, StoreResult};
+use crate::store::{PendingRules, RuleWrites, Store, StoreError, StoreResult};
 
 /// Where one run's rules stand.
 #[derive(Debug)]
@@ -54,7 +58,7 @@ impl RuleRunner {
         &self,
         store: &dyn Store,
         id: &RunId,
-        batch: &PointBatch,
+        batch: Arc<PointBatch>,
     ) -> StoreResult<Ingested> {
         let slot = self.slot(id);
         let mut guard = slot.lock().await;
@@ -65,23 +69,16 @@ impl RuleRunner {
             }
             let state = guard.as_mut().expect("loaded above");
             let Some(evaluator) = &state.evaluator else {
-                let result = store.ingest(id, batch, &RuleWrites::default()).await?;
+                let result = store.ingest(id, &batch, &RuleWrites::default()).await?;
                 return Ok(Ingested {
                     result,
                     firings: Vec::new(),
                 });
             };
-            let mut next = evaluator.clone();
-            let firings = evaluate(&mut next, batch);
-            let writes = RuleWrites {
-                evaluated: Some(Evaluated {
-                    from_step: state.rules_step,
-                    to_step: next.last_step().or(state.rules_step),
-                    firings: &firings,
-                }),
-            };
-            match store.ingest(id, batch, &writes).await {
+            let evaluation = Evaluation::start(evaluator.clone(), state.rules_step, &batch);
+            match store.ingest(id, &batch, &evaluation).await {
                 Ok(result) => {
+                    let (next, firings) = evaluation.finish().await;
                     state.rules_step = next.last_step().or(state.rules_step);
                     state.evaluator = Some(next);
                     return Ok(Ingested { result, firings });
@@ -108,19 +105,103 @@ impl RuleRunner {
     }
 }
 
+/// Batches with at least this many points are evaluated on the blocking pool, beside the store's
+/// work; smaller ones inline, where a thread hand-off would cost more than it saves.
+const EVALUATE_BESIDE_POINTS: usize = 5_000;
+
+/// The run's rule state after a batch, and what fired in it.
+type Outcome = (Evaluator, Vec<Firing>);
+
+/// One batch's evaluation, from a copy of the run's evaluator: the state after the batch and
+/// what fired. The store waits for it where it writes the rules' part ([`PendingRules`]).
+struct Evaluation {
+    from_step: Option<i64>,
+    running: Mutex<Option<JoinHandle<Outcome>>>,
+    done: OnceCell<Outcome>,
+}
+
+impl Evaluation {
+    fn start(mut evaluator: Evaluator, from_step: Option<i64>, batch: &Arc<PointBatch>) -> Self {
+        let (running, done) = if batch.len() >= EVALUATE_BESIDE_POINTS {
+            let batch = Arc::clone(batch);
+            let task = tokio::task::spawn_blocking(move || {
+                let firings = evaluate(&mut evaluator, &batch);
+                (evaluator, firings)
+            });
+            (Some(task), OnceCell::new())
+        } else {
+            let firings = evaluate(&mut evaluator, batch);
+            (None, OnceCell::new_with(Some((evaluator, firings))))
+        };
+        Self {
+            from_step,
+            running: Mutex::new(running),
+            done,
+        }
+    }
+
+    async fn result(&self) -> &Outcome {
+        self.done
+            .get_or_init(|| async {
+                let task = self
+                    .running
+                    .lock()
+                    .expect("evaluation lock")
+                    .take()
+                    .expect("a running evaluation until it is done");
+                joined(task.await)
+            })
+            .await
+    }
+
+    async fn finish(self) -> Outcome {
+        if let Some(done) = self.done.into_inner() {
+            return done;
+        }
+        let task = self
+            .running
+            .into_inner()
+            .expect("evaluation lock")
+            .expect("a running evaluation until it is done");
+        joined(task.await)
+    }
+}
+
+/// The evaluator never blocks or is cancelled: a failure to join is its panic, passed on.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+#[async_trait]
+impl PendingRules for Evaluation {
+    async fn writes(&self) -> StoreResult<RuleWrites<'_>> {
+        let (evaluator, firings) = self.result().await;
+        Ok(RuleWrites {
+            evaluated: Some(Evaluated {
+                from_step: self.from_step,
+                to_step: evaluator.last_step().or(self.from_step),
+                firings,
+            }),
+        })
+    }
+}
+
 /// Feeds the batch's steps past the evaluator's last step, in step order: a merge over the
-/// watched series (each sorted by step), without allocating per step.
+/// watched series (each sorted by step) into one reused slot per metric, so the per-step work
+/// does no allocation and no name lookup.
 fn evaluate(evaluator: &mut Evaluator, batch: &PointBatch) -> Vec<Firing> {
     let after = evaluator.last_step().unwrap_or(i64::MIN);
-    let series: Vec<(&str, &[(i64, f64)])> = evaluator
+    let series: Vec<(usize, &[(i64, f64)])> = evaluator
         .metrics()
         .iter()
-        .filter_map(|name| batch.series.get_key_value(name.as_str()))
-        .map(|(name, points)| {
+        .enumerate()
+        .filter_map(|(slot, name)| Some((slot, batch.series.get(name.as_str())?)))
+        .map(|(slot, points)| {
             let first = points.partition_point(|p| p.0 <= after);
-            (name.as_str(), &points[first..])
+            (slot, &points[first..])
         })
         .collect();
+    let mut values = vec![None; evaluator.metrics().len()];
     let mut cursor = vec![0usize; series.len()];
     let mut firings = Vec::new();
     loop {
@@ -130,28 +211,24 @@ fn evaluate(evaluator: &mut Evaluator, batch: &PointBatch) -> Vec<Firing> {
             .filter_map(|((_, points), &c)| points.get(c).map(|p| p.0))
             .min();
         let Some(step) = next else { break };
-        let lookup = |name: &str| {
-            series
-                .iter()
-                .zip(&cursor)
-                .find(|((n, _), _)| *n == name)
-                .and_then(|((_, points), &c)| points.get(c))
-                .filter(|p| p.0 == step)
-                .map(|p| p.1)
-        };
-        firings.extend(evaluator.observe(step, &lookup));
-        for ((_, points), c) in series.iter().zip(cursor.iter_mut()) {
-            if points.get(*c).is_some_and(|p| p.0 == step) {
-                *c += 1;
-            }
+        for ((slot, points), c) in series.iter().zip(cursor.iter_mut()) {
+            values[*slot] = match points.get(*c) {
+                Some(&(s, v)) if s == step => {
+                    *c += 1;
+                    Some(v)
+                }
+                _ => None,
+            };
         }
+        firings.extend(evaluator.observe_slots(step, &values));
     }
     // A step that reports none of the watched metrics still moves the rules' step on.
     if let Some(last) = batch
         .max_step()
         .filter(|&s| s > evaluator.last_step().unwrap_or(after))
     {
-        firings.extend(evaluator.observe(last, &|_| None));
+        values.fill(None);
+        firings.extend(evaluator.observe_slots(last, &values));
     }
     firings
 }
@@ -196,20 +273,24 @@ async fn replay(
     let stored = store.metrics(id).await?;
     let mut steps: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
     let names: Vec<String> = evaluator.metrics().iter().cloned().collect();
-    for (i, name) in names.iter().enumerate() {
+    for (slot, name) in names.iter().enumerate() {
         let Some(summary) = stored.iter().find(|m| &m.name == name) else {
             continue;
         };
         let metric = redline_core::MetricName::parse(summary.name.clone())
             .map_err(|e| StoreError::Corrupt(format!("stored metric name: {e}")))?;
         for (step, value) in store.read_series(id, &metric, 0, to, usize::MAX).await? {
-            steps.entry(step).or_default().push((i, value));
+            steps.entry(step).or_default().push((slot, value));
         }
     }
-    for (step, values) in steps {
-        let lookup = |name: &str| values.iter().find(|v| names[v.0] == name).map(|v| v.1);
+    let mut values = vec![None; names.len()];
+    for (step, reported) in steps {
+        values.fill(None);
+        for (slot, v) in reported {
+            values[slot] = Some(v);
+        }
         // Already acted on when these steps arrived.
-        let _ = evaluator.observe(step, &lookup);
+        let _ = evaluator.observe_slots(step, &values);
     }
     Ok(())
 }

@@ -408,7 +408,36 @@ async fn a_test_delivery_reaches_an_allowed_receiver(b: Backend) {
     assert_eq!(deliveries(&app).await.len(), 1);
 }
 
+/// A batch this large is evaluated on the blocking pool while the store writes it: what fires
+/// still rides on the answer and is stored with the batch.
+async fn a_large_batch_is_evaluated_beside_the_store_and_fires_the_same(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("big").await;
+    let steps: Vec<Value> = (1..=1_000)
+        .map(|s| {
+            let loss = if s == 900 { json!("NaN") } else { json!(0.69) };
+            json!({"step": s, "metrics": {"loss": loss, "grad_norm": 1.0, "rewards/margins": 0.1,
+                "rewards/accuracies": 0.5, "logps_mean/chosen": -3.0, "topk_entropy/chosen": 1.2}})
+        })
+        .collect();
+    let answer = app.ingest("big", Value::Array(steps)).await;
+    assert_eq!(answer["new_points"], 6_000, "{answer}");
+    assert_eq!(answer["signals"][0]["kind"], "stop", "{answer}");
+    assert_eq!(answer["signals"][0]["keep_step"], 899, "{answer}");
+    let (_, events) = app.get("/api/v1/runs/big/events").await;
+    assert_eq!(events["events"][0]["rule"], "non-finite", "{events}");
+    assert_eq!(events["events"][0]["step"], 900);
+    // The next batch carries on from the state the large one left.
+    let answer = app
+        .ingest("big", json!([{"step": 1001, "metrics": {"loss": "NaN"}}]))
+        .await;
+    assert_eq!(answer["new_points"], 1, "{answer}");
+    let (_, run) = app.get("/api/v1/runs/big/rules").await;
+    assert_eq!(run["rule_sets"][0]["name"], "presets");
+}
+
 both_stores!(
+    a_large_batch_is_evaluated_beside_the_store_and_fires_the_same,
     a_failing_receiver_gets_one_accepted_delivery_after_three_logged_attempts,
     a_restart_in_the_middle_of_deliveries_loses_none,
     rule_files_are_validated_versioned_and_pinned,

@@ -183,31 +183,30 @@ pub(super) struct Outcome {
 #[derive(Debug, Clone)]
 pub(super) struct ConditionState {
     pub series: Vec<Series>,
+    /// Each candidate's slot in the evaluator's step values.
+    slots: Vec<usize>,
     pub outcome: Outcome,
 }
 
 impl ConditionState {
-    pub fn new(cond: &Condition) -> Self {
+    pub fn new(cond: &Condition, slot: &dyn Fn(&str) -> usize) -> Self {
         Self {
             series: cond
                 .metric
                 .iter()
                 .map(|_| Series::for_test(cond.ema, &cond.test))
                 .collect(),
+            slots: cond.metric.iter().map(|m| slot(m)).collect(),
             outcome: Outcome::default(),
         }
     }
 
-    /// Feeds one step; true when the condition got a new result (see docs/rules.md).
-    pub fn observe(
-        &mut self,
-        cond: &Condition,
-        step: i64,
-        value: &dyn Fn(&str) -> Option<f64>,
-    ) -> bool {
+    /// Feeds one step (`values` by slot); true when the condition got a new result (see
+    /// docs/rules.md).
+    pub fn observe(&mut self, cond: &Condition, step: i64, values: &[Option<f64>]) -> bool {
         let mut any = false;
-        for (name, series) in cond.metric.iter().zip(&mut self.series) {
-            if let Some(v) = value(name) {
+        for (&slot, series) in self.slots.iter().zip(&mut self.series) {
+            if let Some(v) = values[slot] {
                 series.push(step, v);
                 any = true;
             }

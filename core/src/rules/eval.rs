@@ -44,6 +44,8 @@ pub struct Firing {
 pub struct Evaluator {
     sets: Vec<SetState>,
     metrics: BTreeSet<String>,
+    /// `metrics` in order: a metric's index here is its slot in a step's values.
+    slots: Vec<String>,
     last_step: Option<i64>,
 }
 
@@ -62,18 +64,25 @@ enum RuleState {
 impl Evaluator {
     /// `sets`: (rule-set name, rule set) in the run's order. Rules of different sets may share names.
     pub fn new(sets: &[(String, RuleSet)]) -> Self {
-        let mut metrics = BTreeSet::new();
+        let metrics: BTreeSet<String> = sets.iter().flat_map(|(_, set)| set.metrics()).collect();
+        let slots: Vec<String> = metrics.iter().cloned().collect();
+        let slot = |name: &str| {
+            slots
+                .binary_search_by(|m| m.as_str().cmp(name))
+                .expect("every metric a rule reads is in its set's metrics()")
+        };
         let sets = sets
             .iter()
             .map(|(name, set)| {
-                metrics.extend(set.metrics());
                 let rules = set
                     .rules
                     .iter()
                     .map(|rule| {
                         let state = match &rule.kind {
-                            RuleKind::Trip(t) => RuleState::Trip(TripState::new(t)),
-                            RuleKind::Regulate(r) => RuleState::Regulate(RegulatorState::new(r)),
+                            RuleKind::Trip(t) => RuleState::Trip(TripState::new(t, &slot)),
+                            RuleKind::Regulate(r) => {
+                                RuleState::Regulate(RegulatorState::new(r, &slot))
+                            }
                         };
                         (rule.clone(), state)
                     })
@@ -87,6 +96,7 @@ impl Evaluator {
         Self {
             sets,
             metrics,
+            slots,
             last_step: None,
         }
     }
@@ -94,6 +104,20 @@ impl Evaluator {
     /// Feeds one step. Steps must increase: a step <= last_step() is ignored (returns nothing).
     /// `value(name)` is the raw value of that metric at this step, None when not reported at this step.
     pub fn observe(&mut self, step: i64, value: &dyn Fn(&str) -> Option<f64>) -> Vec<Firing> {
+        let values: Vec<Option<f64>> = self.slots.iter().map(|m| value(m)).collect();
+        self.observe_slots(step, &values)
+    }
+
+    /// [`observe`](Self::observe) without name lookups, for hot paths: `values[i]` is the raw
+    /// value at this step of the `i`-th metric of [`metrics`](Self::metrics) (in its order).
+    ///
+    /// # Panics
+    /// When `values` has fewer entries than `metrics()`.
+    pub fn observe_slots(&mut self, step: i64, values: &[Option<f64>]) -> Vec<Firing> {
+        assert!(
+            values.len() >= self.slots.len(),
+            "observe_slots needs a value slot per metric"
+        );
         if self.last_step.is_some_and(|last| step <= last) {
             return Vec::new();
         }
@@ -102,10 +126,11 @@ impl Evaluator {
         for set in &mut self.sets {
             for (rule, state) in &mut set.rules {
                 let fired = match (&rule.kind, state) {
-                    (RuleKind::Trip(t), RuleState::Trip(s)) => s.observe(rule, t, step, value),
-                    (RuleKind::Regulate(r), RuleState::Regulate(s)) => {
-                        s.observe(rule.warmup, r, step, value).into_iter().collect()
-                    }
+                    (RuleKind::Trip(t), RuleState::Trip(s)) => s.observe(rule, t, step, values),
+                    (RuleKind::Regulate(r), RuleState::Regulate(s)) => s
+                        .observe(rule.warmup, r, step, values)
+                        .into_iter()
+                        .collect(),
                     _ => unreachable!("state is built from the rule's kind"),
                 };
                 out.extend(
@@ -153,9 +178,13 @@ struct TripState {
 }
 
 impl TripState {
-    fn new(rule: &TripRule) -> Self {
+    fn new(rule: &TripRule, slot: &dyn Fn(&str) -> usize) -> Self {
         Self {
-            conditions: rule.conditions.iter().map(ConditionState::new).collect(),
+            conditions: rule
+                .conditions
+                .iter()
+                .map(|c| ConditionState::new(c, slot))
+                .collect(),
             evaluated: 0,
             streak: 0,
             before_streak: None,
@@ -170,11 +199,11 @@ impl TripState {
         rule: &Rule,
         trip: &TripRule,
         step: i64,
-        value: &dyn Fn(&str) -> Option<f64>,
+        values: &[Option<f64>],
     ) -> Vec<Fired> {
         let mut fresh = false;
         for (state, cond) in self.conditions.iter_mut().zip(&trip.conditions) {
-            fresh |= state.observe(cond, step, value);
+            fresh |= state.observe(cond, step, values);
         }
         if !fresh {
             return Vec::new();

@@ -14,6 +14,9 @@ const MIN_CHANGE: f64 = 1e-12;
 #[derive(Debug, Clone)]
 pub(super) struct RegulatorState {
     series: Vec<Series>,
+    /// Each candidate's slot in the evaluator's step values, and the hyperparameter's.
+    slots: Vec<usize>,
+    hparam_slot: usize,
     evaluated: u64,
     /// The last value this regulator asked for: the trainer applies it at a later step boundary,
     /// so the reported value lags behind it and must not be stepped from twice.
@@ -23,13 +26,15 @@ pub(super) struct RegulatorState {
 }
 
 impl RegulatorState {
-    pub fn new(reg: &Regulator) -> Self {
+    pub fn new(reg: &Regulator, slot: &dyn Fn(&str) -> usize) -> Self {
         Self {
             series: reg
                 .metric
                 .iter()
                 .map(|_| Series::new(reg.ema, 0, 0))
                 .collect(),
+            slots: reg.metric.iter().map(|m| slot(m)).collect(),
+            hparam_slot: slot(&reg.hparam),
             evaluated: 0,
             commanded: None,
             reported: None,
@@ -42,13 +47,13 @@ impl RegulatorState {
         warmup: u64,
         reg: &Regulator,
         step: i64,
-        value: &dyn Fn(&str) -> Option<f64>,
+        values: &[Option<f64>],
     ) -> Option<Fired> {
-        if let Some(v) = value(&reg.hparam).filter(|v| v.is_finite()) {
+        if let Some(v) = values[self.hparam_slot].filter(|v| v.is_finite()) {
             self.reported = Some(v);
         }
-        for (name, series) in reg.metric.iter().zip(&mut self.series) {
-            if let Some(v) = value(name) {
+        for (&slot, series) in self.slots.iter().zip(&mut self.series) {
+            if let Some(v) = values[slot] {
                 series.push(step, v);
             }
         }

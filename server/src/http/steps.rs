@@ -32,8 +32,8 @@ async fn append_steps(
 ) -> Result<Json<IngestResult>> {
     let id = run_id(id)?;
     let steps = batch.steps.len();
-    let points = batch.into_points()?;
-    let ingested = state.rules.ingest(&*state.store, &id, &points).await?;
+    let points = std::sync::Arc::new(batch.into_points()?);
+    let ingested = state.rules.ingest(&*state.store, &id, points).await?;
     if ingested.alerts() > 0 {
         state.outbox.wake();
     }

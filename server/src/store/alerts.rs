@@ -36,6 +36,22 @@ pub struct RuleWrites<'a> {
     pub evaluated: Option<Evaluated<'a>>,
 }
 
+/// What the rules concluded about a batch, as the store's ingest receives it: possibly still
+/// being computed (a large batch is evaluated on the blocking pool while the store writes its
+/// points), so the store asks for it only where it writes the rules' part.
+#[async_trait]
+pub trait PendingRules: Send + Sync {
+    async fn writes(&self) -> StoreResult<RuleWrites<'_>>;
+}
+
+/// Already computed.
+#[async_trait]
+impl PendingRules for RuleWrites<'_> {
+    async fn writes(&self) -> StoreResult<RuleWrites<'_>> {
+        Ok(*self)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluated<'a> {
     /// The rules step this evaluation started from; the write is refused with

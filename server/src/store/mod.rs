@@ -26,7 +26,7 @@ use redline_core::wire::{
 use redline_core::{MetricName, RunId};
 use tokio::sync::broadcast;
 
-pub use alerts::{AlertStore, RuleWrites};
+pub use alerts::{AlertStore, PendingRules, RuleWrites};
 pub use downsample::downsampled;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -204,7 +204,7 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
         &self,
         id: &RunId,
         batch: &PointBatch,
-        rules: &RuleWrites<'_>,
+        rules: &dyn PendingRules,
     ) -> StoreResult<IngestResult>;
     async fn metrics(&self, id: &RunId) -> StoreResult<Vec<MetricSummary>>;
     /// Points of one series with steps in `from..=to`, at most `limit`, in step order.

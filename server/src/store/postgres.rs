@@ -22,8 +22,8 @@ use tokio::sync::broadcast;
 use super::alerts_sql::alert_store;
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
-    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk,
-    now, signal_channel,
+    MetricIds, PendingRules, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo,
+    chunk, now, signal_channel,
 };
 
 const SIGNAL_CHANNEL: &str = "redline_signals";
@@ -258,7 +258,7 @@ impl Store for PostgresStore {
         &self,
         id: &RunId,
         batch: &PointBatch,
-        rules: &RuleWrites<'_>,
+        rules: &dyn PendingRules,
     ) -> StoreResult<IngestResult> {
         let ids = self.metric_ids(batch).await?;
         let mut tx = self.pool.begin().await?;
@@ -323,7 +323,9 @@ impl Store for PostgresStore {
             .await?;
         }
         let last_step = plan.summaries.iter().map(|s| s.last_step).max();
-        let created = Self::write_rules(&mut tx, pk, rules, last_step).await?;
+        // Evaluation of a large batch has been running beside the writes above.
+        let rules = rules.writes().await?;
+        let created = Self::write_rules(&mut tx, pk, &rules, last_step).await?;
         if created > 0 {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(SIGNAL_CHANNEL)

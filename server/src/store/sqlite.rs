@@ -24,8 +24,8 @@ use tokio::sync::broadcast;
 use super::alerts_sql::alert_store;
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
-    MetricIds, RuleWrites, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo, chunk,
-    now, signal_channel,
+    MetricIds, PendingRules, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo,
+    chunk, now, signal_channel,
 };
 
 /// Rows per multi-row INSERT: 5 parameters each, far below SQLite's 32,766-parameter limit.
@@ -260,7 +260,7 @@ impl Store for SqliteStore {
         &self,
         id: &RunId,
         batch: &PointBatch,
-        rules: &RuleWrites<'_>,
+        rules: &dyn PendingRules,
     ) -> StoreResult<IngestResult> {
         let ids = self.metric_ids(batch).await?;
         let mut tx = self.writer.begin().await?;
@@ -331,7 +331,9 @@ impl Store for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         let last_step = plan.summaries.iter().map(|s| s.last_step).max();
-        let created = Self::write_rules(&mut tx, pk, rules, last_step).await?;
+        // Evaluation of a large batch has been running beside the writes above.
+        let rules = rules.writes().await?;
+        let created = Self::write_rules(&mut tx, pk, &rules, last_step).await?;
         let signals = Self::pending(&mut tx, pk, id).await?;
         tx.commit().await?;
         if created > 0 {
