@@ -41,6 +41,9 @@ pub enum Command {
     /// Create, list or revoke API tokens kept (hashed) in the store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The quickstart: the server on SQLite, a small model warmed up on synthetic arithmetic, then
+    /// DPO set to over-optimise with the presets watching; the dashboard stays up until Ctrl-C.
+    Demo(DemoArgs),
     /// Train a model with a DPO-family loss, streaming every step to a server (or offline).
     Train(Box<TrainCommand>),
     /// Rule sets: check a rule file, list, show and store versions.
@@ -52,6 +55,41 @@ pub enum Command {
     /// Measure ingest and read throughput over real HTTP on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the dashboard (loopback: the demo runs without tokens).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The demo's folder: store, data, model, runs. An earlier demo's folder is cleared.
+    #[arg(long, default_value = "redline-demo")]
+    pub dir: PathBuf,
+    /// Training pairs of two-digit addition.
+    #[arg(long, default_value_t = 4000)]
+    pub train_pairs: usize,
+    /// Held-out problems scored by exact match at each evaluation.
+    #[arg(long, default_value_t = 64)]
+    pub eval_prompts: usize,
+    /// Supervised warm-up steps.
+    #[arg(long, default_value_t = 450)]
+    pub warmup_steps: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub warmup_lr: f64,
+    /// Most DPO steps (the presets are expected to stop it earlier).
+    #[arg(long, default_value_t = 400)]
+    pub dpo_steps: usize,
+    /// DPO learning rate: high for this model, to over-optimise.
+    #[arg(long, default_value_t = 6e-5)]
+    pub lr: f64,
+    /// DPO β.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Evaluate (and checkpoint) every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod demo;
 mod manage;
 
 use clap::Parser;
@@ -18,6 +19,8 @@ fn main() -> anyhow::Result<()> {
     // Training uses blocking HTTP on its own threads: it runs outside the async runtime.
     match cli.command {
         cli::Command::Train(cmd) => return commands::train(cmd),
+        // The trainer runs on this thread; the demo keeps its own runtime for the server.
+        cli::Command::Demo(args) => return demo::run(&args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => return bench::train::run(&args),
         _ => {}
     }

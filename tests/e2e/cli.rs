@@ -199,3 +199,101 @@ async fn help_explains_every_option_and_its_environment_variable() {
         "the error says what is supported"
     );
 }
+
+/// `redline demo` with a small budget: the URL first, both runs on its own server, the server
+/// kept up after training until a signal.
+#[tokio::test]
+async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = redline(cwd.path())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--train-pairs",
+            "64",
+            "--eval-prompts",
+            "4",
+            "--warmup-steps",
+            "6",
+            "--dpo-steps",
+            "6",
+            "--eval-every",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redline starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+            .await
+            .expect("the demo goes on printing")
+            .unwrap()
+            .expect("the demo prints until it is done")
+    };
+    let first = next_line().await;
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("the URL comes first: {first:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let mut printed = vec![first];
+    while !printed.last().unwrap().contains("until Ctrl-C") {
+        printed.push(next_line().await);
+    }
+    let printed = printed.join("\n");
+    assert!(printed.contains("Held-out exact match"), "{printed}");
+
+    let runs: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["demo-dpo", "demo-warmup"], "{runs}");
+    let score: serde_json::Value = reqwest::get(format!(
+        "{url}/api/v1/runs/demo-dpo/series?metric=eval/score"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(score["points"].as_array().map(Vec::len), Some(2), "{score}");
+    let rules: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs/demo-dpo/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        rules["rule_sets"][0]["name"], "presets",
+        "the presets watch the DPO run"
+    );
+    assert!(terminate(&mut child).await.success());
+
+    // A folder that is not an earlier demo's is left alone.
+    std::fs::create_dir(cwd.path().join("mine")).unwrap();
+    std::fs::write(cwd.path().join("mine/notes.txt"), "keep").unwrap();
+    let refused = redline(cwd.path())
+        .args(["demo", "--dir", "mine", "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not empty and not an earlier demo"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(cwd.path().join("mine/notes.txt").is_file());
+}

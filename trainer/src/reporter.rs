@@ -167,6 +167,9 @@ impl Reporter {
     /// period; whatever could not be sent stays in the spool for the next start.
     pub fn finish(mut self, status: &str, reason: Option<String>) {
         let _ = self.log.flush();
+        // A stop's reason quotes the rule's message, which can outgrow the server's text limit;
+        // the whole message stays in the run's rule events.
+        let reason = reason.map(|r| fit_text(&r));
         self.stop.store(true, Ordering::Relaxed);
         if let (Some(tx), Some(handle)) = (self.tx.take(), self.sender.take()) {
             let _ = tx.send(Msg::Finish {
@@ -176,6 +179,17 @@ impl Reporter {
             let _ = handle.join();
         }
     }
+}
+
+/// `text` cut to the server's limit on free text, marked with an ellipsis where cut.
+fn fit_text(text: &str) -> String {
+    let limit = redline_core::wire::MAX_TEXT;
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit - 1).collect();
+    cut.push('…');
+    cut
 }
 
 #[derive(Debug, Clone)]
@@ -514,5 +528,22 @@ impl SignalListener {
             }
         }
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_text;
+    use redline_core::wire::MAX_TEXT;
+
+    #[test]
+    fn a_long_reason_is_cut_to_the_servers_limit_on_a_character_boundary() {
+        assert_eq!(fit_text("stopped"), "stopped");
+        let long = "é".repeat(MAX_TEXT + 30);
+        let cut = fit_text(&long);
+        assert_eq!(cut.chars().count(), MAX_TEXT);
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+        let exact = "x".repeat(MAX_TEXT);
+        assert_eq!(fit_text(&exact), exact);
     }
 }

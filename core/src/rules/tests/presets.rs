@@ -56,6 +56,7 @@ fn presets_parse_in_a_fixed_order() {
             "topk-entropy-reversal",
             "topk-mass-decline",
             "likelihood-displacement",
+            "likelihood-displacement-confident",
             "reward-saturation",
             "non-finite",
             "kl-budget"
@@ -236,8 +237,13 @@ fn likelihood_displacement_fires_on_a_real_over_optimising_run() {
     }
     let mine = fired(&firings, "likelihood-displacement");
     assert_eq!(mine.len(), 2, "{firings:#?}");
+    // Its relative twin sees the same fall (a few steps later here: -1 nat is half of -4's
+    // start before it is -0.5 of it) and keeps the same peak.
+    let twin = fired(&firings, "likelihood-displacement-confident");
+    assert_eq!(twin.len(), 2, "{firings:#?}");
+    assert_eq!(stop_keep(twin[1]), stop_keep(mine[1]));
     // Nothing else: the entropy falls from step 1 (the model is learning), which is no reversal.
-    assert_eq!(firings.len(), 2, "{firings:#?}");
+    assert_eq!(firings.len(), 4, "{firings:#?}");
     assert_eq!(mine[0].action, Action::Alert);
     assert!(
         mine[0].message.contains("below its start"),
