@@ -185,7 +185,7 @@ fn report(outcome: &redline_trainer::train::Outcome, scores: &[(u64, f64)], run:
             );
         }
         ("stopped", _, _) => {
-            out.push_str("\nRedline stopped the run; see its page for the step it kept.")
+            out.push_str("\nRedline stopped the run; see its page for the step it kept.");
         }
         _ => out.push_str("\nNo preset stopped this run."),
     }

@@ -116,17 +116,26 @@ impl ChartKey {
     }
 }
 
+/// The trainer's held-out exact-match score.
+const HELD_OUT_SCORE: &str = "eval/score";
+
 /// The charts a run with these series shows, and the series no chart shows.
 pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
     let stored: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-    let mut charts: Vec<ChartKey> = GROUPS
-        .iter()
-        .filter_map(|g| ChartKey::of_group(g, &stored))
+    // The held-out score, when the task has one, is what the run is for: it comes first.
+    let score = stored
+        .contains(&HELD_OUT_SCORE)
+        .then(|| MetricName::parse(HELD_OUT_SCORE).ok())
+        .flatten()
+        .map(ChartKey::of_metric);
+    let mut charts: Vec<ChartKey> = score
+        .into_iter()
+        .chain(GROUPS.iter().filter_map(|g| ChartKey::of_group(g, &stored)))
         .collect();
     charts.extend(
         stored
             .iter()
-            .filter(|m| m.starts_with("eval/"))
+            .filter(|m| m.starts_with("eval/") && **m != HELD_OUT_SCORE)
             .filter_map(|m| MetricName::parse(*m).ok())
             .map(ChartKey::of_metric),
     );
@@ -322,16 +331,20 @@ mod tests {
         .into();
         let (charts, rest) = page_charts(&stored);
         let slugs: Vec<&str> = charts.iter().map(|c| c.slug.as_str()).collect();
-        assert_eq!(slugs, ["loss", "rewards", "grad_norm", "eval/score"]);
         assert_eq!(
-            charts[1].metrics.len(),
+            slugs,
+            ["eval/score", "loss", "rewards", "grad_norm"],
+            "the held-out score first"
+        );
+        assert_eq!(
+            charts[2].metrics.len(),
             1,
             "only the stored members of a group"
         );
-        assert!(charts[2].log_y);
+        assert!(charts[3].log_y);
         assert_eq!(rest, ["time/step_seconds"]);
-        assert_eq!(resolve("rewards", &stored), Some(charts[1].clone()));
-        assert_eq!(resolve("eval/score", &stored), Some(charts[3].clone()));
+        assert_eq!(resolve("rewards", &stored), Some(charts[2].clone()));
+        assert_eq!(resolve("eval/score", &stored), Some(charts[0].clone()));
         assert_eq!(resolve("kl", &stored), None);
         assert_eq!(resolve("nope", &stored), None);
     }

@@ -133,7 +133,9 @@ fn y_range(chart: &Chart) -> Option<(f64, f64)> {
     let pad = if hi > lo {
         (hi - lo) * 0.05
     } else {
-        lo.abs().max(1.0) * 0.1
+        // A flat series: a tenth of its value either side (a learning rate of 6e-5 must not
+        // sit on a ±0.1 axis that reads as 0), or ±0.1 around 0.
+        if lo == 0.0 { 0.1 } else { lo.abs() * 0.1 }
     };
     Some((lo - pad, hi + pad))
 }
@@ -304,6 +306,17 @@ mod tests {
         assert!(!svg.contains("<title>") && !svg.contains("<b>"));
         assert!(svg.contains("loss &lt;b&gt;"), "legend text is escaped");
         assert!(svg.contains("polyline") || svg.contains("<path"));
+    }
+
+    #[test]
+    fn a_flat_series_gets_an_axis_on_its_own_scale() {
+        let (lo, hi) = y_range(&chart(vec![line(&[(0, 6e-5), (10, 6e-5)])])).unwrap();
+        assert!(
+            (lo - 5.4e-5).abs() < 1e-12 && (hi - 6.6e-5).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = y_range(&chart(vec![line(&[(0, 0.0), (10, 0.0)])])).unwrap();
+        assert_eq!((lo, hi), (-0.1, 0.1));
     }
 
     #[test]
