@@ -177,14 +177,7 @@ async fn train_tiny(app: &TestApp, run: &str, out: &Path) {
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama");
     let loud = "[[rules]]\nname = \"loud\"\nactions = [\"alert\"]\n\n[[rules.when]]\nmetric = \"loss\"\nabove = 2.5\n";
-    let (s, body) = app
-        .send(
-            app.http
-                .put(app.url("/api/v1/rule-sets/loud"))
-                .header("content-type", "application/toml")
-                .body(loud),
-        )
-        .await;
+    let (s, body) = app.put_rule_set("loud", loud).await;
     assert!(s.is_success(), "{body}");
     let args = TrainArgs {
         model: Some(fixture),

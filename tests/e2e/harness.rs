@@ -179,6 +179,17 @@ impl TestApp {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// Stores a rule file as the next version of rule set `name`.
+    pub async fn put_rule_set(&self, name: &str, source: &str) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .put(self.url(&format!("/api/v1/rule-sets/{name}")))
+                .header("content-type", "application/toml")
+                .body(source.to_owned()),
+        )
+        .await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(self.http.put(self.url(path)).json(body)).await
     }

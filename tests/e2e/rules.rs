@@ -152,14 +152,7 @@ cooldown = 3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regulate_rule_raises_nll_alpha_and_the_trainer_applies_each_change() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let (s, set) = app
-        .send(
-            app.http
-                .put(app.url("/api/v1/rule-sets/steer"))
-                .header("content-type", "application/toml")
-                .body(STEER),
-        )
-        .await;
+    let (s, set) = app.put_rule_set("steer", STEER).await;
     assert_eq!(s, StatusCode::OK, "{set}");
     assert_eq!(set["rules"], json!(["hold-entropy"]));
     let out = tempfile::tempdir().unwrap();
@@ -287,14 +280,7 @@ async fn a_restart_in_the_middle_of_deliveries_loses_none(b: Backend) {
 
 async fn rule_files_are_validated_versioned_and_pinned(b: Backend) {
     let app = TestApp::spawn(b).await;
-    let put = |body: &'static str| {
-        app.send(
-            app.http
-                .put(app.url("/api/v1/rule-sets/mine"))
-                .header("content-type", "application/toml")
-                .body(body),
-        )
-    };
+    let put = |body: &'static str| app.put_rule_set("mine", body);
     let (s, err) = put("[[rules]]\nname = \"x\"\nactions = [\"alert\"]\n\n[[rules.when]]\nmetric = \"loss\"\nema = 1.5\nabove = 1.0\n").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
