@@ -217,6 +217,28 @@ pub struct TrainCommand {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub args: redline_trainer::config::TrainArgs,
+    #[command(flatten)]
+    pub iterative: IterativeArgs,
+}
+
+/// Iterative RPO: sample, score, pair, train, repeat.
+#[derive(Debug, Clone, Args)]
+pub struct IterativeArgs {
+    /// Train N iterations of Iterative RPO instead of one run: each samples completions of the
+    /// training prompts from the current model, pairs a right answer (by the rows' `answer`) with
+    /// a wrong one, and trains DPO + NLL (nll_alpha default 1) from the current model as its own
+    /// reference. Runs are RUN_ID-iter1, -iter2, …
+    #[arg(long, value_name = "N")]
+    pub iterative: Option<usize>,
+    /// Completions sampled per prompt in each iteration.
+    #[arg(long, default_value_t = 8, requires = "iterative")]
+    pub samples: usize,
+    /// Training prompts sampled per iteration (from the start of the training data).
+    #[arg(long, default_value_t = 256, requires = "iterative")]
+    pub sample_prompts: usize,
+    /// Temperature of those samples.
+    #[arg(long, default_value_t = 1.0, requires = "iterative")]
+    pub sample_temperature: f64,
 }
 
 /// Where the data lives.

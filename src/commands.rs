@@ -53,7 +53,11 @@ pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let config = TrainConfig::resolve(file.overlaid_with(cmd.args), now)?;
+    let args = file.overlaid_with(cmd.args);
+    if let Some(iterations) = cmd.iterative.iterative {
+        return train_iterative(&args, &cmd.iterative, iterations, now);
+    }
+    let config = TrainConfig::resolve(args, now)?;
     eprintln!(
         "redline: run {} ({}; {}), writing to {}",
         config.run_id,
@@ -63,6 +67,33 @@ pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<()> {
     );
     let outcome = redline_trainer::train::train(&config)?;
     println!("Run {} {}", config.run_id, outcome.message);
+    Ok(())
+}
+
+/// `redline train --iterative N`: the iterations, then a table of their scores.
+fn train_iterative(
+    args: &redline_trainer::config::TrainArgs,
+    it: &crate::cli::IterativeArgs,
+    iterations: usize,
+    now: u64,
+) -> anyhow::Result<()> {
+    use redline_trainer::iterate::{Plan, train_iterative};
+    let plan = Plan {
+        iterations,
+        samples: it.samples,
+        prompts: it.sample_prompts,
+        temperature: it.sample_temperature,
+    };
+    let report = train_iterative(args, &plan, now)?;
+    println!("| iteration | run | pairs | held-out score | ended |");
+    println!("|---:|---|---:|---:|---|");
+    println!("| 0 | (starting model) | | {:.3} | |", report.start_score);
+    for i in &report.iterations {
+        println!(
+            "| {} | {} | {} | {:.3} | {} |",
+            i.iteration, i.run_id, i.pairs, i.score, i.outcome.status
+        );
+    }
     Ok(())
 }
 

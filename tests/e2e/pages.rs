@@ -405,3 +405,27 @@ async fn the_runs_pages_event_stream_reports_new_runs_and_steps(b: Backend) {
     let next: Value = serde_json::from_str(&events.next().await.expect("an update").data).unwrap();
     assert_eq!(next["latest"][2], 1, "the run's last step");
 }
+
+both_stores!(an_iterations_page_links_the_run_before_it);
+
+async fn an_iterations_page_links_the_run_before_it(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let config =
+        json!({"iterative": {"iteration": 2, "of": 3, "previous_run": "a-iter1", "pairs": 40}});
+    let (s, _) = app
+        .put(
+            "/api/v1/runs/a-iter2",
+            &json!({"config": config, "tags": ["iterative"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, html) = app.get_text("/runs/a-iter2").await;
+    assert!(
+        html.contains(r#"2 of 3 · after <a href="/runs/a-iter1">a-iter1</a>"#),
+        "{html}"
+    );
+    app.create_run("plain").await;
+    let (s, plain) = app.get_text("/runs/plain").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!plain.contains("<dt>Iteration</dt>"), "{plain}");
+}

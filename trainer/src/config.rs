@@ -260,6 +260,8 @@ pub struct TrainConfig {
     pub tags: Vec<String>,
     /// The server's default (the presets) when `None`.
     pub rules: Option<Vec<String>>,
+    /// Where the run sits in a series of runs (iterative training), recorded in its config.
+    pub lineage: Option<serde_json::Value>,
 }
 
 fn bad(field: &str, message: impl std::fmt::Display) -> TrainError {
@@ -468,12 +470,13 @@ impl TrainConfig {
             rules: a
                 .rules
                 .map(|r| r.into_iter().filter(|n| n != "none").collect()),
+            lineage: None,
         })
     }
 
     /// The configuration as JSON, for the run's record on the server.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "model": self.model, "reference": self.reference,
             "precompute_ref": self.precompute_ref, "train_data": self.train_data,
             "eval_data": self.eval_data, "loss": self.loss_name, "beta": self.beta,
@@ -486,7 +489,11 @@ impl TrainConfig {
             "gen_temperature": self.sampling.temperature, "gen_top_p": self.sampling.top_p,
             "gen_max_tokens": self.sampling.max_new_tokens, "checkpoint_every": self.checkpoint_every,
             "device": self.device,
-        })
+        });
+        if let Some(lineage) = &self.lineage {
+            json["iterative"] = lineage.clone();
+        }
+        json
     }
 }
 

@@ -90,6 +90,66 @@ pub fn final_answer(text: &str) -> String {
         .unwrap_or_else(|| text.trim().to_owned())
 }
 
+/// Samples one completion of `prompt` (ending with `eos` when the model produced it), and keeps
+/// the next-token logits of every generated position in `seen`.
+fn complete(
+    model: &Decoder,
+    prompt: &[u32],
+    sampling: &Sampling,
+    eos: Option<u32>,
+    rng: &mut SplitMix64,
+    seen: &mut Vec<Tensor>,
+) -> Result<Vec<u32>> {
+    let device = model.device();
+    let mut ids = prompt.to_vec();
+    let mut generated = Vec::new();
+    for _ in 0..sampling.max_new_tokens {
+        let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
+        let logits = model.forward(&input)?.detach();
+        let last = logits
+            .narrow(1, ids.len() - 1, 1)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?;
+        let next = sample(&last.to_vec1::<f32>()?, sampling, rng);
+        seen.push(last);
+        ids.push(next);
+        generated.push(next);
+        if Some(next) == eos {
+            break;
+        }
+    }
+    Ok(generated)
+}
+
+/// `k` sampled completions of each prompt, EOS removed: stream `i` of `seed` samples prompt `i`,
+/// so the same seed gives the same completions.
+pub fn sample_completions(
+    model: &Decoder,
+    prompts: &[&[u32]],
+    k: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    seed: u64,
+) -> Result<Vec<Vec<Vec<u32>>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let mut rng = SplitMix64::stream(seed, i as u64);
+            (0..k)
+                .map(|_| {
+                    let mut done =
+                        complete(model, prompt, sampling, eos, &mut rng, &mut Vec::new())?;
+                    if done.last().copied() == eos {
+                        done.pop();
+                    }
+                    Ok(done)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Generates one completion per prompt and returns `topk_mass/generated`,
 /// `topk_entropy/generated`, `eval/generated_tokens` and, when answers exist, `eval/score`.
 #[expect(
@@ -112,23 +172,7 @@ pub fn generation_metrics(
     for (i, pair) in prompts.iter().enumerate() {
         // One stream per prompt: a resumed run samples what an uninterrupted one would.
         let mut rng = SplitMix64::stream(seed, i as u64);
-        let mut ids = pair.prompt.clone();
-        let mut generated = Vec::new();
-        for _ in 0..sampling.max_new_tokens {
-            let input = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
-            let logits = model.forward(&input)?.detach();
-            let last = logits
-                .narrow(1, ids.len() - 1, 1)?
-                .flatten_all()?
-                .to_dtype(DType::F32)?;
-            let next = sample(&last.to_vec1::<f32>()?, sampling, &mut rng);
-            seen.push(last);
-            ids.push(next);
-            generated.push(next);
-            if Some(next) == eos {
-                break;
-            }
-        }
+        let generated = complete(model, &pair.prompt, sampling, eos, &mut rng, &mut seen)?;
         if let Some(gold) = &pair.answer {
             scored += 1;
             if final_answer(&tok.decode(&generated)?) == final_answer(gold) {

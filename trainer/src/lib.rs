@@ -15,6 +15,7 @@ pub mod cut;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod iterate;
 pub mod losses;
 pub mod metrics;
 pub mod model;

@@ -56,6 +56,8 @@ struct RunPage {
     started: String,
     duration: String,
     best_step: Option<i64>,
+    /// For an iteration of iterative training: which one, of how many, and the run before it.
+    iteration: Option<(u64, u64, Option<String>)>,
     figures: Vec<Figure>,
     other_series: Vec<String>,
     signals: Vec<SignalRow>,
@@ -83,6 +85,16 @@ fn describe(s: &Signal) -> String {
         },
         SignalKind::Checkpoint => "checkpoint".into(),
     }
+}
+
+/// The trainer records an iteration's place in its run's config (`iterative`).
+fn iteration_of(run: &Run) -> Option<(u64, u64, Option<String>)> {
+    let it = run.config.get("iterative")?;
+    Some((
+        it["iteration"].as_u64()?,
+        it["of"].as_u64()?,
+        it["previous_run"].as_str().map(str::to_owned),
+    ))
 }
 
 pub async fn run_page(
@@ -127,6 +139,7 @@ pub async fn run_page(
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, chrono::Utc::now()),
         best_step: v.signals.iter().rev().find_map(|s| s.keep_step),
+        iteration: iteration_of(&v.run),
         figures: keys
             .into_iter()
             .zip(svgs)
