@@ -44,6 +44,9 @@ pub enum Command {
     /// The quickstart: the server on SQLite, a small model warmed up on synthetic arithmetic, then
     /// DPO set to over-optimise with the presets watching; the dashboard stays up until Ctrl-C.
     Demo(DemoArgs),
+    /// The detection-quality study: a sweep of losses, β and learning rates on the demo's task;
+    /// where the presets stop against the peak score, and against two baselines.
+    Study(StudyArgs),
     /// Train a model with a DPO-family loss, streaming every step to a server (or offline).
     Train(Box<TrainCommand>),
     /// Rule sets: check a rule file, list, show and store versions.
@@ -65,17 +68,8 @@ pub struct DemoArgs {
     /// The demo's folder: store, data, model, runs. An earlier demo's folder is cleared.
     #[arg(long, default_value = "redline-demo")]
     pub dir: PathBuf,
-    /// Training pairs of two-digit addition.
-    #[arg(long, default_value_t = 4000)]
-    pub train_pairs: usize,
-    /// Held-out problems scored by exact match at each evaluation.
-    #[arg(long, default_value_t = 64)]
-    pub eval_prompts: usize,
-    /// Supervised warm-up steps.
-    #[arg(long, default_value_t = 450)]
-    pub warmup_steps: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    pub warmup_lr: f64,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Most DPO steps (the presets are expected to stop it earlier).
     #[arg(long, default_value_t = 400)]
     pub dpo_steps: usize,
@@ -88,8 +82,55 @@ pub struct DemoArgs {
     /// Evaluate (and checkpoint) every N steps.
     #[arg(long, default_value_t = 10)]
     pub eval_every: usize,
+}
+
+/// The synthetic task of the demo and the study, and the warm-up before preference training.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// Training pairs of two-digit addition.
+    #[arg(long, default_value_t = 4000)]
+    pub train_pairs: usize,
+    /// Held-out problems scored by exact match at each evaluation.
+    #[arg(long, default_value_t = 64)]
+    pub eval_prompts: usize,
+    /// Supervised warm-up steps.
+    #[arg(long, default_value_t = 450)]
+    pub warmup_steps: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub warmup_lr: f64,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+}
+
+/// The detection-quality study (docs/study.md).
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Working folder: task, model, one folder per run. Cleared when an earlier study left it.
+    #[arg(long, default_value = "redline-study")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub task: TaskArgs,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sigmoid,ipo,hinge,discopop,slic"
+    )]
+    pub losses: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5")]
+    pub betas: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "1e-5,6e-5")]
+    pub lrs: Vec<f64>,
+    /// DPO steps per run (runs are not stopped: the presets are replayed on the full log).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 20)]
+    pub eval_every: usize,
+    /// The eval-loss baseline stops after this many evaluations without a new best.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// The markdown report; its plots go to a folder beside it named after it.
+    #[arg(long, default_value = "docs/study.md")]
+    pub report: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,7 +36,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,
         Command::Bench(BenchCommand::Signals(args)) => bench::signals::run(args).await,
-        Command::Train(_) | Command::Demo(_) | Command::Bench(BenchCommand::Train(_)) => {
+        Command::Train(_)
+        | Command::Demo(_)
+        | Command::Study(_)
+        | Command::Bench(BenchCommand::Train(_)) => {
             unreachable!("training runs outside the async runtime")
         }
     }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod demo;
 mod manage;
+mod study;
 
 use clap::Parser;
 
@@ -21,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Train(cmd) => return commands::train(cmd),
         // The trainer runs on this thread; the demo keeps its own runtime for the server.
         cli::Command::Demo(args) => return demo::run(&args),
+        cli::Command::Study(args) => return study::run(&args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => return bench::train::run(&args),
         _ => {}
     }

@@ -3,7 +3,7 @@
 //! presets on. The held-out exact-match score (`eval/score`) is measured every few steps, so the
 //! dashboard shows it rise, peak and fall, and the presets' stop near the peak.
 
-mod task;
+pub(crate) mod task;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use redline_server::store::DatabaseUrl;
 use redline_server::{Server, ServerConfig};
 use redline_trainer::config::{TrainArgs, TrainConfig};
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, TaskArgs};
 
 /// Marks a folder as the demo's own, so that a later demo may clear it.
 const MARKER: &str = ".redline-demo";
@@ -70,43 +70,57 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// The supervised warm-up, then DPO from its result; a short report.
-fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> {
+/// The task's data and the warmed-up model, ready for preference training.
+pub(crate) struct Prepared {
+    /// The settings every run on the task shares (data, evaluation, batch, schedule, seed).
+    pub common: TrainArgs,
+    pub warmed: PathBuf,
+    /// The warmed-up model's held-out score.
+    pub start_score: f64,
+}
+
+/// Writes the task and the starting model under `dir`, and warms the model up with supervised
+/// steps (the NLL of the gold answers; β is tiny, so the DPO term, zero at the start where
+/// policy = reference, stays negligible beside it). `server`: where runs report, if anywhere.
+pub(crate) fn prepare(
+    task: &TaskArgs,
+    dir: &Path,
+    eval_every: usize,
+    server: Option<&str>,
+    project: &str,
+) -> anyhow::Result<Prepared> {
     let data = dir.join("data");
-    task::write_data(&data, args.train_pairs, args.eval_prompts, args.seed)?;
+    task::write_data(&data, task.train_pairs, task.eval_prompts, task.seed)?;
     let start = dir.join("model");
     task::write_model(&start)?;
     let common = TrainArgs {
         train_data: Some(data.join("train.jsonl")),
         eval_data: Some(data.join("eval.jsonl")),
-        eval_every: Some(args.eval_every),
-        gen_prompts: Some(args.eval_prompts),
+        eval_every: Some(eval_every),
+        gen_prompts: Some(task.eval_prompts),
         // Greedy decoding: the score is the model's answer, not a sample's luck.
         gen_temperature: Some(0.0),
         gen_max_tokens: Some(24),
         batch_size: Some(16),
         schedule: Some("constant".into()),
         warmup_steps: Some(0),
-        seed: Some(args.seed),
-        server: Some(url.to_owned()),
-        project: Some("demo".into()),
+        seed: Some(task.seed),
+        server: server.map(str::to_owned),
+        project: Some(project.into()),
         ..TrainArgs::default()
     };
-
-    // Supervised warm-up: the NLL of the gold answers. β is tiny, so the DPO term (zero at the
-    // start, where policy = reference) stays negligible beside it.
     let sft_dir = dir.join("runs/warmup");
     let sft = TrainArgs {
         model: Some(start),
         loss: Some("sigmoid".into()),
         beta: Some(0.001),
         nll_alpha: Some(1.0),
-        lr: Some(args.warmup_lr),
-        max_steps: Some(args.warmup_steps),
+        lr: Some(task.warmup_lr),
+        max_steps: Some(task.warmup_steps),
         checkpoint_every: Some(0),
-        eval_every: Some(args.warmup_steps.div_ceil(10)),
+        eval_every: Some(task.warmup_steps.div_ceil(10)),
         output_dir: Some(sft_dir.clone()),
-        run_id: Some("demo-warmup".into()),
+        run_id: Some(format!("{project}-warmup")),
         run_name: Some("1. supervised warm-up".into()),
         tags: Some(vec!["warmup".into()]),
         rules: Some(vec!["none".into()]),
@@ -121,6 +135,20 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
             .join(format!("step-{}", sft_outcome.last_step))
             .join("model.safetensors"),
     )?;
+    let start_score = scores(&sft_dir.join("metrics.jsonl"))?
+        .last()
+        .map_or(0.0, |s| s.1);
+    Ok(Prepared {
+        common,
+        warmed,
+        start_score,
+    })
+}
+
+/// The supervised warm-up, then DPO from its result; a short report.
+fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> {
+    let Prepared { common, warmed, .. } =
+        prepare(&args.task, dir, args.eval_every, Some(url), "demo")?;
 
     // DPO set to over-optimise: high learning rate, low β, no NLL term; the presets watch it.
     let dpo_dir = dir.join("runs/dpo");
@@ -143,7 +171,7 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
     Ok(report(&dpo_outcome, &scores, &dpo_dir))
 }
 
-fn train(args: TrainArgs) -> anyhow::Result<redline_trainer::train::Outcome> {
+pub(crate) fn train(args: TrainArgs) -> anyhow::Result<redline_trainer::train::Outcome> {
     let config = TrainConfig::resolve(args, 0)?;
     println!("  {}: training…", config.run_name);
     let outcome = redline_trainer::train::train(&config)?;
@@ -152,7 +180,7 @@ fn train(args: TrainArgs) -> anyhow::Result<redline_trainer::train::Outcome> {
 }
 
 /// `(step, eval/score)` of a run's local log.
-fn scores(log: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
+pub(crate) fn scores(log: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     Ok(text

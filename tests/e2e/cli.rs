@@ -297,3 +297,49 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
     );
     assert!(cwd.path().join("mine/notes.txt").is_file());
 }
+
+/// `redline study` on a tiny grid: a report with a row and a plot per run.
+#[tokio::test]
+async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = redline(cwd.path())
+        .args([
+            "study",
+            "--train-pairs",
+            "64",
+            "--eval-prompts",
+            "4",
+            "--warmup-steps",
+            "4",
+            "--losses",
+            "sigmoid,hinge",
+            "--betas",
+            "0.1",
+            "--lrs",
+            "1e-4",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--report",
+            "out/study.md",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(cwd.path().join("out/study.md")).unwrap();
+    for row in ["| sigmoid β=0.1 lr=1e-4 |", "| hinge β=0.1 lr=1e-4 |"] {
+        assert!(report.contains(row), "{report}");
+    }
+    assert!(
+        report.contains("![sigmoid β=0.1 lr=1e-4](study/run-00.svg)"),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(cwd.path().join("out/study/run-01.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+}
