@@ -16,12 +16,9 @@ use redline_trainer::config::{TrainArgs, TrainConfig};
 
 use crate::cli::{DemoArgs, TaskArgs};
 
-/// Marks a folder as the demo's own, so that a later demo may clear it.
-const MARKER: &str = ".redline-demo";
-
 /// Runs the demo; returns when the user presses Ctrl-C after it finished.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let dir = fresh_dir(&args.dir)?;
+    let dir = fresh_dir(&args.dir, "demo")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -51,21 +48,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     outcome.map(drop)
 }
 
-/// The demo's folder, emptied if an earlier demo left it; any other non-empty folder is refused.
-fn fresh_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.join(MARKER).is_file() {
+/// A working folder of `what` ("demo", "study"): emptied if an earlier one left it (it holds
+/// the `.redline-{what}` marker); any other non-empty folder is refused.
+pub(crate) fn fresh_dir(dir: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let marker = dir.join(format!(".redline-{what}"));
+    if marker.is_file() {
         std::fs::remove_dir_all(dir)
-            .with_context(|| format!("clearing the earlier demo in {}", dir.display()))?;
+            .with_context(|| format!("clearing the earlier {what} in {}", dir.display()))?;
     } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         anyhow::bail!(
-            "{} is not empty and not an earlier demo's folder: pass --dir with a new or empty folder",
+            "{} is not empty and not an earlier {what}'s folder: pass --dir with a new or empty folder",
             dir.display()
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
-        dir.join(MARKER),
-        "made by `redline demo`; the next demo clears it\n",
+        &marker,
+        format!("made by `redline {what}`; the next {what} clears it\n"),
     )?;
     Ok(dir.to_path_buf())
 }

@@ -6,17 +6,11 @@
 mod analysis;
 mod report;
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use redline_trainer::config::TrainArgs;
 
 use self::analysis::{Analysis, RunLog, analyse};
 use crate::cli::StudyArgs;
-use crate::demo::{prepare, train};
-
-/// Marks a folder as a study's own, so that a later study may clear it.
-const MARKER: &str = ".redline-study";
+use crate::demo::{fresh_dir, prepare, train};
 
 pub(crate) struct StudyRun {
     pub label: String,
@@ -25,7 +19,7 @@ pub(crate) struct StudyRun {
 }
 
 pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
-    let dir = fresh_dir(&args.dir)?;
+    let dir = fresh_dir(&args.dir, "study")?;
     let started = std::time::Instant::now();
     let prepared = prepare(&args.task, &dir, args.eval_every, None, "study")?;
     let mut runs = Vec::new();
@@ -69,24 +63,6 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     )?;
     println!("Report: {}", args.report.display());
     Ok(())
-}
-
-fn fresh_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.join(MARKER).is_file() {
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("clearing the earlier study in {}", dir.display()))?;
-    } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        anyhow::bail!(
-            "{} is not empty and not an earlier study's folder: pass --dir with a new or empty folder",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(
-        dir.join(MARKER),
-        "made by `redline study`; the next study clears it\n",
-    )?;
-    Ok(dir.to_path_buf())
 }
 
 pub(crate) fn summary(a: &Analysis) -> String {
