@@ -19,6 +19,8 @@ const SOURCE: &str = concat!(
     include_str!("../../presets/non-finite.toml"),
     "\n",
     include_str!("../../presets/kl-budget.toml"),
+    "\n",
+    include_str!("../../presets/held-out-score-drop.toml"),
 );
 
 /// The shipped presets as one rule-file source (the preset files concatenated, in a fixed order).

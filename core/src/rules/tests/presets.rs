@@ -59,7 +59,8 @@ fn presets_parse_in_a_fixed_order() {
             "likelihood-displacement-confident",
             "reward-saturation",
             "non-finite",
-            "kl-budget"
+            "kl-budget",
+            "held-out-score-drop"
         ]
     );
     assert!(
@@ -256,4 +257,34 @@ fn likelihood_displacement_fires_on_a_real_over_optimising_run() {
         (10..=20).contains(&keep),
         "the chosen likelihood peaked near step 15: {keep}"
     );
+}
+
+/// The held-out score, evaluated every 10 steps, peaks at step 30 and falls: two evaluations 0.05
+/// or more below the best stop the run, keeping the best evaluation. A single dip does not.
+#[test]
+fn held_out_score_drop_stops_after_two_low_evaluations_and_keeps_the_best() {
+    let scores = [
+        (10, 0.50),
+        (20, 0.55),
+        (30, 0.60),
+        (40, 0.54),
+        (50, 0.60),
+        (60, 0.54),
+        (70, 0.53),
+    ];
+    let mut ev = preset_evaluator();
+    let mut firings = Vec::new();
+    for step in 1..=70 {
+        let score = scores.iter().find(|s| s.0 == step).map(|s| s.1);
+        firings.extend(ev.observe(step, &|n| (n == "eval/score").then_some(score).flatten()));
+    }
+    let mine = fired(&firings, "held-out-score-drop");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    assert_eq!(mine[1].step, 70, "the dip at step 40 alone does not stop");
+    assert_eq!(
+        stop_keep(mine[1]),
+        Some(30),
+        "the first step of the best score"
+    );
+    assert_eq!(firings.len(), 2, "{firings:#?}");
 }
