@@ -188,39 +188,65 @@ mod tests {
         assert_eq!(eval_loss_stop(&losses, 3), None);
     }
 
-    #[test]
-    fn a_run_is_scored_against_its_peak_and_both_baselines() {
-        // The score peaks at step 20 and falls; eval loss keeps falling (as DPO's does while it
-        // over-optimises), so the eval-loss baseline never stops.
+    /// 60 steps, evaluated every 10: the score peaks at step 20 (0.6) and falls 0.02 per
+    /// evaluation to 0.52; eval loss keeps falling (as DPO's does while it over-optimises). With
+    /// `nan_at`, the loss is NaN at that step.
+    fn declining_run(nan_at: Option<i64>) -> RunLog {
         let rows: Vec<(i64, Vec<(&str, f64)>)> = (1..=60)
             .map(|s| {
-                let mut m = vec![("loss", 0.7 - s as f64 * 0.001)];
+                let loss = if Some(s) == nan_at {
+                    f64::NAN
+                } else {
+                    0.7 - s as f64 * 0.001
+                };
+                let mut m = vec![("loss", loss)];
                 if s % 10 == 0 {
                     let score = if s <= 20 {
                         0.5 + s as f64 * 0.005
                     } else {
-                        0.6 - (s - 20) as f64 * 0.01
+                        0.6 - (s - 20) as f64 * 0.002
                     };
                     m.push(("eval/score", score));
                     m.push(("eval/loss", 0.7 - s as f64 * 0.002));
-                }
-                if s == 45 {
-                    m[0].1 = f64::NAN;
                 }
                 (s, m)
             })
             .collect();
         let rows: Vec<(i64, &[(&str, f64)])> =
             rows.iter().map(|(s, m)| (*s, m.as_slice())).collect();
-        let a = analyse(&log(&rows), 0.5, 3);
+        log(&rows)
+    }
+
+    #[test]
+    fn a_run_is_scored_against_its_peak_and_both_baselines() {
+        let a = analyse(&declining_run(None), 0.5, 3);
         assert_eq!((a.peak_step, a.peak), (20, 0.6));
-        assert!((a.final_score - 0.2).abs() < 1e-12 && a.over_optimised);
+        assert!((a.final_score - 0.52).abs() < 1e-9 && a.over_optimised);
+        // Eval loss never stops improving: the baseline keeps the final checkpoint.
         assert_eq!(a.eval_loss, None);
-        assert!((a.eval_loss_score() - 0.2).abs() < 1e-12);
-        // The NaN loss at step 45 trips the non-finite preset, keeping step 44: checkpoint 40.
+        assert!((a.eval_loss_score() - 0.52).abs() < 1e-9);
+        // The score is 0.06 and 0.08 below its best at steps 50 and 60: the score preset stops
+        // there and keeps the best evaluation.
+        let stop = a
+            .presets
+            .clone()
+            .expect("held-out-score-drop stops the run");
+        assert_eq!(
+            (stop.step, stop.kept_step, stop.by.as_str()),
+            (60, 20, "held-out-score-drop")
+        );
+        assert!((a.presets_score() - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_first_stop_counts_and_keeps_the_newest_evaluation_at_or_before_its_step() {
+        // A NaN loss at step 45 trips the non-finite preset first, keeping step 44: checkpoint 40.
+        let a = analyse(&declining_run(Some(45)), 0.5, 3);
         let stop = a.presets.clone().expect("non-finite stops the run");
-        assert_eq!((stop.step, stop.kept_step), (45, 40));
-        assert_eq!(stop.by, "non-finite");
-        assert!((a.presets_score() - 0.4).abs() < 1e-12);
+        assert_eq!(
+            (stop.step, stop.kept_step, stop.by.as_str()),
+            (45, 40, "non-finite")
+        );
+        assert!((a.presets_score() - 0.56).abs() < 1e-9);
     }
 }
