@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod demo;
 mod manage;
+mod run_log;
 mod study;
 
 use clap::Parser;

@@ -13,8 +13,11 @@ use redline_server::startup::shutdown_signal;
 use redline_server::store::DatabaseUrl;
 use redline_server::{Server, ServerConfig};
 use redline_trainer::config::{TrainArgs, TrainConfig};
+use redline_trainer::model::write_model_folder;
+use redline_trainer::train::Checkpoints;
 
 use crate::cli::{DemoArgs, TaskArgs};
+use crate::run_log::RunLog;
 
 /// Runs the demo; returns when the user presses Ctrl-C after it finished.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -110,7 +113,7 @@ pub(crate) fn prepare(
     };
     let sft_dir = dir.join("runs/warmup");
     let sft = TrainArgs {
-        model: Some(start),
+        model: Some(start.clone()),
         loss: Some("sigmoid".into()),
         beta: Some(0.001),
         nll_alpha: Some(1.0),
@@ -127,16 +130,12 @@ pub(crate) fn prepare(
     };
     let sft_outcome = train(sft)?;
     let warmed = dir.join("warmed-model");
-    task::write_model_with(
+    write_model_folder(
+        &start,
+        &Checkpoints::of_run(&sft_dir).weights(sft_outcome.last_step),
         &warmed,
-        &sft_dir
-            .join("checkpoints")
-            .join(format!("step-{}", sft_outcome.last_step))
-            .join("model.safetensors"),
     )?;
-    let start_score = scores(&sft_dir.join("metrics.jsonl"))?
-        .last()
-        .map_or(0.0, |s| s.1);
+    let start_score = scores(&sft_dir)?.last().map_or(0.0, |s| s.1);
     Ok(Prepared {
         common,
         warmed,
@@ -166,7 +165,7 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
         ..common
     };
     let dpo_outcome = train(dpo)?;
-    let scores = scores(&dpo_dir.join("metrics.jsonl"))?;
+    let scores = scores(&dpo_dir)?;
     Ok(report(&dpo_outcome, &scores, &dpo_dir))
 }
 
@@ -178,25 +177,16 @@ pub(crate) fn train(args: TrainArgs) -> anyhow::Result<redline_trainer::train::O
     Ok(outcome)
 }
 
-/// `(step, eval/score)` of a run's local log.
-pub(crate) fn scores(log: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
-    let text =
-        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["step"].as_u64()?, v["metrics"]["eval/score"].as_f64()?)))
-        .collect())
+/// `(step, eval/score)` of the run written to `run`.
+fn scores(run: &Path) -> anyhow::Result<Vec<(i64, f64)>> {
+    Ok(RunLog::read(&run.join("metrics.jsonl"))?.series("eval/score"))
 }
 
-fn report(outcome: &redline_trainer::train::Outcome, scores: &[(u64, f64)], run: &Path) -> String {
+fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run: &Path) -> String {
     let Some(&(peak_step, peak)) = scores.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
         return "The DPO run reported no eval/score.".into();
     };
-    let kept = std::fs::read_to_string(run.join("checkpoints/best.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["step"].as_u64());
+    let kept = Checkpoints::of_run(run).best().map(|k| k as i64);
     let kept_score = kept.and_then(|k| scores.iter().find(|s| s.0 == k).map(|s| s.1));
     let last = scores.last().map_or(0.0, |s| s.1);
     let mut out = format!(

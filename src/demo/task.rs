@@ -39,15 +39,6 @@ pub fn write_model(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A model folder with `weights` (a checkpoint's `model.safetensors`) in place of the initial ones.
-pub fn write_model_with(dir: &Path, weights: &Path) -> anyhow::Result<()> {
-    write_model(dir)?;
-    let to = dir.join("model.safetensors");
-    std::fs::copy(weights, &to)
-        .with_context(|| format!("copying {} to {}", weights.display(), to.display()))?;
-    Ok(())
-}
-
 /// One problem: `a + b`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Problem {

@@ -3,53 +3,15 @@
 //! two baselines: the final checkpoint, and early stopping on eval loss with patience (Hugging
 //! Face's `EarlyStoppingCallback` with `load_best_model_at_end`).
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use anyhow::Context;
-use redline_core::MetricValue;
 use redline_core::rules::{Action, Evaluator, presets};
+
+use crate::run_log::RunLog;
 
 /// A run over-optimises when its final score is at least this far below its peak (about three
 /// of 64 held-out problems).
 pub const OVER_OPTIMISED: f64 = 0.05;
 /// The study's target: the kept checkpoint within this of the peak.
 pub const CLOSE_TO_PEAK: f64 = 0.02;
-
-/// One run's log: every step's metrics, in step order.
-#[derive(Debug, Clone, Default)]
-pub struct RunLog {
-    pub steps: Vec<(i64, BTreeMap<String, f64>)>,
-}
-
-impl RunLog {
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut steps = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            #[derive(serde::Deserialize)]
-            struct Row {
-                step: i64,
-                metrics: BTreeMap<String, MetricValue>,
-            }
-            let row: Row = serde_json::from_str(line)
-                .with_context(|| format!("{} line {}", path.display(), i + 1))?;
-            // Non-finite values are spelled "NaN", "Infinity": the wire's own format.
-            let metrics = row.metrics.into_iter().map(|(k, v)| (k, v.0)).collect();
-            steps.push((row.step, metrics));
-        }
-        Ok(Self { steps })
-    }
-
-    /// `(step, value)` of a metric, where reported.
-    pub fn series(&self, name: &str) -> Vec<(i64, f64)> {
-        self.steps
-            .iter()
-            .filter_map(|(s, m)| m.get(name).map(|v| (*s, *v)))
-            .collect()
-    }
-}
 
 /// Where a stop happened and what it kept.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,9 +8,10 @@ mod report;
 
 use redline_trainer::config::TrainArgs;
 
-use self::analysis::{Analysis, RunLog, analyse};
+use self::analysis::{Analysis, analyse};
 use crate::cli::StudyArgs;
 use crate::demo::{fresh_dir, prepare, train};
+use crate::run_log::RunLog;
 
 pub(crate) struct StudyRun {
     pub label: String,

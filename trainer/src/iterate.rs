@@ -5,15 +5,17 @@
 //! result. Every iteration is its own run, whose config names the iteration and the run before it.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use candle_core::Device;
 
 use crate::config::{TrainArgs, TrainConfig};
 use crate::data::{PairTokenizer, load_pairs};
 use crate::error::{Result, TrainError};
 use crate::generate::{Sampling, final_answer, generation_metrics, sample_completions};
-use crate::model::{load_weights, reference_model};
+use crate::model::{Decoder, load_weights, reference_model, write_model_folder};
 use crate::rng::SplitMix64;
-use crate::train::{Outcome, device, train};
+use crate::train::{Checkpoints, Outcome, device, train};
 
 /// How the iterations sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,13 +64,15 @@ pub fn train_iterative(base: &TrainArgs, plan: &Plan, now: u64) -> Result<Report
     })?;
     let root = first.output_dir.clone();
     let mut model = first.model.clone();
-    let start_score = score(&model, &eval_data, &first)?;
+    // Each model is loaded once: it is scored, then sampled by the next iteration.
+    let mut policy = Policy::open(&model, &first)?;
+    let start_score = policy.score(&eval_data, &first)?;
     eprintln!("redline: iteration 0 (the starting model): held-out score {start_score:.3}");
     let mut iterations: Vec<Iteration> = Vec::new();
     for i in 1..=plan.iterations {
         let dir = root.join(format!("iteration-{i}"));
         let pairs_path = dir.join("pairs.jsonl");
-        let pairs = write_pairs(&model, &first, plan, i, &pairs_path)?;
+        let pairs = policy.write_pairs(&first, plan, i, &pairs_path)?;
         if pairs < first.batch_size {
             return Err(TrainError::Data(format!(
                 "iteration {i}: only {pairs} prompts had both a right and a wrong completion, fewer \
@@ -115,9 +119,10 @@ pub fn train_iterative(base: &TrainArgs, plan: &Plan, now: u64) -> Result<Report
         }));
         let outcome = train(&config)?;
         let next = dir.join("model");
-        export_model(&model, &config, outcome.last_step, &next)?;
+        export_run(&model, &config, outcome.last_step, &next)?;
         model = next;
-        let score = score(&model, &eval_data, &first)?;
+        policy = Policy::open(&model, &first)?;
+        let score = policy.score(&eval_data, &first)?;
         eprintln!("redline: iteration {i}: {pairs} pairs, held-out score {score:.3}");
         iterations.push(Iteration {
             iteration: i,
@@ -133,150 +138,132 @@ pub fn train_iterative(base: &TrainArgs, plan: &Plan, now: u64) -> Result<Report
     })
 }
 
-/// Samples the current model and writes the winner/loser pairs; returns how many.
-fn write_pairs(
-    model_dir: &Path,
-    cfg: &TrainConfig,
-    plan: &Plan,
-    i: usize,
-    to: &Path,
-) -> Result<usize> {
-    let device = device(&cfg.device)?;
-    let loaded = load_weights(model_dir, &device)?;
-    let model = reference_model(&loaded.config, &loaded.tensors, &device)?;
-    let tok = PairTokenizer::from_dir(model_dir, loaded.config.family, loaded.config.eos_token_id)?;
-    let (rows, _) = load_pairs(&cfg.train_data, &tok, cfg.max_length)?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| r.answer.is_some())
-        .take(plan.prompts)
-        .collect();
-    if rows.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: iterative training needs rows with an `answer` to score samples against",
-            cfg.train_data.display()
-        )));
+/// A model loaded for generation, with its tokenizer.
+struct Policy {
+    model: Decoder,
+    tok: PairTokenizer,
+    eos: Option<u32>,
+    device: Device,
+}
+
+impl Policy {
+    fn open(dir: &Path, cfg: &TrainConfig) -> Result<Self> {
+        let device = device(&cfg.device)?;
+        let loaded = load_weights(dir, &device)?;
+        let eos = loaded.config.eos_token_id;
+        Ok(Self {
+            model: reference_model(&loaded.config, &loaded.tensors, &device)?,
+            tok: PairTokenizer::from_dir(dir, loaded.config.family, eos)?,
+            eos,
+            device,
+        })
     }
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
-    let sampling = Sampling {
-        temperature: plan.temperature,
-        top_p: 1.0,
-        max_new_tokens: cfg.sampling.max_new_tokens,
-    };
-    let seed = cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let samples = sample_completions(
-        &model,
-        &prompts,
-        plan.samples,
-        &sampling,
-        loaded.config.eos_token_id,
-        seed,
-    )?;
-    std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| TrainError::io(to, e))?;
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(to).map_err(|e| TrainError::io(to, e))?);
-    let mut rng = SplitMix64(seed);
-    let mut written = 0;
-    for (row, completions) in rows.iter().zip(samples) {
-        let gold = final_answer(row.answer.as_deref().unwrap_or_default());
-        let prompt = tok.decode(&row.prompt)?;
-        let mut right = Vec::new();
-        let mut wrong = Vec::new();
-        for c in completions {
-            let text = tok.decode(&c)?;
-            if text.trim().is_empty() {
-                continue;
-            }
-            if final_answer(&text) == gold {
-                right.push(text);
-            } else {
-                wrong.push(text);
-            }
+
+    /// Samples the training prompts and writes the winner/loser pairs; returns how many.
+    fn write_pairs(&self, cfg: &TrainConfig, plan: &Plan, i: usize, to: &Path) -> Result<usize> {
+        let (rows, _) = load_pairs(&cfg.train_data, &self.tok, cfg.max_length)?;
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.answer.is_some())
+            .take(plan.prompts)
+            .collect();
+        if rows.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{}: iterative training needs rows with an `answer` to score samples against",
+                cfg.train_data.display()
+            )));
         }
+        let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
+        let sampling = Sampling {
+            temperature: plan.temperature,
+            top_p: 1.0,
+            max_new_tokens: cfg.sampling.max_new_tokens,
+        };
+        let seed = cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let samples = sample_completions(
+            &self.model,
+            &prompts,
+            plan.samples,
+            &sampling,
+            self.eos,
+            seed,
+        )?;
+        std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| TrainError::io(to, e))?;
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(to).map_err(|e| TrainError::io(to, e))?);
+        let mut rng = SplitMix64(seed);
         // As the paper: a random winner among the right ones, a random loser among the wrong.
         let pick = |v: &[String], rng: &mut SplitMix64| {
             v[(rng.next_u64() % v.len() as u64) as usize].clone()
         };
-        if right.is_empty() || wrong.is_empty() {
-            continue;
+        let mut written = 0;
+        for (row, completions) in rows.iter().zip(samples) {
+            let gold = final_answer(row.answer.as_deref().unwrap_or_default());
+            let mut right = Vec::new();
+            let mut wrong = Vec::new();
+            for c in completions {
+                let text = self.tok.decode(&c)?;
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if final_answer(&text) == gold {
+                    right.push(text);
+                } else {
+                    wrong.push(text);
+                }
+            }
+            if right.is_empty() || wrong.is_empty() {
+                continue;
+            }
+            let line = serde_json::json!({
+                "prompt": self.tok.decode(&row.prompt)?,
+                "chosen": pick(&right, &mut rng),
+                "rejected": pick(&wrong, &mut rng),
+                "answer": row.answer,
+            });
+            writeln!(out, "{line}").map_err(|e| TrainError::io(to, e))?;
+            written += 1;
         }
-        let line = serde_json::json!({
-            "prompt": prompt,
-            "chosen": pick(&right, &mut rng),
-            "rejected": pick(&wrong, &mut rng),
-            "answer": row.answer,
-        });
-        writeln!(out, "{line}").map_err(|e| TrainError::io(to, e))?;
-        written += 1;
+        out.flush().map_err(|e| TrainError::io(to, e))?;
+        Ok(written)
     }
-    out.flush().map_err(|e| TrainError::io(to, e))?;
-    Ok(written)
+
+    /// Exact match on the held-out rows, decoded as `cfg` says.
+    fn score(&self, eval_data: &Path, cfg: &TrainConfig) -> Result<f64> {
+        let (pairs, _) = load_pairs(eval_data, &self.tok, cfg.max_length)?;
+        let prompts = &pairs[..cfg.gen_prompts.clamp(1, pairs.len())];
+        let m = generation_metrics(
+            &self.model,
+            &self.tok,
+            prompts,
+            &cfg.sampling,
+            cfg.top_k.max(1),
+            self.eos,
+            cfg.seed,
+            &self.device,
+        )?;
+        m.get("eval/score").copied().ok_or_else(|| {
+            TrainError::Data(format!(
+                "{}: the held-out rows need an `answer` to be scored",
+                eval_data.display()
+            ))
+        })
+    }
 }
 
-/// Exact match of the model in `dir` on the held-out rows, decoded as `cfg` says.
-fn score(dir: &Path, eval_data: &Path, cfg: &TrainConfig) -> Result<f64> {
-    let device = device(&cfg.device)?;
-    let loaded = load_weights(dir, &device)?;
-    let model = reference_model(&loaded.config, &loaded.tensors, &device)?;
-    let tok = PairTokenizer::from_dir(dir, loaded.config.family, loaded.config.eos_token_id)?;
-    let (pairs, _) = load_pairs(eval_data, &tok, cfg.max_length)?;
-    let prompts = &pairs[..cfg.gen_prompts.clamp(1, pairs.len())];
-    let m = generation_metrics(
-        &model,
-        &tok,
-        prompts,
-        &cfg.sampling,
-        cfg.top_k.max(1),
-        loaded.config.eos_token_id,
-        cfg.seed,
-        &device,
-    )?;
-    m.get("eval/score").copied().ok_or_else(|| {
-        TrainError::Data(format!(
-            "{}: the held-out rows need an `answer` to be scored",
-            eval_data.display()
-        ))
-    })
-}
-
-/// A model folder for the next iteration: `from`'s files (config, tokenizer) with the weights of
-/// the run's last checkpoint.
-fn export_model(from: &Path, run: &TrainConfig, step: usize, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
-    let entries = std::fs::read_dir(from).map_err(|e| TrainError::io(from, e))?;
-    for entry in entries {
-        let path = entry.map_err(|e| TrainError::io(from, e))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        // Configuration and tokenizer files; not the weights' shard index.
-        let json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        if path.is_file() && json && !name.starts_with("model.safetensors") {
-            std::fs::copy(&path, to.join(name)).map_err(|e| TrainError::io(&path, e))?;
-        }
-    }
-    // A stopped run names the checkpoint to keep; otherwise the last one.
-    let checkpoints = run.output_dir.join("checkpoints");
-    let kept = std::fs::read_to_string(checkpoints.join("best.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["step"].as_u64());
-    let step = kept.map_or(step, |k| k as usize);
-    let weights: PathBuf = checkpoints
-        .join(format!("step-{step}"))
-        .join("model.safetensors");
-    std::fs::copy(&weights, to.join("model.safetensors"))
-        .map_err(|e| TrainError::io(&weights, e))?;
-    Ok(())
+/// The model folder a finished run leaves: `from`'s configuration and tokenizer with the
+/// weights of the checkpoint a stop kept, else of its last step.
+fn export_run(from: &Path, run: &TrainConfig, last_step: usize, to: &Path) -> Result<()> {
+    let checkpoints = Checkpoints::of_run(&run.output_dir);
+    let step = checkpoints.best().unwrap_or(last_step);
+    write_model_folder(from, &checkpoints.weights(step), to)
 }
 
 #[cfg(test)]
 mod tests {
     use std::fmt::Write as _;
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -328,7 +315,7 @@ mod tests {
         let warm = TrainConfig::resolve(warm, 0).unwrap();
         let done = train(&warm).unwrap();
         let warmed = out.path().join("warmed");
-        export_model(&fixture(), &warm, done.last_step, &warmed).unwrap();
+        export_run(&fixture(), &warm, done.last_step, &warmed).unwrap();
 
         let plan = Plan {
             iterations: 2,

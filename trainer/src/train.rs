@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::backprop::GradStore;
@@ -87,23 +87,47 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-struct Checkpoints {
+/// A run's `checkpoints/` folder: `step-N/` per checkpoint, `latest.json` (the newest complete
+/// one) and `best.json` (the one a stop asked to keep).
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
     dir: PathBuf,
 }
 
 impl Checkpoints {
+    /// The checkpoints of the run written to `output_dir`.
+    pub fn of_run(output_dir: &Path) -> Self {
+        Self {
+            dir: output_dir.join("checkpoints"),
+        }
+    }
+
     fn step_dir(&self, step: usize) -> PathBuf {
         self.dir.join(format!("step-{step}"))
+    }
+
+    /// The weights of the checkpoint of `step`, a model folder's `model.safetensors`.
+    pub fn weights(&self, step: usize) -> PathBuf {
+        self.step_dir(step).join("model.safetensors")
+    }
+
+    /// The step a stop kept as best, if one did.
+    pub fn best(&self) -> Option<usize> {
+        Self::step_in(&self.dir.join("best.json"))
+    }
+
+    fn step_in(file: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(file).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"]
+            .as_u64()
+            .map(|s| s as usize)
     }
 
     fn save(&self, varmap: &VarMap, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
         let dir = self.step_dir(state.step);
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         // Hugging Face names and layouts: a checkpoint is also a model folder's weights.
-        candle_core::safetensors::save(
-            &checkpoint_tensors(varmap)?,
-            dir.join("model.safetensors"),
-        )?;
+        candle_core::safetensors::save(&checkpoint_tensors(varmap)?, self.weights(state.step))?;
         candle_core::safetensors::save(&opt.state()?, dir.join("optimizer.safetensors"))?;
         let json =
             serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
@@ -119,11 +143,9 @@ impl Checkpoints {
         Ok(dir)
     }
 
-    fn latest(&self) -> Option<usize> {
-        let text = std::fs::read_to_string(self.dir.join("latest.json")).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"]
-            .as_u64()
-            .map(|s| s as usize)
+    /// The newest complete checkpoint.
+    pub fn latest(&self) -> Option<usize> {
+        Self::step_in(&self.dir.join("latest.json"))
     }
 
     fn restore(
@@ -138,7 +160,7 @@ impl Checkpoints {
             .map_err(|e| TrainError::io(&dir, e))?;
         let state: TrainerState = serde_json::from_str(&text)
             .map_err(|e| TrainError::Config(format!("{}: {e}", dir.display())))?;
-        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
+        let weights = candle_core::safetensors::load(self.weights(step), device)?;
         for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
             let t = weights.get(name).ok_or_else(|| {
                 TrainError::Config(format!("{}: no tensor {name}", dir.display()))
@@ -497,9 +519,7 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
         eos_id: loaded.config.eos_token_id,
         pad_id,
         device: device.clone(),
-        checkpoints: Checkpoints {
-            dir: cfg.output_dir.join("checkpoints"),
-        },
+        checkpoints: Checkpoints::of_run(&cfg.output_dir),
     };
     Ok((run, total))
 }

@@ -136,12 +136,10 @@ pub trait AlertStore {
     async fn run_rules(&self, id: &RunId) -> StoreResult<RunRules>;
     /// What the run's rules did, oldest first.
     async fn rule_events(&self, id: &RunId) -> StoreResult<Vec<RuleEvent>>;
-    /// How many events the run's rules made, and the newest `limit` of them, newest first.
-    async fn newest_rule_events(
-        &self,
-        id: &RunId,
-        limit: u32,
-    ) -> StoreResult<(i64, Vec<RuleEvent>)>;
+    /// How many events the run's rules made.
+    async fn rule_event_count(&self, id: &RunId) -> StoreResult<i64>;
+    /// The newest `limit` events of the run's rules, newest first.
+    async fn newest_rule_events(&self, id: &RunId, limit: u32) -> StoreResult<Vec<RuleEvent>>;
 
     /// Creates a webhook; `secret` is the one to sign with (given or generated).
     async fn create_webhook(&self, w: &NewWebhook, secret: &str) -> StoreResult<Webhook>;

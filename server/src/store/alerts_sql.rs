@@ -485,18 +485,26 @@ macro_rules! alert_store {
                 rows.into_iter().map(|r| r.into_event(id.clone())).collect()
             }
 
-            async fn newest_rule_events(
+            async fn rule_event_count(
                 &self,
                 id: &redline_core::RunId,
-                limit: u32,
-            ) -> $crate::store::StoreResult<(i64, Vec<redline_core::wire::RuleEvent>)> {
-                use $crate::store::alerts_sql::{EVENT_COLUMNS, EventRow};
+            ) -> $crate::store::StoreResult<i64> {
                 let pk = self.read_run_pk(id).await?;
                 let (total,): (i64,) =
                     sqlx::query_as("SELECT COUNT(*) FROM rule_events WHERE run_pk = $1")
                         .bind(pk)
                         .fetch_one(&self.$r)
                         .await?;
+                Ok(total)
+            }
+
+            async fn newest_rule_events(
+                &self,
+                id: &redline_core::RunId,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<redline_core::wire::RuleEvent>> {
+                use $crate::store::alerts_sql::{EVENT_COLUMNS, EventRow};
+                let pk = self.read_run_pk(id).await?;
                 let rows: Vec<EventRow> = sqlx::query_as(&format!(
                     "SELECT {EVENT_COLUMNS} FROM rule_events e WHERE e.run_pk = $1 \
                      ORDER BY e.id DESC LIMIT $2"
@@ -505,11 +513,7 @@ macro_rules! alert_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.$r)
                 .await?;
-                let events = rows
-                    .into_iter()
-                    .map(|r| r.into_event(id.clone()))
-                    .collect::<$crate::store::StoreResult<_>>()?;
-                Ok((total, events))
+                rows.into_iter().map(|r| r.into_event(id.clone())).collect()
             }
 
             async fn create_webhook(

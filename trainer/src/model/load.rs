@@ -105,6 +105,28 @@ pub(crate) fn copy_into(
     Ok(())
 }
 
+/// Writes a model folder at `to`: the configuration and tokenizer files (`*.json`) of the model
+/// folder `like`, and `weights` as its `model.safetensors`.
+pub fn write_model_folder(like: &Path, weights: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
+    for entry in std::fs::read_dir(like).map_err(|e| TrainError::io(like, e))? {
+        let path = entry.map_err(|e| TrainError::io(like, e))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        // Not the weights' shard index: the folder gets one weights file.
+        if path.is_file() && json && !name.starts_with("model.safetensors") {
+            std::fs::copy(&path, to.join(name)).map_err(|e| TrainError::io(&path, e))?;
+        }
+    }
+    std::fs::copy(weights, to.join("model.safetensors")).map_err(|e| TrainError::io(weights, e))?;
+    Ok(())
+}
+
 /// The frozen reference model: plain tensors, so no gradient graph is ever recorded through it.
 pub fn reference_model(
     cfg: &ModelConfig,

@@ -10,7 +10,10 @@ use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Family, ModelConfig};
-pub use load::{LoadedModel, init_deterministic, load_weights, reference_model, trainable_model};
+pub use load::{
+    LoadedModel, init_deterministic, load_weights, reference_model, trainable_model,
+    write_model_folder,
+};
 
 use layers::{Block, Dense, Positions, RmsNorm, Rotary};
 

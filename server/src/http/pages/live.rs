@@ -88,9 +88,9 @@ impl Watch {
     async fn snapshot(&self) -> StoreResult<String> {
         let store = &self.state.store;
         let json = if let Some(id) = &self.run {
-            let (v, (events, _)) = futures::try_join!(
+            let (v, events) = futures::try_join!(
                 RunView::load(store.as_ref(), id),
-                store.newest_rule_events(id, 0)
+                store.rule_event_count(id)
             )?;
             serde_json::to_string(&RunSnapshot {
                 last_step: v.run.last_step,

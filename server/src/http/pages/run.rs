@@ -113,12 +113,12 @@ pub async fn run_page(
     let id = run_id(id)?;
     let view = view::chart_view(&q)?;
     let store: &dyn Store = state.store.as_ref();
-    let (v, rules, events) = futures::try_join!(
+    let (v, rules, events_total, events) = futures::try_join!(
         RunView::load(store, &id),
         store.run_rules(&id),
+        store.rule_event_count(&id),
         store.newest_rule_events(&id, SHOWN_EVENTS)
     )?;
-    let (events_total, events) = events;
     let (keys, other_series) = charts::page_charts(&v.metrics);
     let markers = charts::markers(&v.signals);
     let built = try_join_all(
