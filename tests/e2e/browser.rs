@@ -12,7 +12,7 @@ use base64::Engine;
 use redline_trainer::config::{TrainArgs, TrainConfig};
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestApp};
+use crate::harness::{Backend, TestApp, eventually};
 
 fn find(env: &str, names: &[&str]) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
@@ -204,6 +204,12 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
     let out = tempfile::tempdir().unwrap();
     let run = "tiny-dpo";
     train_tiny(&app, run, out.path()).await;
+    // The trainer's reporter delivers on its own thread: wait until the server has the whole run.
+    eventually("the finished run on the server", async || {
+        let (_, body) = app.get(&format!("/api/v1/runs/{run}")).await;
+        (body["status"] == "completed").then_some(())
+    })
+    .await;
 
     let browser = Browser::start().await;
     browser.open(&app.url("/")).await;
@@ -212,7 +218,8 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
             "return !!document.querySelector('tr[data-run=\"{run}\"]')"
         ))
         .await;
-    assert_eq!(listed, Value::Bool(true), "the run is listed");
+    let page = browser.eval("return document.body.innerText").await;
+    assert_eq!(listed, Value::Bool(true), "the run is listed: {page}");
     browser.screenshot("runs.png").await;
 
     browser.open(&app.url(&format!("/runs/{run}"))).await;
