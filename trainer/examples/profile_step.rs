@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let loaded = load_weights(&dir, &dev)?;
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &dev)?;
     let reference = reference_model(&loaded.config, &loaded.tensors, &dev)?;
-    let tok = PairTokenizer::from_dir(&dir, loaded.config.family, loaded.config.eos_token_id)?;
+    let tok = PairTokenizer::for_model(&dir, loaded.config.family, loaded.config.eos_token_id)?;
     let (pairs, _) = load_pairs(&dir.join("train.jsonl"), &tok, 64)?;
     let mut opt = AdamW::new(&varmap, 0.0)?;
     let vars = opt.vars();

@@ -10,16 +10,18 @@ use serde::Deserialize;
 use crate::cut::CutSettings;
 use crate::error::{Result, TrainError};
 use crate::losses::LossKind;
+use crate::model::is_gguf;
 use crate::optim::Schedule;
 
 /// Every setting, optional, as read from TOML or from flags.
 #[derive(Debug, Clone, Default, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
 pub struct TrainArgs {
-    /// Model folder in Hugging Face format (config.json, model.safetensors, tokenizer.json).
+    /// The model to train: a folder in Hugging Face format (config.json, model.safetensors,
+    /// tokenizer.json) or a GGUF file of a Llama/Qwen2 model (dequantised to f32, tokenizer inside).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Reference model folder [default: the model folder].
+    /// Reference model, folder or GGUF file [default: the model].
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Compute the reference log-probs of every training pair once, before the first step,
@@ -375,13 +377,23 @@ impl TrainConfig {
     /// Fills defaults and checks every field. `now` (Unix seconds) names runs that have no id.
     pub fn resolve(a: TrainArgs, now: u64) -> Result<Self> {
         let (loss_name, objective) = resolve_objective(&a)?;
-        let model = a
-            .model
-            .ok_or_else(|| bad("model", "is required: the model folder to train"))?;
-        if !model.join("config.json").is_file() {
+        let model = a.model.ok_or_else(|| {
+            bad(
+                "model",
+                "is required: the model folder or GGUF file to train",
+            )
+        })?;
+        if is_gguf(&model) {
+            if !model.is_file() {
+                return Err(bad("model", format!("{} does not exist", model.display())));
+            }
+        } else if !model.join("config.json").is_file() {
             return Err(bad(
                 "model",
-                format!("{} has no config.json", model.display()),
+                format!(
+                    "{} has no config.json (nor is it a .gguf file)",
+                    model.display()
+                ),
             ));
         }
         let beta = a.beta.unwrap_or(0.1);
@@ -415,14 +427,19 @@ impl TrainConfig {
         }
         let run_name = a.run_name.unwrap_or_else(|| {
             model
-                .file_name()
+                .file_stem()
                 .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
         });
         let run_id = resolve_run_id(a.run_id, &run_name, now)?;
-        let train_data = a.train_data.unwrap_or_else(|| model.join("train.jsonl"));
+        // A model folder may carry its data; a GGUF file cannot.
+        let beside_model = |name: &str| Some(model.join(name)).filter(|_| !is_gguf(&model));
+        let train_data = a
+            .train_data
+            .or_else(|| beside_model("train.jsonl"))
+            .ok_or_else(|| bad("train_data", "is required when the model is a GGUF file"))?;
         let eval_data = a
             .eval_data
-            .or_else(|| Some(model.join("eval.jsonl")).filter(|p| p.is_file()));
+            .or_else(|| beside_model("eval.jsonl").filter(|p| p.is_file()));
         let device = a.device.unwrap_or_else(|| "cpu".into());
         if !(device == "cpu" || device == "cuda" || device.starts_with("cuda:")) {
             return Err(bad(

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::error::{Result, TrainError};
-use crate::model::Family;
+use crate::model::{Family, gguf_tokenizer, is_gguf};
 
 /// One tokenised preference pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,35 +64,46 @@ fn qwen2_pre_tokenization(tokenizer: &mut Tokenizer) -> Result<()> {
     Ok(())
 }
 
+/// A folder's `tokenizer.json`, and the EOS text its `tokenizer_config.json` names.
+fn folder_tokenizer(dir: &Path, family: Family) -> Result<(Tokenizer, Option<String>)> {
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    if family == Family::Qwen2 {
+        qwen2_pre_tokenization(&mut tokenizer)?;
+    }
+    let eos = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| match &v["eos_token"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+            _ => None,
+        });
+    Ok((tokenizer, eos))
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl PairTokenizer {
-    /// Reads `tokenizer.json`; the EOS token comes from `tokenizer_config.json` or, failing that,
-    /// from `eos_token_id`. For Qwen2 models the pre-tokenizer and normalizer are Qwen2's own, as
-    /// transformers' `Qwen2Tokenizer` installs them whatever tokenizer.json says.
-    pub fn from_dir(dir: &Path, family: Family, eos_token_id: Option<u32>) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        if family == Family::Qwen2 {
-            qwen2_pre_tokenization(&mut tokenizer)?;
-        }
-        let from_config = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| match &v["eos_token"] {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
-                _ => None,
-            });
-        let eos = from_config
+    /// The tokenizer of the model at `path`: a GGUF file's own, or a folder's `tokenizer.json`,
+    /// whose EOS token comes from `tokenizer_config.json` or, failing that, from `eos_token_id`.
+    /// For Qwen2 models the pre-tokenizer and normalizer are Qwen2's own, as transformers'
+    /// `Qwen2Tokenizer` installs them whatever tokenizer.json says.
+    pub fn for_model(path: &Path, family: Family, eos_token_id: Option<u32>) -> Result<Self> {
+        let (tokenizer, eos) = if is_gguf(path) {
+            gguf_tokenizer(path)?
+        } else {
+            folder_tokenizer(path, family)?
+        };
+        let eos = eos
             .or_else(|| tokenizer.id_to_token(eos_token_id?))
             .ok_or_else(|| {
                 TrainError::Config(format!(
                     "{}: no EOS token (tokenizer_config.json eos_token or config.json eos_token_id)",
-                    dir.display()
+                    path.display()
                 ))
             })?;
         Ok(Self { tokenizer, eos })
@@ -267,7 +278,7 @@ mod tests {
     #[test]
     fn qwen2_rows_tokenise_as_transformers_qwen2_tokenizer_does() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
-        let tok = PairTokenizer::from_dir(&dir, Family::Qwen2, Some(2)).unwrap();
+        let tok = PairTokenizer::for_model(&dir, Family::Qwen2, Some(2)).unwrap();
         let pair = tok.pair("Q: 49+97=", " 146.", " 156.").unwrap();
         assert_eq!(
             pair,
@@ -282,7 +293,7 @@ mod tests {
 
     #[test]
     fn rows_tokenise_as_trl_does() {
-        let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
+        let tok = PairTokenizer::for_model(&fixture(), Family::Llama, Some(2)).unwrap();
         let (pairs, dropped) = load_pairs(&fixture().join("train.jsonl"), &tok, 64).unwrap();
         assert_eq!((pairs.len(), dropped), (256, 0));
         // Row 0, `{"prompt": "Q: 49+97=", "chosen": " 146.", "rejected": " 156."}`, as TRL 1.16 tokenises it.
@@ -336,7 +347,7 @@ mod tests {
 
     #[test]
     fn bad_rows_name_file_line_and_field() {
-        let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
+        let tok = PairTokenizer::for_model(&fixture(), Family::Llama, Some(2)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.jsonl");
         std::fs::write(&path, "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\",\"chosen\":1,\"rejected\":\"c\"}\n").unwrap();

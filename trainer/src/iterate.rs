@@ -153,7 +153,7 @@ impl Policy {
         let eos = loaded.config.eos_token_id;
         Ok(Self {
             model: reference_model(&loaded.config, &loaded.tensors, &device)?,
-            tok: PairTokenizer::from_dir(dir, loaded.config.family, eos)?,
+            tok: PairTokenizer::for_model(dir, loaded.config.family, eos)?,
             eos,
             device,
         })

@@ -456,7 +456,7 @@ fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &device)?;
     drop(reference_weights);
     let tok =
-        PairTokenizer::from_dir(&cfg.model, loaded.config.family, loaded.config.eos_token_id)?;
+        PairTokenizer::for_model(&cfg.model, loaded.config.family, loaded.config.eos_token_id)?;
     let eval_on = |p: &Option<PathBuf>| p.as_ref().filter(|_| cfg.eval_every > 0).cloned();
     let (mut pairs, mut eval_pairs, mut cut_rows, mut cut_eval) = (vec![], vec![], vec![], vec![]);
     let (examples, dropped) = if let Objective::Cut(_) = cfg.objective {

@@ -39,7 +39,7 @@ fn run(
     let loaded = load_weights(&fixture(arch), &dev).unwrap();
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &dev).unwrap();
     let reference = reference_model(&loaded.config, &loaded.tensors, &dev).unwrap();
-    let tok = PairTokenizer::from_dir(
+    let tok = PairTokenizer::for_model(
         &fixture(arch),
         loaded.config.family,
         loaded.config.eos_token_id,

@@ -12,7 +12,7 @@ fn fixture() -> PathBuf {
 fn rows(dir: &Path) -> (Decoder, Vec<CutExample>, PairTokenizer) {
     let loaded = load_weights(&fixture(), &Device::Cpu).unwrap();
     let (model, _) = trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
-    let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
+    let tok = PairTokenizer::for_model(&fixture(), Family::Llama, Some(2)).unwrap();
     let path = dir.join("cut.jsonl");
     std::fs::write(
         &path,
@@ -57,7 +57,7 @@ fn response_ids_are_shared_and_judgments_required_when_misaligned() {
         assert_eq!(*e.plain.last().unwrap(), 2, "EOS ends the response");
     }
     assert!(examples[1].judged.len() > examples[1].plain.len());
-    let tok = PairTokenizer::from_dir(&fixture(), Family::Llama, Some(2)).unwrap();
+    let tok = PairTokenizer::for_model(&fixture(), Family::Llama, Some(2)).unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(
         &bad,

@@ -169,6 +169,39 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The `config.json` transformers would write for this model; `from_json` reads it back.
+    pub fn to_hf_json(&self) -> String {
+        let (model_type, architecture) = match self.family {
+            Family::Llama => ("llama", "LlamaForCausalLM"),
+            Family::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        };
+        serde_json::json!({
+            "architectures": [architecture],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            // Qwen2's q/k/v biases are implied by its model type.
+            "attention_bias": self.family == Family::Llama && self.qkv_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": "silu",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+        })
+        .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +232,7 @@ mod tests {
                 .to_string()
                 .contains("yarn")
         );
+        assert_eq!(ModelConfig::from_json(&c.to_hf_json()).unwrap(), c);
         let bad_gqa = base.replace(r#""num_key_value_heads":2"#, r#""num_key_value_heads":3"#);
         assert!(ModelConfig::from_json(&bad_gqa).is_err());
     }

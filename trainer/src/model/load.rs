@@ -1,5 +1,5 @@
-//! Model folders in Hugging Face format: `config.json` and `model.safetensors` (or shards listed
-//! in `model.safetensors.index.json`), any float dtype converted to f32 on load.
+//! Models to train: folders in Hugging Face format (`config.json` and `model.safetensors`, or
+//! shards listed in `model.safetensors.index.json`) and GGUF files; any dtype becomes f32 on load.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::gguf::{self, is_gguf};
 use super::{Decoder, ModelConfig, relayout};
 use crate::error::{Result, TrainError};
 use crate::rng::SplitMix64;
@@ -18,8 +19,12 @@ pub struct LoadedModel {
     pub tensors: HashMap<String, Tensor>,
 }
 
-/// Reads the model folder `dir`.
-pub fn load_weights(dir: &Path, device: &Device) -> Result<LoadedModel> {
+/// Reads the model at `path`: a Hugging Face folder or a GGUF file.
+pub fn load_weights(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if is_gguf(path) {
+        return gguf::load(path, device);
+    }
+    let dir = path;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
@@ -105,10 +110,20 @@ pub(crate) fn copy_into(
     Ok(())
 }
 
-/// Writes a model folder at `to`: the configuration and tokenizer files (`*.json`) of the model
-/// folder `like`, and `weights` as its `model.safetensors`.
+/// Writes a model folder at `to`: the configuration and tokenizer of the model `like` (its
+/// `*.json` files, or made from a GGUF file's metadata), and `weights` as its `model.safetensors`.
 pub fn write_model_folder(like: &Path, weights: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
+    if is_gguf(like) {
+        write_gguf_description(like, to)?;
+    } else {
+        copy_json_files(like, to)?;
+    }
+    std::fs::copy(weights, to.join("model.safetensors")).map_err(|e| TrainError::io(weights, e))?;
+    Ok(())
+}
+
+fn copy_json_files(like: &Path, to: &Path) -> Result<()> {
     for entry in std::fs::read_dir(like).map_err(|e| TrainError::io(like, e))? {
         let path = entry.map_err(|e| TrainError::io(like, e))?.path();
         let name = path
@@ -123,8 +138,26 @@ pub fn write_model_folder(like: &Path, weights: &Path, to: &Path) -> Result<()> 
             std::fs::copy(&path, to.join(name)).map_err(|e| TrainError::io(&path, e))?;
         }
     }
-    std::fs::copy(weights, to.join("model.safetensors")).map_err(|e| TrainError::io(weights, e))?;
     Ok(())
+}
+
+/// `config.json`, `tokenizer.json` and `tokenizer_config.json` for the model in a GGUF file.
+fn write_gguf_description(gguf_path: &Path, to: &Path) -> Result<()> {
+    let config = gguf::load_config(gguf_path)?;
+    let (tokenizer, eos) = gguf::tokenizer(gguf_path)?;
+    let write = |name: &str, text: String| {
+        let path = to.join(name);
+        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+    };
+    write("config.json", config.to_hf_json())?;
+    let tokenizer_path = to.join("tokenizer.json");
+    tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", tokenizer_path.display())))?;
+    write(
+        "tokenizer_config.json",
+        serde_json::json!({ "eos_token": eos }).to_string(),
+    )
 }
 
 /// The frozen reference model: plain tensors, so no gradient graph is ever recorded through it.

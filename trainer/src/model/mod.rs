@@ -1,8 +1,10 @@
 //! A trainable Llama/Qwen2-family decoder. Weight names match Hugging Face checkpoints, so a
-//! `VarBuilder` over a checkpoint's tensors builds the model directly.
+//! `VarBuilder` over a checkpoint's tensors builds the model directly; GGUF files are read into
+//! the same names.
 
 mod config;
 pub(crate) mod fused;
+mod gguf;
 mod layers;
 mod load;
 
@@ -10,6 +12,7 @@ use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Family, ModelConfig};
+pub use gguf::{is_gguf, tokenizer as gguf_tokenizer};
 pub use load::{
     LoadedModel, init_deterministic, load_weights, reference_model, trainable_model,
     write_model_folder,
