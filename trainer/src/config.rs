@@ -373,29 +373,35 @@ fn resolve_sampling(
     })
 }
 
+/// The model to train: a folder with a `config.json`, or a GGUF file.
+fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    let model = model.ok_or_else(|| {
+        bad(
+            "model",
+            "is required: the model folder or GGUF file to train",
+        )
+    })?;
+    if is_gguf(&model) {
+        if !model.is_file() {
+            return Err(bad("model", format!("{} does not exist", model.display())));
+        }
+    } else if !model.join("config.json").is_file() {
+        return Err(bad(
+            "model",
+            format!(
+                "{} has no config.json (nor is it a .gguf file)",
+                model.display()
+            ),
+        ));
+    }
+    Ok(model)
+}
+
 impl TrainConfig {
     /// Fills defaults and checks every field. `now` (Unix seconds) names runs that have no id.
     pub fn resolve(a: TrainArgs, now: u64) -> Result<Self> {
         let (loss_name, objective) = resolve_objective(&a)?;
-        let model = a.model.ok_or_else(|| {
-            bad(
-                "model",
-                "is required: the model folder or GGUF file to train",
-            )
-        })?;
-        if is_gguf(&model) {
-            if !model.is_file() {
-                return Err(bad("model", format!("{} does not exist", model.display())));
-            }
-        } else if !model.join("config.json").is_file() {
-            return Err(bad(
-                "model",
-                format!(
-                    "{} has no config.json (nor is it a .gguf file)",
-                    model.display()
-                ),
-            ));
-        }
+        let model = resolve_model(a.model)?;
         let beta = a.beta.unwrap_or(0.1);
         if !(beta.is_finite() && beta > 0.0) {
             return Err(bad(

@@ -178,15 +178,11 @@ fn trains_a_few_steps(path: &Path, prompt_ids: &[u32]) {
         ),
         (chat("What is 2+2?"), "2+2 = 4.", "2+2 = 5."),
     ];
-    let jsonl: String = rows
-        .iter()
-        .map(|(p, c, r)| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": p, "chosen": c, "rejected": r})
-            )
-        })
-        .collect();
+    let jsonl = rows.iter().fold(String::new(), |mut out, (p, c, r)| {
+        out += &serde_json::json!({"prompt": p, "chosen": c, "rejected": r}).to_string();
+        out.push('\n');
+        out
+    });
     std::fs::write(&data, jsonl).unwrap();
     let out = dir.path().join("run");
     let args = TrainArgs {
@@ -232,4 +228,145 @@ fn trains_a_few_steps(path: &Path, prompt_ids: &[u32]) {
             .unwrap(),
         prompt_ids
     );
+}
+
+/// llama.cpp's converter in reverse of `hf_name`, for writing test files.
+fn gguf_name(hf: &str) -> String {
+    let parts = [
+        ("model.embed_tokens.", "token_embd."),
+        ("model.norm.", "output_norm."),
+        ("lm_head.", "output."),
+        ("model.layers.", "blk."),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ];
+    parts
+        .iter()
+        .fold(hf.to_owned(), |name, (from, to)| name.replace(from, to))
+}
+
+/// The tiny Llama fixture as llama.cpp's converter writes it (f32, q/k rows permuted).
+fn write_tiny_llama_gguf(arch: &str, to: &Path) -> LoadedModel {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let loaded = load_weights(&folder, &Device::Cpu).unwrap();
+    let cfg = &loaded.config;
+    let permute = |t: &Tensor, heads: usize| {
+        let (rows, cols) = t.dims2().unwrap();
+        t.reshape((heads, 2, rows / heads / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let tensors: Vec<(String, QTensor)> = loaded
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let t = if name.contains("q_proj") {
+                permute(t, cfg.num_heads)
+            } else if name.contains("k_proj") {
+                permute(t, cfg.num_kv_heads)
+            } else {
+                t.clone()
+            };
+            (
+                gguf_name(name),
+                QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let u32_of = |n: usize| Value::U32(u32::try_from(n).unwrap());
+    let metadata = [
+        ("general.architecture", Value::String(arch.into())),
+        ("llama.block_count", u32_of(cfg.num_layers)),
+        ("llama.embedding_length", u32_of(cfg.hidden_size)),
+        ("llama.feed_forward_length", u32_of(cfg.intermediate_size)),
+        ("llama.attention.head_count", u32_of(cfg.num_heads)),
+        ("llama.attention.head_count_kv", u32_of(cfg.num_kv_heads)),
+        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.padding_token_id", Value::U32(3)),
+    ];
+    let mut file = File::create(to).unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    loaded
+}
+
+#[test]
+fn a_llama_gguf_loads_as_the_folder_it_was_converted_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let folder = write_tiny_llama_gguf("llama", &path);
+    let loaded = load(&path, &Device::Cpu).unwrap();
+    // The f32 fixture's rms_norm_eps passes through an f32 in the file.
+    let cfg = ModelConfig {
+        rms_norm_eps: f64::from(1e-5_f32),
+        ..folder.config.clone()
+    };
+    assert_eq!(loaded.config, cfg);
+    assert_eq!(loaded.tensors.len(), folder.tensors.len());
+    for (name, want) in &folder.tensors {
+        let got = &loaded.tensors[name];
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff == 0.0, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn files_it_cannot_use_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("notes.gguf");
+    std::fs::write(&garbage, "not a model").unwrap();
+    let err = load_weights(&garbage, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notes.gguf: not a GGUF file"), "{err}");
+
+    let gpt2 = dir.path().join("gpt2.gguf");
+    write_tiny_llama_gguf("gpt2", &gpt2);
+    let err = load(&gpt2, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("architecture \"gpt2\" is not supported"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.gguf");
+    let err = TrainConfig::resolve(
+        TrainArgs {
+            model: Some(missing),
+            ..TrainArgs::default()
+        },
+        0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("missing.gguf does not exist"), "{err}");
 }
