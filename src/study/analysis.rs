@@ -54,8 +54,14 @@ impl Analysis {
 
 /// Analyses a run whose starting model scored `start_score` (step 0).
 pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
-    let mut scores = vec![(0, start_score)];
-    scores.extend(log.series("eval/score"));
+    let logged = log.series("eval/score");
+    // Runs that evaluate their starting model log it as step 0 themselves.
+    let mut scores = if logged.first().is_some_and(|s| s.0 == 0) {
+        Vec::new()
+    } else {
+        vec![(0, start_score)]
+    };
+    scores.extend(logged);
     let (peak_step, peak) =
         scores.iter().copied().fold(
             (0, f64::NEG_INFINITY),

@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Evaluate on the held-out pairs every N steps; 0 disables [default: 0].
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Also evaluate the starting model, as step 0, when evaluation is on: the baseline a score
+    /// rule compares with, and the checkpoint a stop can fall back to [default: true].
+    #[arg(long)]
+    pub eval_on_start: Option<bool>,
     /// Eval prompts to generate completions for at each evaluation; 0 disables [default: 8].
     #[arg(long)]
     pub gen_prompts: Option<usize>,
@@ -187,6 +191,7 @@ impl TrainArgs {
             shuffle,
             top_k,
             eval_every,
+            eval_on_start,
             gen_prompts,
             gen_temperature,
             gen_top_p,
@@ -249,6 +254,7 @@ pub struct TrainConfig {
     pub shuffle: bool,
     pub top_k: usize,
     pub eval_every: usize,
+    pub eval_on_start: bool,
     pub gen_prompts: usize,
     pub sampling: crate::generate::Sampling,
     pub checkpoint_every: usize,
@@ -480,6 +486,7 @@ impl TrainConfig {
             shuffle: a.shuffle.unwrap_or(true),
             top_k: a.top_k.unwrap_or(10),
             eval_every: a.eval_every.unwrap_or(0),
+            eval_on_start: a.eval_on_start.unwrap_or(true),
             gen_prompts: a.gen_prompts.unwrap_or(8),
             sampling: resolve_sampling(a.gen_temperature, a.gen_top_p, a.gen_max_tokens)?,
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
@@ -508,7 +515,7 @@ impl TrainConfig {
             "max_grad_norm": self.max_grad_norm, "batch_size": self.batch_size,
             "grad_accum": self.grad_accum, "max_length": self.max_length, "max_steps": self.max_steps,
             "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle, "top_k": self.top_k,
-            "eval_every": self.eval_every, "gen_prompts": self.gen_prompts,
+            "eval_every": self.eval_every, "eval_on_start": self.eval_on_start, "gen_prompts": self.gen_prompts,
             "gen_temperature": self.sampling.temperature, "gen_top_p": self.sampling.top_p,
             "gen_max_tokens": self.sampling.max_new_tokens, "checkpoint_every": self.checkpoint_every,
             "device": self.device,

@@ -90,35 +90,83 @@ pub fn final_answer(text: &str) -> String {
         .unwrap_or_else(|| text.trim().to_owned())
 }
 
-/// Samples one completion of `prompt` (ending with `eos` when the model produced it), and keeps
-/// the next-token logits of every generated position in `seen`.
-fn complete(
+/// Logits kept at once while generating a batch: rows × positions × vocabulary ≤ this many
+/// floats (256 MiB), so a large vocabulary generates in smaller batches.
+const BATCH_LOGITS: usize = 1 << 26;
+
+/// Samples one completion of each prompt (all of one length), together: row `i` draws from
+/// `rngs[i]` and ends with `eos` when the model produced it. The next-token logits of every
+/// generated position are kept in `seen`, one `(rows, vocab)` tensor per position.
+fn complete_batch(
     model: &Decoder,
-    prompt: &[u32],
+    prompts: &[&[u32]],
     sampling: &Sampling,
     eos: Option<u32>,
-    rng: &mut SplitMix64,
+    rngs: &mut [SplitMix64],
     seen: &mut Vec<Tensor>,
-) -> Result<Vec<u32>> {
+) -> Result<Vec<Vec<u32>>> {
     let device = model.device();
-    let mut ids = prompt.to_vec();
-    let mut generated = Vec::new();
+    let mut ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let mut generated = vec![Vec::new(); prompts.len()];
+    // Rows still generating; they stay of one length, so they need no padding.
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
     for _ in 0..sampling.max_new_tokens {
-        let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
-        let logits = model.forward(&input)?.detach();
-        let last = logits
-            .narrow(1, ids.len() - 1, 1)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?;
-        let next = sample(&last.to_vec1::<f32>()?, sampling, rng);
-        seen.push(last);
-        ids.push(next);
-        generated.push(next);
-        if Some(next) == eos {
+        if active.is_empty() {
             break;
         }
+        let t = ids[active[0]].len();
+        let flat: Vec<u32> = active.iter().flat_map(|&i| ids[i].clone()).collect();
+        let input = Tensor::from_vec(flat, (active.len(), t), &device)?;
+        let last = model
+            .forward(&input)?
+            .detach()
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?;
+        let rows = last.to_vec2::<f32>()?;
+        seen.push(last);
+        for (row, &i) in rows.iter().zip(&active) {
+            let next = sample(row, sampling, &mut rngs[i]);
+            ids[i].push(next);
+            generated[i].push(next);
+        }
+        active.retain(|&i| generated[i].last().copied() != eos);
     }
     Ok(generated)
+}
+
+/// One completion of each prompt, prompts of equal length generated together (in batches whose
+/// logits fit [`BATCH_LOGITS`]); prompt `i` samples stream `i` of `seed`, so a completion does not
+/// depend on the other prompts.
+fn complete_all(
+    model: &Decoder,
+    prompts: &[&[u32]],
+    sampling: &Sampling,
+    eos: Option<u32>,
+    seed: u64,
+    seen: &mut Vec<Tensor>,
+) -> Result<Vec<Vec<u32>>> {
+    let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_length.entry(p.len()).or_default().push(i);
+    }
+    let vocab = model.config().vocab_size.max(1);
+    let mut out = vec![Vec::new(); prompts.len()];
+    for (len, group) in by_length {
+        let rows = (BATCH_LOGITS / ((len + sampling.max_new_tokens) * vocab)).max(1);
+        for chunk in group.chunks(rows) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i]).collect();
+            let mut rngs: Vec<SplitMix64> = chunk
+                .iter()
+                .map(|&i| SplitMix64::stream(seed, i as u64))
+                .collect();
+            let done = complete_batch(model, &batch, sampling, eos, &mut rngs, seen)?;
+            for (&i, completion) in chunk.iter().zip(done) {
+                out[i] = completion;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `k` sampled completions of each prompt, EOS removed: stream `i` of `seed` samples prompt `i`,
@@ -135,11 +183,12 @@ pub fn sample_completions(
         .iter()
         .enumerate()
         .map(|(i, prompt)| {
-            let mut rng = SplitMix64::stream(seed, i as u64);
+            let mut rng = [SplitMix64::stream(seed, i as u64)];
             (0..k)
                 .map(|_| {
                     let mut done =
-                        complete(model, prompt, sampling, eos, &mut rng, &mut Vec::new())?;
+                        complete_batch(model, &[prompt], sampling, eos, &mut rng, &mut Vec::new())?
+                            .remove(0);
                     if done.last().copied() == eos {
                         done.pop();
                     }
@@ -169,22 +218,21 @@ pub fn generation_metrics(
     // The policy's next-token logits at every generated position, measured together at the end.
     let mut seen = Vec::new();
     let (mut correct, mut scored) = (0usize, 0usize);
-    for (i, pair) in prompts.iter().enumerate() {
-        // One stream per prompt: a resumed run samples what an uninterrupted one would.
-        let mut rng = SplitMix64::stream(seed, i as u64);
-        let generated = complete(model, &pair.prompt, sampling, eos, &mut rng, &mut seen)?;
+    let inputs: Vec<&[u32]> = prompts.iter().map(|p| p.prompt.as_slice()).collect();
+    let completions = complete_all(model, &inputs, sampling, eos, seed, &mut seen)?;
+    for (pair, generated) in prompts.iter().zip(&completions) {
         if let Some(gold) = &pair.answer {
             scored += 1;
-            if final_answer(&tok.decode(&generated)?) == final_answer(gold) {
+            if final_answer(&tok.decode(generated)?) == final_answer(gold) {
                 correct += 1;
             }
         }
     }
-    let positions = seen.len();
+    let positions: usize = completions.iter().map(Vec::len).sum();
     let (mass, entropy) = if seen.is_empty() {
         (0.0, 0.0)
     } else {
-        let rows = Tensor::stack(&seen, 0)?;
+        let rows = Tensor::cat(&seen, 0)?;
         topk_stats_rows(&rows, &Tensor::ones(positions, DType::F32, device)?, top_k)?
     };
     let mut out = BTreeMap::from([

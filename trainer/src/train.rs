@@ -631,6 +631,12 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     let mut reporter = Reporter::start(&cfg.output_dir, server_target(cfg))?;
     let mut progress = Progress::new(total, first);
     let mut outcome = None;
+    if first == 1 && cfg.eval_on_start && cfg.eval_every > 0 && run.has_eval() {
+        // Step 0 is the starting model: no training metrics, only its evaluation.
+        let device = run.device.clone();
+        let metrics = device.with_context(|| run.evaluate(0))?;
+        reporter.record(0, unix_now(), &metrics)?;
+    }
     for step in first..=total {
         for s in reporter.take_signals() {
             if let Some(reason) = run.apply(&s, step, &reporter)? {
@@ -732,6 +738,12 @@ mod tests {
         TrainConfig::resolve(extra.overlaid_with(args), 0).unwrap()
     }
 
+    fn at(rows: &[serde_json::Value], step: u64) -> &serde_json::Value {
+        rows.iter()
+            .find(|r| r["step"] == step)
+            .unwrap_or_else(|| panic!("no step {step} logged"))
+    }
+
     fn logged(out: &Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
@@ -816,7 +828,7 @@ mod tests {
         let outcome = super::train(&config(out.path(), 2, extra)).unwrap();
         assert_eq!(outcome.status, "completed");
         let logged = logged(out.path());
-        let m = &logged[1]["metrics"];
+        let m = &at(&logged, 2)["metrics"];
         for key in [
             "loss",
             "cut/nll",
@@ -849,9 +861,9 @@ mod tests {
             gen_max_tokens: Some(4),
             ..TrainArgs::default()
         };
-        super::train(&config(out.path(), 2, extra)).unwrap();
+        super::train(&config(out.path(), 2, extra.clone())).unwrap();
         let rows = logged(out.path());
-        let m = &rows[1]["metrics"];
+        let m = &at(&rows, 2)["metrics"];
         let mass = m["topk_mass/generated"].as_f64().unwrap();
         let entropy = m["topk_entropy/generated"].as_f64().unwrap();
         assert!(mass > 0.0 && mass <= 1.0 + 1e-9 && (0.0..=10f64.log2() + 1e-9).contains(&entropy));
@@ -859,6 +871,22 @@ mod tests {
         assert!((1.0..=4.0).contains(&tokens), "{tokens}");
         let score = m["eval/score"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&score));
-        assert!(m["eval/loss"].is_number() && rows[0]["metrics"]["eval/loss"].is_null());
+        assert!(m["eval/loss"].is_number() && at(&rows, 1)["metrics"]["eval/loss"].is_null());
+        // Step 0 is the starting model: evaluated, not trained.
+        let start = &at(&rows, 0)["metrics"];
+        assert!(start["eval/score"].is_number() && start["eval/loss"].is_number());
+        assert!(start["loss"].is_null(), "{start}");
+
+        let later = tempfile::tempdir().unwrap();
+        let not_at_start = TrainArgs {
+            eval_on_start: Some(false),
+            ..extra
+        };
+        super::train(&config(later.path(), 2, not_at_start)).unwrap();
+        let steps: Vec<u64> = logged(later.path())
+            .iter()
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [1, 2]);
     }
 }
