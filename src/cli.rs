@@ -90,8 +90,9 @@ pub struct TaskArgs {
     /// Training pairs of two-digit addition.
     #[arg(long, default_value_t = 4000)]
     pub train_pairs: usize,
-    /// Held-out problems scored by exact match at each evaluation.
-    #[arg(long, default_value_t = 64)]
+    /// Held-out problems scored by exact match at each evaluation (one problem is 1/N of the
+    /// score: with few, the score moves by noise as much as by training).
+    #[arg(long, default_value_t = 256)]
     pub eval_prompts: usize,
     /// Supervised warm-up steps.
     #[arg(long, default_value_t = 450)]
