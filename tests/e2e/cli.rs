@@ -268,7 +268,14 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
     .json()
     .await
     .unwrap();
-    assert_eq!(score["points"].as_array().map(Vec::len), Some(2), "{score}");
+    // The starting model (step 0), then every 3 steps.
+    let steps: Vec<i64> = score["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 3, 6], "{score}");
     let rules: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs/demo-dpo/rules"))
         .await
         .unwrap()
