@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::error::{Result, TrainError};
-use crate::model::{Family, gguf_tokenizer, is_gguf};
+use crate::model::{Family, PackedPairs, Segment, gguf_tokenizer, is_gguf};
 
 /// One tokenised preference pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +211,54 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `(2B, L-1)`: 1 where position `i` predicts a completion token `i+1`.
     pub loss_mask: Tensor,
+    /// The same pairs packed one per row, for a decoder that can run them so.
+    pub packed: Option<PackedPairs>,
     pub pairs: usize,
+}
+
+/// The pairs one per row, prompt then chosen then rejected (each completion cut as `collate`
+/// cuts its row), and where each position of `collate`'s `(2B, len)` rows comes from.
+fn pack(
+    pairs: &[Pair],
+    max_length: usize,
+    len: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<PackedPairs> {
+    let cut = |p: &Pair, completion: &[u32]| completion.len().min(max_length - p.prompt.len());
+    let row_len = |p: &Pair| p.prompt.len() + cut(p, &p.chosen) + cut(p, &p.rejected);
+    let packed_len = pairs.iter().map(row_len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(pairs.len() * packed_len);
+    let mut segments = Vec::with_capacity(pairs.len());
+    let mut chosen_rows = Vec::with_capacity(pairs.len() * len);
+    let mut rejected_rows = Vec::with_capacity(pairs.len() * len);
+    for (b, p) in pairs.iter().enumerate() {
+        let (prompt, chosen, rejected) = (p.prompt.len(), cut(p, &p.chosen), cut(p, &p.rejected));
+        let start = b * packed_len;
+        ids.extend_from_slice(&p.prompt);
+        ids.extend_from_slice(&p.chosen[..chosen]);
+        ids.extend_from_slice(&p.rejected[..rejected]);
+        ids.resize(start + packed_len, pad_id);
+        segments.push(Segment { prompt, chosen });
+        // Padding positions read the row's first token: their logits are masked out.
+        let index = |i: usize| u32::try_from(start + i).unwrap_or(u32::MAX);
+        chosen_rows.extend((0..len).map(|i| index(if i < prompt + chosen { i } else { 0 })));
+        rejected_rows.extend((0..len).map(|i| {
+            index(match i {
+                i if i < prompt => i,
+                i if i < prompt + rejected => i + chosen,
+                _ => 0,
+            })
+        }));
+    }
+    chosen_rows.extend(rejected_rows);
+    Ok(PackedPairs {
+        ids: Tensor::from_vec(ids, (pairs.len(), packed_len), device)?,
+        segments,
+        gather: Tensor::from_vec(chosen_rows, 2 * pairs.len() * len, device)?,
+        rows: 2 * pairs.len(),
+        len,
+    })
 }
 
 /// Collates pairs, each sequence cut to its first `max_length` tokens (the completion always keeps
@@ -261,6 +308,7 @@ pub fn collate(pairs: &[Pair], max_length: usize, pad_id: u32, device: &Device) 
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, (rows.len(), len), device)?,
         loss_mask: Tensor::from_vec(mask, (rows.len(), len - 1), device)?,
+        packed: Some(pack(pairs, max_length, len, pad_id, device)?),
         pairs: pairs.len(),
     })
 }

@@ -137,6 +137,8 @@ pub enum Positions<'a> {
     Fused {
         seq: usize,
         inv_freq: &'a [f32],
+        /// Empty, or the preference pair packed in each row.
+        segments: &'a [fused::Segment],
     },
     Composite {
         seq: usize,
@@ -179,9 +181,11 @@ impl Attention {
             self.v_proj.forward(x)?,
         );
         let out = match positions {
-            Positions::Fused { seq, inv_freq } => {
-                fused::causal_attention(&q, &k, &v, *seq, self.layout, inv_freq)?
-            }
+            Positions::Fused {
+                seq,
+                inv_freq,
+                segments,
+            } => fused::causal_attention(&q, &k, &v, *seq, self.layout, inv_freq, segments)?,
             Positions::Composite {
                 seq,
                 cos,

@@ -12,6 +12,7 @@ use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Family, ModelConfig};
+pub use fused::Segment;
 pub use gguf::{is_gguf, tokenizer as gguf_tokenizer};
 pub use load::{
     LoadedModel, init_deterministic, load_weights, reference_model, trainable_model,
@@ -91,6 +92,52 @@ impl Decoder {
     }
 }
 
+/// Preference pairs packed one per row (prompt, chosen, rejected; see [`fused::Segment`]), so the
+/// prompt is computed once per pair, and how to lay the result out as the usual `(2B, L)` rows.
+#[derive(Debug, Clone)]
+pub struct PackedPairs {
+    /// `(B, Lp)` token ids.
+    pub ids: Tensor,
+    pub segments: Vec<Segment>,
+    /// For each position of the unpacked `(2B, L)` rows, the flat index of its token in `ids`.
+    pub gather: Tensor,
+    /// `2B` and `L`.
+    pub rows: usize,
+    pub len: usize,
+}
+
+impl Decoder {
+    /// Logits `(2B, L, vocab)` of the pairs' unpacked rows `input_ids (2B, L)`: through `packed`
+    /// where the fused kernels run (each prompt computed once), else row by row. Both give the
+    /// same logits at every real (non-padding) position.
+    pub fn forward_pairs(
+        &self,
+        input_ids: &Tensor,
+        packed: Option<&PackedPairs>,
+    ) -> Result<Tensor> {
+        let embeddings = self.embed_tokens.embeddings();
+        let Some(packed) = packed.filter(|_| fused::supported(embeddings)) else {
+            return self.forward(input_ids);
+        };
+        let (_, t) = packed.ids.dims2()?;
+        let mut x = embeddings.index_select(&packed.ids.flatten_all()?, 0)?;
+        let positions = Positions::Fused {
+            seq: t,
+            inv_freq: self.rotary.inv_freq(),
+            segments: &packed.segments,
+        };
+        for layer in &self.layers {
+            x = layer.forward(&x, &positions)?;
+        }
+        let x = self.norm.forward(&x)?.index_select(&packed.gather, 0)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => x.matmul(&embeddings.t()?)?,
+        };
+        logits.reshape((packed.rows, packed.len, ()))
+    }
+}
+
 impl Decoder {
     /// What attention needs about the `t` positions of each sequence in `x (tokens, hidden)`.
     fn positions(&self, t: usize, x: &Tensor) -> Result<Positions<'_>> {
@@ -98,6 +145,7 @@ impl Decoder {
             return Ok(Positions::Fused {
                 seq: t,
                 inv_freq: self.rotary.inv_freq(),
+                segments: &[],
             });
         }
         let (cos, sin) = self.rotary.tables(t, x.device())?;

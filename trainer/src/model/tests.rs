@@ -274,3 +274,82 @@ fn the_composite_path_gives_the_fused_paths_logits() {
         );
     }
 }
+
+/// Pairs packed one per row (prompt once, then chosen, then rejected) give the unpacked rows'
+/// logits at every real position and the same gradients, completions cut by `max_length` too.
+#[test]
+fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
+    use crate::data::{PairTokenizer, collate, load_pairs};
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let cfg = &loaded.config;
+        let tok = PairTokenizer::for_model(&fixture(arch), cfg.family, cfg.eos_token_id).unwrap();
+        let (pairs, _) = load_pairs(&fixture(arch).join("train.jsonl"), &tok, 64).unwrap();
+        let pairs = &pairs[..6];
+        // Long enough for every prompt, short enough to cut some completions.
+        let max_length = pairs.iter().map(|p| p.prompt.len()).max().unwrap() + 2;
+        let batch = collate(pairs, max_length, 0, &Device::Cpu).unwrap();
+        let (model, varmap) = trainable_model(cfg, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let (_, len) = batch.input_ids.dims2().unwrap();
+        // 1 at each real position of the unpacked rows (chosen rows, then rejected rows).
+        let real: Vec<f32> = [false, true]
+            .iter()
+            .flat_map(|&rejected| {
+                pairs.iter().flat_map(move |p| {
+                    let completion = if rejected { &p.rejected } else { &p.chosen };
+                    let n = (p.prompt.len() + completion.len()).min(max_length);
+                    (0..len).map(move |i| if i < n { 1.0 } else { 0.0 })
+                })
+            })
+            .collect();
+        let real = Tensor::from_vec(real, (2 * pairs.len(), len, 1), &Device::Cpu).unwrap();
+        let plain = model.forward(&batch.input_ids).unwrap();
+        let packed = model
+            .forward_pairs(&batch.input_ids, batch.packed.as_ref())
+            .unwrap();
+        let worst = plain
+            .broadcast_mul(&real)
+            .unwrap()
+            .sub(&packed.broadcast_mul(&real).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(worst < 1e-5, "{arch}: packed logits differ by {worst}");
+
+        let loss = |logits: &Tensor| {
+            (token_logps(logits, &batch.input_ids).unwrap() * &batch.loss_mask)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let (g_plain, g_packed) = (
+            loss(&plain).backward().unwrap(),
+            loss(&packed).backward().unwrap(),
+        );
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let (a, b) = (
+                g_plain.get(var).unwrap(),
+                g_packed
+                    .get(var)
+                    .unwrap_or_else(|| panic!("{name}: no gradient")),
+            );
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3),
+                "{arch} {name}: gradients differ by {diff} (scale {scale})"
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Causal self-attention after the projections, as one op: rotary embeddings on queries and keys,
 //! grouped-query heads, `softmax(q·kᵀ/√d + causal mask)·v`. The backward pass recomputes the
-//! attention probabilities rather than keeping them.
+//! attention probabilities rather than keeping them. A row may hold a packed preference pair
+//! ([`Segment`]), whose two completions share one pass over their prompt.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
@@ -16,9 +17,35 @@ pub struct HeadLayout {
     pub head_dim: usize,
 }
 
+/// A row holding a preference pair: `prompt` tokens, the first `chosen` tokens of the chosen
+/// completion, then the rejected completion. The rejected tokens see the prompt but not the chosen
+/// ones, and take the positions that follow the prompt, so each completion is computed exactly as
+/// in a row of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub prompt: usize,
+    pub chosen: usize,
+}
+
+impl Segment {
+    /// The rotary position of row index `i`.
+    fn position(self, i: usize) -> usize {
+        if i >= self.prompt + self.chosen {
+            i - self.chosen
+        } else {
+            i
+        }
+    }
+
+    /// Whether query `i` must not see key `j < i`.
+    fn hides(self, i: usize, j: usize) -> bool {
+        i >= self.prompt + self.chosen && (self.prompt..self.prompt + self.chosen).contains(&j)
+    }
+}
+
 /// `q (b·t, heads·d)`, `k` and `v (b·t, kv_heads·d)`, as the projections give them for `b`
 /// sequences of `t` tokens; returns `(b·t, heads·d)`. `inv_freq` are the rotary frequencies
-/// (`d/2` of them).
+/// (`d/2` of them). `segments`: empty for plain rows, else one per row.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -26,6 +53,7 @@ pub fn causal_attention(
     t: usize,
     layout: HeadLayout,
     inv_freq: &[f32],
+    segments: &[Segment],
 ) -> Result<Tensor> {
     // As transformers: angles and their cos/sin in f32, whatever the model's dtype.
     let angles = (0..t).flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f));
@@ -34,6 +62,7 @@ pub fn causal_attention(
         seq: t,
         cos: angles.clone().map(f32::cos).collect(),
         sin: angles.map(f32::sin).collect(),
+        segments: segments.to_vec(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -45,6 +74,8 @@ struct CausalAttention {
     /// `(t, d/2)` tables of the rotary angles.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// Empty, or the pair packed in each row.
+    segments: Vec<Segment>,
 }
 
 /// Slices and sizes of one batch row's work, in the op's float type.
@@ -57,6 +88,9 @@ struct Kernel<T> {
     cos: Vec<T>,
     sin: Vec<T>,
 }
+
+/// The row a kernel call works on: its pair layout, if packed.
+type Row = Option<Segment>;
 
 impl<T: Real> Kernel<T> {
     fn new(op: &CausalAttention, t: usize) -> Self {
@@ -86,13 +120,14 @@ impl<T: Real> Kernel<T> {
     }
 
     /// Head `head` of `x (t, n_heads·d)`, rotated: `(t, d)`, `x·cos + rotate_half(x)·sin`.
-    fn rotated(&self, x: &[T], n_heads: usize, head: usize) -> Vec<T> {
+    fn rotated(&self, x: &[T], n_heads: usize, head: usize, row: Row) -> Vec<T> {
         let half = self.d / 2;
         let mut out = vec![T::zero(); self.t * self.d];
         for (p, o) in out.chunks_mut(self.d).enumerate() {
             let xr = self.row(x, n_heads, p, head);
+            let at = row.map_or(p, |s| s.position(p)) * half;
             for i in 0..half {
-                let (c, s) = (self.cos[p * half + i], self.sin[p * half + i]);
+                let (c, s) = (self.cos[at + i], self.sin[at + i]);
                 o[i] = xr[i] * c - xr[i + half] * s;
                 o[i + half] = xr[i + half] * c + xr[i] * s;
             }
@@ -102,10 +137,11 @@ impl<T: Real> Kernel<T> {
 
     /// Adds the gradient of `x` given that of `rotated(x)` (`g`, `(t, d)`) into head `head` of
     /// `dx (t, n_heads·d)`.
-    fn unrotate_into(&self, g: &[T], dx: &mut [T], n_heads: usize, head: usize) {
+    fn unrotate_into(&self, g: &[T], dx: &mut [T], n_heads: usize, head: usize, row: Row) {
         let half = self.d / 2;
         for (p, gr) in g.chunks(self.d).enumerate() {
-            let (cos, sin) = (&self.cos[p * half..], &self.sin[p * half..]);
+            let at = row.map_or(p, |s| s.position(p)) * half;
+            let (cos, sin) = (&self.cos[at..], &self.sin[at..]);
             let o = self.row_mut(dx, n_heads, p, head);
             for i in 0..half {
                 o[i] += gr[i] * cos[i] + gr[i + half] * sin[i];
@@ -114,10 +150,15 @@ impl<T: Real> Kernel<T> {
         }
     }
 
-    /// Attention probabilities of query `i` over keys `0..=i`, into `probs[..=i]`.
-    fn probs(&self, qi: &[T], kr: &[T], i: usize, probs: &mut [T]) {
+    /// Attention probabilities of query `i` over keys `0..=i`, into `probs[..=i]` (0 for the
+    /// keys the row's pair layout hides).
+    fn probs(&self, qi: &[T], kr: &[T], i: usize, probs: &mut [T], row: Row) {
         let mut max = T::neg_infinity();
         for (j, p) in probs[..=i].iter_mut().enumerate() {
+            if row.is_some_and(|s| s.hides(i, j)) {
+                *p = T::neg_infinity();
+                continue;
+            }
             *p = dot(qi, &kr[j * self.d..][..self.d]) * self.scale;
             if *p > max {
                 max = *p;
@@ -134,15 +175,15 @@ impl<T: Real> Kernel<T> {
     }
 
     /// One batch row: `q (t, hq·d)`, `k`, `v (t, hkv·d)` into `out (t, hq·d)`.
-    fn forward(&self, q: &[T], k: &[T], v: &[T], out: &mut [T]) {
+    fn forward(&self, q: &[T], k: &[T], v: &[T], out: &mut [T], row: Row) {
         let n_rep = self.hq / self.hkv;
         let mut probs = vec![T::zero(); self.t];
         for g in 0..self.hkv {
-            let kr = self.rotated(k, self.hkv, g);
+            let kr = self.rotated(k, self.hkv, g, row);
             for h in g * n_rep..(g + 1) * n_rep {
-                let qr = self.rotated(q, self.hq, h);
+                let qr = self.rotated(q, self.hq, h, row);
                 for i in 0..self.t {
-                    self.probs(&qr[i * self.d..][..self.d], &kr, i, &mut probs);
+                    self.probs(&qr[i * self.d..][..self.d], &kr, i, &mut probs, row);
                     let o = self.row_mut(out, self.hq, i, h);
                     for (j, &p) in probs[..=i].iter().enumerate() {
                         axpy(p, self.row(v, self.hkv, j, g), o);
@@ -155,7 +196,7 @@ impl<T: Real> Kernel<T> {
     /// One batch row's gradients `dq`, `dk`, `dv` (zero-filled on entry) from `dout`.
     #[expect(
         clippy::too_many_arguments,
-        reason = "three inputs, their gradients, and dout"
+        reason = "three inputs, their gradients, dout and the row's layout"
     )]
     fn backward(
         &self,
@@ -166,19 +207,20 @@ impl<T: Real> Kernel<T> {
         dq: &mut [T],
         dk: &mut [T],
         dv: &mut [T],
+        row: Row,
     ) {
         let (d, n_rep) = (self.d, self.hq / self.hkv);
         let mut probs = vec![T::zero(); self.t];
         let mut dscore = vec![T::zero(); self.t];
         for g in 0..self.hkv {
-            let kr = self.rotated(k, self.hkv, g);
+            let kr = self.rotated(k, self.hkv, g, row);
             let mut dkr = vec![T::zero(); self.t * d];
             for h in g * n_rep..(g + 1) * n_rep {
-                let qr = self.rotated(q, self.hq, h);
+                let qr = self.rotated(q, self.hq, h, row);
                 let mut dqr = vec![T::zero(); self.t * d];
                 for i in 0..self.t {
                     let qi = &qr[i * d..][..d];
-                    self.probs(qi, &kr, i, &mut probs);
+                    self.probs(qi, &kr, i, &mut probs, row);
                     let doi = self.row(dout, self.hq, i, h);
                     // dP_ij = dO_i·v_j; dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij), times the scale.
                     let mut weighted = T::zero();
@@ -193,9 +235,9 @@ impl<T: Real> Kernel<T> {
                         axpy(ds, qi, &mut dkr[j * d..][..d]);
                     }
                 }
-                self.unrotate_into(&dqr, dq, self.hq, h);
+                self.unrotate_into(&dqr, dq, self.hq, h, row);
             }
-            self.unrotate_into(&dkr, dk, self.hkv, g);
+            self.unrotate_into(&dkr, dk, self.hkv, g, row);
         }
     }
 }
@@ -216,6 +258,7 @@ impl CausalAttention {
             || head_dim % 2 != 0
             || rows % self.seq != 0
             || self.cos.len() != self.seq * head_dim / 2
+            || !(self.segments.is_empty() || self.segments.len() * self.seq == rows)
         {
             bail!(
                 "causal_attention: q {q:?}, k {k:?}, v {v:?} do not fit {:?} over {} positions",
@@ -226,19 +269,25 @@ impl CausalAttention {
         Ok(())
     }
 
+    fn row(&self, b: usize) -> Row {
+        self.segments.get(b).copied()
+    }
+
     fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let t = self.seq;
         let kern = Kernel::<T>::new(self, t);
         let (qn, kn) = (t * kern.hq * kern.d, t * kern.hkv * kern.d);
         let mut out = vec![T::zero(); q.len()];
-        let one = |((o, q), (k, v))| kern.forward(q, k, v, o);
+        let one = |(b, ((o, q), (k, v)))| kern.forward(q, k, v, o, self.row(b));
         if parallel(q.len() * t) {
             (out.par_chunks_mut(qn).zip(q.par_chunks(qn)))
                 .zip(k.par_chunks(kn).zip(v.par_chunks(kn)))
+                .enumerate()
                 .for_each(one);
         } else {
             (out.chunks_mut(qn).zip(q.chunks(qn)))
                 .zip(k.chunks(kn).zip(v.chunks(kn)))
+                .enumerate()
                 .for_each(one);
         }
         out
@@ -259,20 +308,22 @@ impl CausalAttention {
         let mut dk = vec![T::zero(); k.elem_count()];
         let mut dv = vec![T::zero(); v.elem_count()];
         with_slices::<T, _>(&[q, k, v, dout], |s| {
-            let one = |(((dq, (dk, dv)), (q, dout)), (k, v))| {
-                kern.backward(q, k, v, dout, dq, dk, dv);
+            let one = |(b, (((dq, (dk, dv)), (q, dout)), (k, v)))| {
+                kern.backward(q, k, v, dout, dq, dk, dv, self.row(b));
             };
             if parallel(dq.len() * t) {
                 (dq.par_chunks_mut(qn))
                     .zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn)))
                     .zip(s[0].par_chunks(qn).zip(s[3].par_chunks(qn)))
                     .zip(s[1].par_chunks(kn).zip(s[2].par_chunks(kn)))
+                    .enumerate()
                     .for_each(one);
             } else {
                 (dq.chunks_mut(qn))
                     .zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn)))
                     .zip(s[0].chunks(qn).zip(s[3].chunks(qn)))
                     .zip(s[1].chunks(kn).zip(s[2].chunks(kn)))
+                    .enumerate()
                     .for_each(one);
             }
         })?;

@@ -14,7 +14,7 @@ mod token_logps;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType, bail};
 
-pub use attention::{HeadLayout, causal_attention};
+pub use attention::{HeadLayout, Segment, causal_attention};
 pub use rms_norm::rms_norm;
 pub use swiglu::swiglu;
 pub use token_logps::token_logps;

@@ -59,7 +59,9 @@ fn cases(large: bool) -> Vec<Case> {
         Case {
             name: "causal_attention",
             shapes: vec![vec![n, q], vec![n, kv], vec![n, kv]],
-            fused: Box::new(move |x| causal_attention(&x[0], &x[1], &x[2], seq, heads, &inv_freq)),
+            fused: Box::new(move |x| {
+                causal_attention(&x[0], &x[1], &x[2], seq, heads, &inv_freq, &[])
+            }),
             composite: Box::new(move |x| {
                 let (dt, dev) = (x[0].dtype(), x[0].device());
                 let (cos, sin) = rotary.tables(seq, dev)?;
