@@ -225,7 +225,11 @@ fn pack(
     pad_id: u32,
     device: &Device,
 ) -> Result<PackedPairs> {
-    let cut = |p: &Pair, completion: &[u32]| completion.len().min(max_length - p.prompt.len());
+    let cut = |p: &Pair, completion: &[u32]| {
+        completion
+            .len()
+            .min(max_length.saturating_sub(p.prompt.len()))
+    };
     let row_len = |p: &Pair| p.prompt.len() + cut(p, &p.chosen) + cut(p, &p.rejected);
     let packed_len = pairs.iter().map(row_len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(pairs.len() * packed_len);
