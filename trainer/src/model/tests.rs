@@ -8,6 +8,16 @@ use candle_core::{DType, Device, Tensor};
 use super::*;
 use crate::metrics::token_logps;
 
+/// The largest absolute element of `t`.
+pub(super) fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny-{arch}"))
 }
@@ -307,17 +317,9 @@ fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
         let packed = model
             .forward_pairs(&batch.input_ids, batch.packed.as_ref())
             .unwrap();
-        let worst = plain
-            .broadcast_mul(&real)
-            .unwrap()
-            .sub(&packed.broadcast_mul(&real).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let worst = max_abs(
+            &(plain.broadcast_mul(&real).unwrap() - packed.broadcast_mul(&real).unwrap()).unwrap(),
+        );
         assert!(worst < 1e-5, "{arch}: packed logits differ by {worst}");
 
         let loss = |logits: &Tensor| {
@@ -337,15 +339,7 @@ fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
                     .get(var)
                     .unwrap_or_else(|| panic!("{name}: no gradient")),
             );
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
+            let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
             assert!(
                 diff <= 1e-4 * scale.max(1e-3),
                 "{arch} {name}: gradients differ by {diff} (scale {scale})"

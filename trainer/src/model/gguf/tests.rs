@@ -11,6 +11,7 @@ use super::*;
 use crate::config::{TrainArgs, TrainConfig};
 use crate::data::PairTokenizer;
 use crate::generate::{Sampling, sample_completions};
+use crate::model::tests::max_abs;
 use crate::model::{load_weights, reference_model, write_model_folder};
 use crate::train::{Checkpoints, train};
 
@@ -328,14 +329,7 @@ fn a_llama_gguf_loads_as_the_folder_it_was_converted_from() {
     assert_eq!(loaded.tensors.len(), folder.tensors.len());
     for (name, want) in &folder.tensors {
         let got = &loaded.tensors[name];
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs(&(got - want).unwrap());
         assert!(diff == 0.0, "{name} differs by {diff}");
     }
 }
