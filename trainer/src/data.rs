@@ -212,7 +212,7 @@ pub struct Batch {
     /// `(2B, L-1)`: 1 where position `i` predicts a completion token `i+1`.
     pub loss_mask: Tensor,
     /// The same pairs packed one per row, for a decoder that can run them so.
-    pub packed: Option<PackedPairs>,
+    pub packed: PackedPairs,
     pub pairs: usize,
 }
 
@@ -260,8 +260,6 @@ fn pack(
         ids: Tensor::from_vec(ids, (pairs.len(), packed_len), device)?,
         segments,
         gather: Tensor::from_vec(chosen_rows, 2 * pairs.len() * len, device)?,
-        rows: 2 * pairs.len(),
-        len,
     })
 }
 
@@ -312,7 +310,7 @@ pub fn collate(pairs: &[Pair], max_length: usize, pad_id: u32, device: &Device) 
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, (rows.len(), len), device)?,
         loss_mask: Tensor::from_vec(mask, (rows.len(), len - 1), device)?,
-        packed: Some(pack(pairs, max_length, len, pad_id, device)?),
+        packed: pack(pairs, max_length, len, pad_id, device)?,
         pairs: pairs.len(),
     })
 }

@@ -115,7 +115,10 @@ fn complete_batch(
             break;
         }
         let t = ids[active[0]].len();
-        let flat: Vec<u32> = active.iter().flat_map(|&i| ids[i].clone()).collect();
+        let flat: Vec<u32> = active
+            .iter()
+            .flat_map(|&i| ids[i].iter().copied())
+            .collect();
         let input = Tensor::from_vec(flat, (active.len(), t), &device)?;
         let last = model
             .forward(&input)?

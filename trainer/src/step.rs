@@ -43,7 +43,7 @@ pub enum Reference<'a> {
 /// Summed completion log-probs of each row of `batch` under the frozen `reference`, `(2B,)`.
 pub fn reference_logps(reference: &Decoder, batch: &Batch) -> Result<Tensor> {
     let logits = reference
-        .forward_pairs(&batch.input_ids, batch.packed.as_ref())?
+        .forward_pairs(&batch.input_ids, &batch.packed)?
         .detach();
     Ok(
         (token_logps(&logits, &batch.input_ids)? * &batch.loss_mask)?
@@ -62,7 +62,7 @@ pub fn forward(
 ) -> Result<StepResult> {
     let b = batch.pairs;
     let mask = &batch.loss_mask;
-    let logits = policy.forward_pairs(&batch.input_ids, batch.packed.as_ref())?;
+    let logits = policy.forward_pairs(&batch.input_ids, &batch.packed)?;
     let per_token = (token_logps(&logits, &batch.input_ids)? * mask)?;
     let logps = per_token.sum(D::Minus1)?;
     let ref_logps = match reference {

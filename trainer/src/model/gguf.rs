@@ -200,6 +200,15 @@ impl<'a> Gguf<'a> {
         Ok(tensors)
     }
 
+    /// The tokenizer, and the text of its EOS token.
+    fn tokenizer_and_eos(&self) -> Result<(Tokenizer, Option<String>)> {
+        let tokenizer = self.tokenizer()?;
+        let eos = self
+            .token_id("tokenizer.ggml.eos_token_id")?
+            .and_then(|id| tokenizer.id_to_token(id));
+        Ok((tokenizer, eos))
+    }
+
     fn tokenizer(&self) -> Result<Tokenizer> {
         let mut tokenizer = Tokenizer::from_gguf(&self.content)
             .map_err(|e| self.error(format!("tokenizer: {e}")))?;
@@ -273,19 +282,30 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     Ok(LoadedModel { config, tensors })
 }
 
-/// The configuration of the model in the GGUF file at `path`, without reading its tensors.
-pub fn load_config(path: &Path) -> Result<ModelConfig> {
-    Gguf::open(path)?.config()
-}
-
 /// The tokenizer stored in the GGUF file at `path`, with the text of its EOS token.
 pub fn tokenizer(path: &Path) -> Result<(Tokenizer, Option<String>)> {
+    Gguf::open(path)?.tokenizer_and_eos()
+}
+
+/// Writes what a model folder holds beside its weights for the model in the GGUF file at `path`:
+/// `config.json`, `tokenizer.json` and `tokenizer_config.json`, into the folder `to`.
+pub fn write_description(path: &Path, to: &Path) -> Result<()> {
     let file = Gguf::open(path)?;
-    let tokenizer = file.tokenizer()?;
-    let eos = file
-        .token_id("tokenizer.ggml.eos_token_id")?
-        .and_then(|id| tokenizer.id_to_token(id));
-    Ok((tokenizer, eos))
+    let config = file.config()?;
+    let (tokenizer, eos) = file.tokenizer_and_eos()?;
+    let write = |name: &str, text: String| {
+        let path = to.join(name);
+        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+    };
+    write("config.json", config.to_hf_json())?;
+    let tokenizer_path = to.join("tokenizer.json");
+    tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", tokenizer_path.display())))?;
+    write(
+        "tokenizer_config.json",
+        serde_json::json!({ "eos_token": eos }).to_string(),
+    )
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ pub(crate) fn copy_into(
 pub fn write_model_folder(like: &Path, weights: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
     if is_gguf(like) {
-        write_gguf_description(like, to)?;
+        gguf::write_description(like, to)?;
     } else {
         copy_json_files(like, to)?;
     }
@@ -139,25 +139,6 @@ fn copy_json_files(like: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `config.json`, `tokenizer.json` and `tokenizer_config.json` for the model in a GGUF file.
-fn write_gguf_description(gguf_path: &Path, to: &Path) -> Result<()> {
-    let config = gguf::load_config(gguf_path)?;
-    let (tokenizer, eos) = gguf::tokenizer(gguf_path)?;
-    let write = |name: &str, text: String| {
-        let path = to.join(name);
-        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
-    };
-    write("config.json", config.to_hf_json())?;
-    let tokenizer_path = to.join("tokenizer.json");
-    tokenizer
-        .save(&tokenizer_path, false)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", tokenizer_path.display())))?;
-    write(
-        "tokenizer_config.json",
-        serde_json::json!({ "eos_token": eos }).to_string(),
-    )
 }
 
 /// The frozen reference model: plain tensors, so no gradient graph is ever recorded through it.

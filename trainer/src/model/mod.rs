@@ -75,25 +75,53 @@ impl Decoder {
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        // Activations stay `(tokens, hidden)` through the layers: each reshape would be one more
-        // op in the backward pass.
-        let embeddings = self.embed_tokens.embeddings();
-        let mut x = embeddings.index_select(&input_ids.flatten_all()?, 0)?;
-        let positions = self.positions(t, &x)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &positions)?;
+        let positions = self.positions(t, self.embeddings())?;
+        let x = self.hidden(input_ids, &positions)?;
+        self.logits(&x, b, t)
+    }
+
+    /// Logits `(2B, L, vocab)` of the pairs' unpacked rows `input_ids (2B, L)`: through `packed`
+    /// where the fused kernels run (each prompt computed once), else row by row. Both give the
+    /// same logits at every real (non-padding) position.
+    pub fn forward_pairs(&self, input_ids: &Tensor, packed: &PackedPairs) -> Result<Tensor> {
+        if !fused::supported(self.embeddings()) {
+            return self.forward(input_ids);
         }
-        let x = self.norm.forward(&x)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => x.matmul(&embeddings.t()?)?,
+        let (rows, len) = input_ids.dims2()?;
+        let positions = Positions::Fused {
+            seq: packed.ids.dim(1)?,
+            inv_freq: self.rotary.inv_freq(),
+            segments: &packed.segments,
         };
-        logits.reshape((b, t, ()))
+        let x = self
+            .hidden(&packed.ids, &positions)?
+            .index_select(&packed.gather, 0)?;
+        self.logits(&x, rows, len)
+    }
+
+    /// The final-normed hidden states `(rows·t, hidden)` of `ids (rows, t)`. Activations stay
+    /// `(tokens, hidden)` through the layers: each reshape would be one more op in the backward
+    /// pass.
+    fn hidden(&self, ids: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let mut x = self.embeddings().index_select(&ids.flatten_all()?, 0)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, positions)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits `(rows, len, vocab)` of hidden states `x (rows·len, hidden)`.
+    fn logits(&self, x: &Tensor, rows: usize, len: usize) -> Result<Tensor> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x)?,
+            None => x.matmul(&self.embeddings().t()?)?,
+        };
+        logits.reshape((rows, len, ()))
     }
 }
 
 /// Preference pairs packed one per row (prompt, chosen, rejected; see [`fused::Segment`]), so the
-/// prompt is computed once per pair, and how to lay the result out as the usual `(2B, L)` rows.
+/// prompt is computed once per pair, and where each position of the usual `(2B, L)` rows is.
 #[derive(Debug, Clone)]
 pub struct PackedPairs {
     /// `(B, Lp)` token ids.
@@ -101,45 +129,10 @@ pub struct PackedPairs {
     pub segments: Vec<Segment>,
     /// For each position of the unpacked `(2B, L)` rows, the flat index of its token in `ids`.
     pub gather: Tensor,
-    /// `2B` and `L`.
-    pub rows: usize,
-    pub len: usize,
 }
 
 impl Decoder {
-    /// Logits `(2B, L, vocab)` of the pairs' unpacked rows `input_ids (2B, L)`: through `packed`
-    /// where the fused kernels run (each prompt computed once), else row by row. Both give the
-    /// same logits at every real (non-padding) position.
-    pub fn forward_pairs(
-        &self,
-        input_ids: &Tensor,
-        packed: Option<&PackedPairs>,
-    ) -> Result<Tensor> {
-        let embeddings = self.embed_tokens.embeddings();
-        let Some(packed) = packed.filter(|_| fused::supported(embeddings)) else {
-            return self.forward(input_ids);
-        };
-        let (_, t) = packed.ids.dims2()?;
-        let mut x = embeddings.index_select(&packed.ids.flatten_all()?, 0)?;
-        let positions = Positions::Fused {
-            seq: t,
-            inv_freq: self.rotary.inv_freq(),
-            segments: &packed.segments,
-        };
-        for layer in &self.layers {
-            x = layer.forward(&x, &positions)?;
-        }
-        let x = self.norm.forward(&x)?.index_select(&packed.gather, 0)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => x.matmul(&embeddings.t()?)?,
-        };
-        logits.reshape((packed.rows, packed.len, ()))
-    }
-}
-
-impl Decoder {
-    /// What attention needs about the `t` positions of each sequence in `x (tokens, hidden)`.
+    /// What attention needs about the `t` positions of each sequence of activations like `x`.
     fn positions(&self, t: usize, x: &Tensor) -> Result<Positions<'_>> {
         if fused::supported(x) {
             return Ok(Positions::Fused {

@@ -315,7 +315,7 @@ fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
         let real = Tensor::from_vec(real, (2 * pairs.len(), len, 1), &Device::Cpu).unwrap();
         let plain = model.forward(&batch.input_ids).unwrap();
         let packed = model
-            .forward_pairs(&batch.input_ids, batch.packed.as_ref())
+            .forward_pairs(&batch.input_ids, &batch.packed)
             .unwrap();
         let worst = max_abs(
             &(plain.broadcast_mul(&real).unwrap() - packed.broadcast_mul(&real).unwrap()).unwrap(),
