@@ -155,15 +155,8 @@ impl Evaluation {
     }
 
     async fn finish(self) -> Outcome {
-        if let Some(done) = self.done.into_inner() {
-            return done;
-        }
-        let task = self
-            .running
-            .into_inner()
-            .expect("evaluation lock")
-            .expect("a running evaluation until it is done");
-        joined(task.await)
+        self.result().await;
+        self.done.into_inner().expect("result() completed it")
     }
 }
 

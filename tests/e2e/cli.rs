@@ -15,6 +15,17 @@ use crate::harness::{SseReader, assert_writes_need_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redline");
 
+/// Runs `cmd` to its end and checks that it succeeded, showing its stderr where it did not.
+async fn succeeded(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn redline(cwd: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.current_dir(cwd)
@@ -119,16 +130,14 @@ async fn serve_creates_the_embedded_store_and_shuts_down_cleanly_on_sigterm() {
 #[tokio::test]
 async fn a_created_token_is_required_for_writes() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = redline(cwd.path())
-        .args(["token", "create", "trainer-1", "--data-dir", "store"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(redline(cwd.path()).args([
+        "token",
+        "create",
+        "trainer-1",
+        "--data-dir",
+        "store",
+    ]))
+    .await;
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("rl_"), "{token}");
     let again = redline(cwd.path())
@@ -309,36 +318,28 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
 #[tokio::test]
 async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = redline(cwd.path())
-        .args([
-            "study",
-            "--train-pairs",
-            "64",
-            "--eval-prompts",
-            "4",
-            "--warmup-steps",
-            "4",
-            "--losses",
-            "sigmoid,hinge",
-            "--betas",
-            "0.1",
-            "--lrs",
-            "1e-4",
-            "--steps",
-            "4",
-            "--eval-every",
-            "2",
-            "--report",
-            "out/study.md",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(redline(cwd.path()).args([
+        "study",
+        "--train-pairs",
+        "64",
+        "--eval-prompts",
+        "4",
+        "--warmup-steps",
+        "4",
+        "--losses",
+        "sigmoid,hinge",
+        "--betas",
+        "0.1",
+        "--lrs",
+        "1e-4",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--report",
+        "out/study.md",
+    ]))
+    .await;
     let report = std::fs::read_to_string(cwd.path().join("out/study.md")).unwrap();
     for row in ["| sigmoid β=0.1 lr=1e-4 |", "| hinge β=0.1 lr=1e-4 |"] {
         assert!(report.contains(row), "{report}");
