@@ -8,14 +8,12 @@ use std::ops::Range;
 use super::file::{Candidates, RawCondition, RawRegulate, RawRule, S, error_at};
 use super::{Combine, Condition, Regulator, Rule, RuleFileError, RuleKind, Severity, TripRule};
 use crate::MetricName;
+use crate::hparams::Steerable;
 
 pub(super) type Result<T> = std::result::Result<T, RuleFileError>;
 
 /// The most conditions a trip rule may have.
 const MAX_CONDITIONS: usize = 8;
-/// The hyperparameters a trainer accepts from a regulator.
-const HPARAMS: [&str; 2] = ["nll_alpha", "beta"];
-
 /// The source and the rule being checked, for error messages.
 pub(super) struct Cx<'a> {
     pub src: &'a str,
@@ -205,9 +203,12 @@ impl Cx<'_> {
             return Err(self.err(r.bounds.span(), msg));
         }
         let hparam = r.hparam.get_ref();
-        if !HPARAMS.contains(&hparam.as_str()) {
-            let msg = format!("hparam must be nll_alpha or beta, got {hparam:?}");
-            return Err(self.err(r.hparam.span(), msg));
+        let steered = Steerable::parse(hparam)
+            .map_err(|e| self.err(r.hparam.span(), format!("hparam {e}")))?;
+        for bound in [bounds.0, bounds.1] {
+            steered
+                .check(bound)
+                .map_err(|e| self.err(r.bounds.span(), format!("bounds: {e}")))?;
         }
         let step = self.finite(&r.step, "step")?;
         if step <= 0.0 {

@@ -12,7 +12,8 @@ mod alerts;
 pub use alerts::*;
 
 use crate::series::Bucket;
-use crate::{HparamName, MetricName, MetricValue, RuleSetName, RunId, value};
+use crate::hparams::Steerable;
+use crate::{MetricName, MetricValue, RuleSetName, RunId, value};
 
 /// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.
 pub const MAX_STEP: i64 = (1 << 53) - 1;
@@ -451,7 +452,7 @@ pub struct NewSignal {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSignal {
     pub kind: SignalKind,
-    pub hparam: Option<(HparamName, f64)>,
+    pub hparam: Option<(Steerable, f64)>,
     pub keep_step: Option<i64>,
     pub reason: String,
     pub source_rule: Option<String>,
@@ -468,14 +469,11 @@ impl NewSignal {
             let name = self
                 .name
                 .ok_or_else(|| FieldError::new("name", "is required for kind set_hparam"))?;
-            let name = HparamName::parse(name)
-                .map_err(|e| FieldError::new("name", format!("hyperparameter name {e}")))?;
+            let name = Steerable::parse(&name).map_err(|e| FieldError::new("name", e))?;
             let value = self
                 .value
                 .ok_or_else(|| FieldError::new("value", "is required for kind set_hparam"))?;
-            if !value.is_finite() {
-                return Err(FieldError::new("value", "must be a finite number"));
-            }
+            let value = name.check(value).map_err(|e| FieldError::new("value", e))?;
             Some((name, value))
         } else {
             if self.name.is_some() {
@@ -517,8 +515,10 @@ pub struct Signal {
     pub source_rule: Option<String>,
     pub created_at: DateTime<Utc>,
     pub acked_at: Option<DateTime<Utc>>,
-    /// The step at which the trainer applied it.
+    /// The step at which the trainer applied it (or refused it, when `refused` is set).
     pub applied_step: Option<i64>,
+    /// Why the trainer refused it; `null` while pending and when applied.
+    pub refused: Option<String>,
 }
 
 /// The signals of a run.
@@ -531,13 +531,18 @@ pub struct SignalList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckSignal {
-    /// The training step at which the signal took effect.
+    /// The training step at which the signal took effect, or at which the trainer refused it.
     pub step: i64,
+    /// Set when the trainer could not apply the signal: why. The signal is then recorded as
+    /// refused, not applied, and no chart marks it.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 impl AckSignal {
     pub fn validate(&self) -> Result<(), FieldError> {
-        check_step("step", self.step)
+        check_step("step", self.step)?;
+        check_optional_text("refused", self.refused.as_deref())
     }
 }
 
@@ -590,6 +595,15 @@ mod tests {
     fn signals_must_agree_with_their_kind() {
         let s = |json: &str| serde_json::from_str::<NewSignal>(json).unwrap().validate();
         assert!(s(r#"{"kind":"set_hparam","name":"beta","value":0.2,"reason":"r"}"#).is_ok());
+        assert!(s(r#"{"kind":"set_hparam","name":"lr_scale","value":0.5,"reason":"r"}"#).is_ok());
+        // What the trainer cannot apply is refused here, naming the field, not acked later.
+        let e = s(r#"{"kind":"set_hparam","name":"learning_rate","value":1e-4,"reason":"r"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "name");
+        assert!(e.message.contains("beta, nll_alpha, lr_scale"), "{e:?}");
+        let e = s(r#"{"kind":"set_hparam","name":"beta","value":-1,"reason":"r"}"#).unwrap_err();
+        assert_eq!(e.field, "value");
+        assert!(e.message.contains("greater than 0"), "{e:?}");
         assert_eq!(
             s(r#"{"kind":"set_hparam","name":"beta","reason":"r"}"#)
                 .unwrap_err()

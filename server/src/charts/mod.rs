@@ -210,11 +210,12 @@ impl View {
     }
 }
 
-/// Signal markers: applied signals at the step they were applied, and the step a stop kept.
+/// Signal markers: applied signals at the step they were applied (not those the trainer
+/// refused), and the step a stop kept.
 pub fn markers(signals: &[Signal]) -> Vec<Marker> {
     let mut out = Vec::new();
     for s in signals {
-        if let Some(step) = s.applied_step {
+        if let Some(step) = s.applied_step.filter(|_| s.refused.is_none()) {
             let kind = if s.kind == SignalKind::Stop {
                 MarkerKind::Stop
             } else {

@@ -74,7 +74,8 @@ async fn list_signals(
     }))
 }
 
-/// Records that the trainer applied the signal at `step`. Repeating the same ack is a no-op.
+/// Records that the trainer applied the signal at `step`, or, with `refused`, that it could not
+/// and why. Repeating the same answer is a no-op; a different one is a conflict.
 #[utoipa::path(post, path = "/api/v1/runs/{run_id}/signals/{signal_id}/ack", tag = "signals",
     params(("run_id" = String, Path), ("signal_id" = i64, Path)),
     request_body = AckSignal,
@@ -96,9 +97,15 @@ async fn ack_signal(
         )
     })?;
     req.validate()?;
-    let acked = state.store.ack_signal(&id, signal, req.step).await?;
+    let acked = state
+        .store
+        .ack_signal(&id, signal, req.step, req.refused.as_deref())
+        .await?;
     state.changed(&id);
-    tracing::info!(run = %id, signal, step = req.step, "signal acknowledged");
+    match &req.refused {
+        None => tracing::info!(run = %id, signal, step = req.step, "signal applied"),
+        Some(why) => tracing::warn!(run = %id, signal, step = req.step, why, "signal refused by the trainer"),
+    }
     Ok(Json(acked))
 }
 

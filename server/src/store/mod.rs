@@ -229,7 +229,13 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn signals(&self, id: &RunId, after: i64, pending_only: bool)
     -> StoreResult<Vec<Signal>>;
     /// Acknowledging again with the same step is a no-op; with another step it is a conflict.
-    async fn ack_signal(&self, id: &RunId, signal: i64, step: i64) -> StoreResult<Signal>;
+    async fn ack_signal(
+        &self,
+        id: &RunId,
+        signal: i64,
+        step: i64,
+        refused: Option<&str>,
+    ) -> StoreResult<Signal>;
     /// Wakes on every new signal, with the run id; peers' signals too where the store can tell.
     fn signal_events(&self) -> broadcast::Receiver<RunId>;
 

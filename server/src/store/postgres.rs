@@ -452,7 +452,13 @@ impl Store for PostgresStore {
         rows::signals(rows, id)
     }
 
-    async fn ack_signal(&self, id: &RunId, signal: i64, step: i64) -> StoreResult<Signal> {
+    async fn ack_signal(
+        &self,
+        id: &RunId,
+        signal: i64,
+        step: i64,
+        refused: Option<&str>,
+    ) -> StoreResult<Signal> {
         let mut tx = self.pool.begin().await?;
         let pk = Self::run_pk(&mut tx, id, false).await?;
         let current = sqlx::query_as::<_, SignalRow>(&format!(
@@ -467,16 +473,17 @@ impl Store for PostgresStore {
             signal,
         })?
         .into_signal(id)?;
-        rows::check_ack(&current, step)?;
+        rows::check_ack(&current, step, refused)?;
         if current.applied_step.is_some() {
             return Ok(current);
         }
         let row: SignalRow = sqlx::query_as(&format!(
-            "UPDATE signals SET acked_at = $1, applied_step = $2 WHERE id = $3 \
+            "UPDATE signals SET acked_at = $1, applied_step = $2, refused = $3 WHERE id = $4 \
              RETURNING {SIGNAL_COLUMNS}"
         ))
         .bind(now())
         .bind(step)
+        .bind(refused)
         .bind(signal)
         .fetch_one(&mut *tx)
         .await?;

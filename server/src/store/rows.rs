@@ -50,7 +50,8 @@ pub fn runs(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
 }
 
 pub const SIGNAL_COLUMNS: &str =
-    "id, kind, name, value, keep_step, reason, source_rule, created_at, acked_at, applied_step";
+    "id, kind, name, value, keep_step, reason, source_rule, created_at, acked_at, applied_step, \
+     refused";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct SignalRow {
@@ -64,6 +65,7 @@ pub struct SignalRow {
     created_at: DateTime<Utc>,
     acked_at: Option<DateTime<Utc>>,
     applied_step: Option<i64>,
+    refused: Option<String>,
 }
 
 impl SignalRow {
@@ -81,6 +83,7 @@ impl SignalRow {
             created_at: self.created_at,
             acked_at: self.acked_at,
             applied_step: self.applied_step,
+            refused: self.refused,
         })
     }
 }
@@ -122,15 +125,24 @@ pub fn check_finish(run: &Run, wanted: RunStatus) -> StoreResult<bool> {
     }
 }
 
-/// The (signal state, request) cases of acknowledging, decided the same way by both stores.
-pub fn check_ack(signal: &Signal, step: i64) -> StoreResult<()> {
-    match signal.applied_step {
-        Some(s) if s != step => Err(StoreError::Conflict(format!(
-            "signal {} was already acknowledged at step {s}",
+/// The (signal state, request) cases of acknowledging, decided the same way by both stores:
+/// repeating the same answer is a no-op, a different one is a conflict.
+pub fn check_ack(signal: &Signal, step: i64, refused: Option<&str>) -> StoreResult<()> {
+    let Some(s) = signal.applied_step else {
+        return Ok(());
+    };
+    let answered = if signal.refused.is_some() {
+        "refused"
+    } else {
+        "applied"
+    };
+    if s != step || signal.refused.as_deref() != refused {
+        return Err(StoreError::Conflict(format!(
+            "signal {} was already answered ({answered}) at step {s}",
             signal.id
-        ))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 /// Resuming under another project means the client picked an id another run already has.

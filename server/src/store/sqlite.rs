@@ -443,7 +443,13 @@ impl Store for SqliteStore {
         rows::signals(rows, id)
     }
 
-    async fn ack_signal(&self, id: &RunId, signal: i64, step: i64) -> StoreResult<Signal> {
+    async fn ack_signal(
+        &self,
+        id: &RunId,
+        signal: i64,
+        step: i64,
+        refused: Option<&str>,
+    ) -> StoreResult<Signal> {
         let mut tx = self.writer.begin().await?;
         let pk = self.run_pk(&mut tx, id).await?;
         let current = sqlx::query_as::<_, SignalRow>(&format!(
@@ -458,15 +464,17 @@ impl Store for SqliteStore {
             signal,
         })?
         .into_signal(id)?;
-        rows::check_ack(&current, step)?;
+        rows::check_ack(&current, step, refused)?;
         if current.applied_step.is_some() {
             return Ok(current);
         }
         let row: SignalRow = sqlx::query_as(&format!(
-            "UPDATE signals SET acked_at = ?, applied_step = ? WHERE id = ? RETURNING {SIGNAL_COLUMNS}"
+            "UPDATE signals SET acked_at = ?, applied_step = ?, refused = ? WHERE id = ? \
+             RETURNING {SIGNAL_COLUMNS}"
         ))
         .bind(now())
         .bind(step)
+        .bind(refused)
         .bind(signal)
         .fetch_one(&mut *tx)
         .await?;

@@ -272,7 +272,14 @@ bounds = [0, 5]
         &base.replace("\"nll_alpha\"", "\"lr\""),
         6,
         10,
-        "nll_alpha or beta",
+        "beta, nll_alpha, lr_scale",
+    );
+    // Bounds the trainer would refuse are refused in the file, from the same definition.
+    assert_err(
+        &base.replace("hparam = \"nll_alpha\"", "hparam = \"beta\""),
+        9,
+        10,
+        "beta must be greater than 0",
     );
     assert_err(
         &base.replace("step = 0.25", "step = 0"),
