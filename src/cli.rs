@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use redline_server::config::{ApiToken, ConnectionLimits};
+use redline_server::http::parse_public_host;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -309,20 +313,59 @@ pub struct ServeArgs {
         long = "token",
         env = "REDLINE_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = ApiToken::parse
     )]
-    pub tokens: Vec<String>,
+    pub tokens: Vec<ApiToken>,
     /// Let reads (GET) through without a token even when tokens are configured.
     #[arg(long, env = "REDLINE_PUBLIC_READ")]
     pub public_read: bool,
     /// Allow a non-loopback --listen address with no token configured. Only on a trusted network.
     #[arg(long, env = "REDLINE_ALLOW_UNAUTHENTICATED_REMOTE")]
     pub allow_unauthenticated_remote: bool,
+    /// A host name the server answers to besides 127.0.0.1, localhost and [::1] (repeatable; in
+    /// the environment, comma-separated), e.g. the name a reverse proxy forwards. Requests for
+    /// any other host get 421, which defeats DNS rebinding. Listening beyond loopback without
+    /// one, any host is answered.
+    #[arg(long = "public-host", env = "REDLINE_PUBLIC_HOSTS", value_delimiter = ',', value_parser = parse_public_host)]
+    pub public_hosts: Vec<String>,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "REDLINE_MAX_BODY_BYTES", default_value_t = redline_server::config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     #[command(flatten)]
+    pub limits: ConnectionArgs,
+    #[command(flatten)]
     pub delivery: DeliveryArgs,
+}
+
+/// How long and how many clients may hold connections (defaults in `ConnectionLimits`).
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Seconds a client has to send a request's headers, counted from when the connection is
+    /// ready for a request (so idle keep-alive connections close after it too).
+    #[arg(long, env = "REDLINE_HEADER_TIMEOUT", default_value_t = ConnectionLimits::default().header_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Seconds a client has to send a request's whole body; then 408.
+    #[arg(long, env = "REDLINE_BODY_TIMEOUT", default_value_t = ConnectionLimits::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+    /// Seconds without a byte moving either way after which a connection is closed (more than
+    /// the event streams' 15 s keep-alive).
+    #[arg(long, env = "REDLINE_IDLE_TIMEOUT", default_value_t = ConnectionLimits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(16..))]
+    pub idle_timeout: u64,
+    /// Connections open at once; a new one beyond it gets 503 and is closed.
+    #[arg(long, env = "REDLINE_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+}
+
+impl ConnectionArgs {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(self.header_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,6 +407,26 @@ pub enum BenchCommand {
     /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
     /// share of a step the top-k metrics take.
     Train(BenchTrainArgs),
+    /// What idle and slow clients cost a `redline serve` process in memory, and whether its
+    /// timeouts give it back (docs/security.md).
+    Connections(BenchConnectionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchConnectionsArgs {
+    /// Connections to open: a third send half their headers, a third sit idle after one
+    /// request, a third declare a 100 GB body.
+    #[arg(long, default_value_t = 2_000)]
+    pub connections: usize,
+    /// Seconds to wait for the server to close them.
+    #[arg(long, default_value_t = 15)]
+    pub wait: u64,
+    /// The `redline` binary to start (default: this one), e.g. an older build to compare.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Extra `redline serve` options, after `--`.
+    #[arg(last = true)]
+    pub serve_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,
         Command::Bench(BenchCommand::Signals(args)) => bench::signals::run(args).await,
+        Command::Bench(BenchCommand::Connections(args)) => bench::connections::run(args).await,
         Command::Train(_)
         | Command::Demo(_)
         | Command::Study(_)
@@ -113,10 +114,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: args.listen,
         database: args.store.database()?,
-        tokens: args.tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+        tokens: args.tokens,
         public_read: args.public_read,
         allow_unauthenticated_remote: args.allow_unauthenticated_remote,
+        public_hosts: args.public_hosts,
         max_body_bytes: args.max_body_bytes,
+        limits: args.limits.limits(),
         delivery: args.delivery.config()?,
     };
     let database = config.database.clone();

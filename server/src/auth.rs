@@ -12,6 +12,7 @@ use axum::response::Response;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::config::ApiToken;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::Store;
@@ -41,9 +42,12 @@ pub struct Auth {
 
 impl Auth {
     /// `static_tokens` from the command line; `stored` says whether the store holds active tokens.
-    pub fn new(static_tokens: &[String], stored: bool, public_read: bool) -> Self {
+    pub fn new(static_tokens: &[ApiToken], stored: bool, public_read: bool) -> Self {
         Self {
-            static_hashes: static_tokens.iter().map(|t| hash_token(t)).collect(),
+            static_hashes: static_tokens
+                .iter()
+                .map(|t| hash_token(t.expose()))
+                .collect(),
             enabled: stored || !static_tokens.is_empty(),
             public_read,
         }
@@ -99,7 +103,8 @@ mod tests {
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == 67);
         assert_eq!(hash_token("x"), hash_token("x"));
         assert_eq!(hash_token("x").len(), 64);
-        assert!(Auth::new(&["t".into()], false, false).enabled);
+        let token = ApiToken::parse("a-token-long-enough").unwrap();
+        assert!(Auth::new(&[token], false, false).enabled);
         assert!(!Auth::new(&[], false, true).enabled);
     }
 }

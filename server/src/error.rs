@@ -10,6 +10,9 @@ use crate::store::StoreError;
 
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
+/// What a 503 asks clients to wait before trying again: a database restart usually takes seconds.
+pub const RETRY_AFTER_SECS: u16 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A field of the body, path or query failed validation.
@@ -26,6 +29,12 @@ pub enum AppError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    /// The request names a host this server does not answer to (DNS rebinding, a wrong name).
+    #[error("{0}")]
+    MisdirectedRequest(String),
+    /// The client took too long to send its body.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -52,10 +61,36 @@ impl From<StoreError> for AppError {
             StoreError::RulesMoved => Self::Unavailable(
                 "another server was evaluating this run's rules at the same time; retry".into(),
             ),
+            StoreError::Database(ref db) if is_outage(db) => {
+                tracing::warn!(error = %e, "the database is unreachable");
+                Self::Unavailable(
+                    "the database is unavailable; nothing was stored, retry after the \
+                     Retry-After delay"
+                        .into(),
+                )
+            }
             StoreError::Corrupt(_) | StoreError::Database(_) | StoreError::Migrate(_) => {
                 Self::Internal(e.into())
             }
         }
+    }
+}
+
+/// Whether a database error means "not reachable now" (a restart, a network cut, a full pool)
+/// rather than a bug: the request may succeed as it is when retried.
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's class 08 (connection exception) and 57P01-57P03 (admin shutdown,
+        // crash shutdown, cannot connect now).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -81,6 +116,8 @@ impl AppError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::MisdirectedRequest(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected_request"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -124,10 +161,20 @@ impl IntoResponse for AppError {
         };
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(shown);
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The reporter waits this long before its next try, instead of its own backoff.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // The body was not read: the connection cannot carry another request.
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

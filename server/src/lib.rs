@@ -7,6 +7,7 @@ pub mod charts;
 pub mod config;
 pub mod error;
 pub mod http;
+mod listen;
 pub mod rules;
 pub mod startup;
 pub mod state;

@@ -12,15 +12,16 @@ use redline_core::rules::{PRESETS_NAME, presets_source};
 
 use crate::alerts::spawn_worker;
 use crate::auth::Auth;
-use crate::config::ServerConfig;
-use crate::http;
+use crate::config::{ConnectionLimits, ServerConfig};
 use crate::state::AppState;
 use crate::store::{self, Store};
+use crate::{http, listen};
 
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    limits: ConnectionLimits,
 }
 
 impl Server {
@@ -67,7 +68,8 @@ impl Server {
         }
         Ok(Self {
             listener,
-            state: AppState::new(store, auth, config.max_body_bytes, config.delivery),
+            state: AppState::new(store, auth, &config),
+            limits: config.limits,
         })
     }
 
@@ -100,11 +102,9 @@ impl Server {
             self.state.outbox.clone(),
             shutdown.clone(),
         );
-        let served = axum::serve(self.listener, http::app(self.state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        listen::serve(self.listener, http::app(self.state), self.limits, shutdown).await;
         worker.abort();
-        served
+        Ok(())
     }
 }
 

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{DeliveryConfig, Outbox};
 use crate::auth::Auth;
+use crate::config::ServerConfig;
+use crate::http::{BodyRules, HostPolicy};
 use crate::rules::RuleRunner;
 use crate::store::Store;
 
@@ -17,7 +19,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Cancelled on shutdown; open event streams end with it.
     pub shutdown: CancellationToken,
-    pub max_body_bytes: usize,
+    /// Largest body, and how long it may take to arrive.
+    pub body: BodyRules,
+    /// The host names this server answers to.
+    pub hosts: Arc<HostPolicy>,
     /// Wakes the live pages: the id of every run this server wrote to (steps, status, signals).
     pub changes: broadcast::Sender<RunId>,
     /// Keys the pages' CSRF tokens; new at every start.
@@ -30,24 +35,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        auth: Auth,
-        max_body_bytes: usize,
-        delivery: DeliveryConfig,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, auth: Auth, config: &ServerConfig) -> Self {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
         Self {
             store,
             auth: Arc::new(auth),
             shutdown: CancellationToken::new(),
-            max_body_bytes,
+            body: BodyRules {
+                limit: config.max_body_bytes,
+                timeout: config.limits.body_timeout,
+            },
+            hosts: Arc::new(HostPolicy::new(
+                config.listen.ip().is_loopback(),
+                &config.public_hosts,
+            )),
             changes: broadcast::channel(1024).0,
             page_secret: Arc::new(secret),
             rules: Arc::default(),
             outbox: Arc::default(),
-            delivery: Arc::new(delivery),
+            delivery: Arc::new(config.delivery.clone()),
         }
     }
 

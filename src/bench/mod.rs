@@ -1,6 +1,7 @@
 //! `redline bench`: throughput measured over real HTTP on loopback, against the real stores,
 //! reported as tables to paste into docs/benchmarks.md.
 
+pub mod connections;
 pub mod dashboard;
 pub mod ingest;
 mod mlflow;

@@ -1,11 +1,14 @@
 use std::net::SocketAddr;
 
 use redline_server::auth::{generate_token, hash_token};
+use redline_server::config::ApiToken;
 use redline_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{Backend, TestApp, assert_writes_need_token, both_stores, fresh_database};
+
+const TOKEN: &str = "s3cret-token-for-tests";
 
 both_stores!(
     tokens_guard_writes_and_reads_unless_reads_are_public,
@@ -14,7 +17,8 @@ both_stores!(
 );
 
 async fn tokens_guard_writes_and_reads_unless_reads_are_public(b: Backend) {
-    let mut app = TestApp::spawn_with(b, |c| c.tokens = vec!["s3cret".into()]).await;
+    let mut app =
+        TestApp::spawn_with(b, |c| c.tokens = vec![ApiToken::parse(TOKEN).unwrap()]).await;
     let (s, e) = app.put("/api/v1/runs/r", &json!({})).await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
@@ -33,7 +37,7 @@ async fn tokens_guard_writes_and_reads_unless_reads_are_public(b: Backend) {
         app.put("/api/v1/runs/r", &json!({})).await.0,
         StatusCode::UNAUTHORIZED
     );
-    app.token = Some("s3cret".into());
+    app.token = Some(TOKEN.into());
     assert_eq!(
         app.put("/api/v1/runs/r", &json!({})).await.0,
         StatusCode::CREATED
@@ -57,7 +61,7 @@ async fn tokens_guard_writes_and_reads_unless_reads_are_public(b: Backend) {
     );
 
     let public = TestApp::spawn_with(b, |c| {
-        c.tokens = vec!["s3cret".into()];
+        c.tokens = vec![ApiToken::parse(TOKEN).unwrap()];
         c.public_read = true;
     })
     .await;
@@ -118,6 +122,6 @@ async fn without_tokens_only_loopback_is_allowed(b: Backend) {
         .expect("allowed when told");
     drop(server);
     config.allow_unauthenticated_remote = false;
-    config.tokens = vec!["t".into()];
+    config.tokens = vec![ApiToken::parse(TOKEN).unwrap()];
     Server::build(config).await.expect("allowed with a token");
 }

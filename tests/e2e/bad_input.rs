@@ -10,7 +10,10 @@ both_stores!(
     malformed_runs_are_refused_and_create_nothing,
     malformed_series_queries_name_the_parameter,
     malformed_signals_are_refused_and_store_nothing,
-    bodies_over_the_limit_get_413
+    bodies_over_the_limit_get_413,
+    nul_characters_get_the_same_400_on_both_stores,
+    a_metric_repeated_within_a_step_is_refused,
+    rule_files_that_are_not_utf8_or_too_large_get_json_errors,
 );
 
 /// Asserts an error answer: status, code and (when given) the field it names.
@@ -280,6 +283,27 @@ async fn malformed_signals_are_refused_and_store_nothing(b: Backend) {
         "invalid_field",
         Some("name"),
     );
+    // Only what the trainer can apply: the steerable hyperparameters, within their ranges.
+    refused(
+        app.post(
+            signals,
+            &json!({"kind": "set_hparam", "name": "learning_rate", "value": 1e-4, "reason": "x"}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("name"),
+    );
+    refused(
+        app.post(
+            signals,
+            &json!({"kind": "set_hparam", "name": "beta", "value": -1, "reason": "x"}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("value"),
+    );
     refused(
         app.post(signals, &json!({"kind": "stop"})).await,
         BAD,
@@ -336,4 +360,93 @@ async fn bodies_over_the_limit_get_413(b: Backend) {
         "{body}"
     );
     assert_eq!(app.stored_points("r").await, 0);
+}
+
+async fn nul_characters_get_the_same_400_on_both_stores(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    for (config, field) in [
+        (json!({"note": "a\u{0}b"}), "config.note"),
+        (json!({"a": [1, {"b": "\u{0}"}]}), "config.a[1].b"),
+        (json!({"k\u{0}": 1}), "config.k\\u0000"),
+    ] {
+        refused(
+            app.put("/api/v1/runs/x", &json!({ "config": config }))
+                .await,
+            BAD,
+            "invalid_field",
+            Some(field),
+        );
+    }
+    refused(
+        app.put("/api/v1/runs/x", &json!({"name": "a\u{0}"})).await,
+        BAD,
+        "invalid_field",
+        Some("name"),
+    );
+    let (s, _) = app.get("/api/v1/runs/x").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was created");
+    refused(
+        app.post(
+            "/api/v1/webhooks",
+            &json!({"name": "w", "url": "https://hooks.example/\u{0}"}),
+        )
+        .await,
+        BAD,
+        "invalid_field",
+        Some("url"),
+    );
+    let (_, hooks) = app.get("/api/v1/webhooks").await;
+    assert_eq!(hooks["webhooks"], json!([]));
+    refused(
+        app.get("/api/v1/runs?project=a%00b").await,
+        BAD,
+        "invalid_field",
+        Some("project"),
+    );
+}
+
+async fn a_metric_repeated_within_a_step_is_refused(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("r").await;
+    let body = r#"{"steps": [{"step": 0, "metrics": {"m": 1, "m": 2}}]}"#;
+    let got = app
+        .post_raw("/api/v1/runs/r/steps", "application/json", body)
+        .await;
+    refused(got.clone(), BAD, "invalid_field", Some("steps[0].metrics"));
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"m\""),
+        "{}",
+        got.1
+    );
+    assert_eq!(app.stored_points("r").await, 0);
+}
+
+async fn rule_files_that_are_not_utf8_or_too_large_get_json_errors(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let put = |body: Vec<u8>| {
+        app.send(
+            app.http
+                .put(app.url("/api/v1/rule-sets/mine"))
+                .header("content-type", "application/toml")
+                .body(body),
+        )
+    };
+    refused(
+        put(b"# caf\xe9\n".to_vec()).await,
+        BAD,
+        "invalid_field",
+        Some("source"),
+    );
+    let big = format!("# {}\n", "x".repeat(300 * 1024)).into_bytes();
+    refused(
+        put(big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    let (s, _) = app.get("/api/v1/rule-sets/mine").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was stored");
 }

@@ -241,6 +241,7 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
         let found = browser.eval(&format!("return !!document.querySelector('figure[data-chart=\"{chart}\"] svg polyline, figure[data-chart=\"{chart}\"] svg path')")).await;
         assert_eq!(found, Value::Bool(true), "chart {chart} draws a line");
     }
+    watch_csp(&browser).await;
     // The live script has connected once it has handled the stream's first update.
     browser
         .wait_for(
@@ -274,6 +275,8 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
         .eval("return document.getElementById('loss').textContent.trim()")
         .await;
     assert_eq!(loss, json!("3"), "the last loss follows the new step");
+    let violations = browser.eval("return window.cspViolations").await;
+    assert_eq!(violations, json!([]), "the live page broke its CSP");
     browser.screenshot("run.png").await;
 
     // A rule firing shows in the open page's rule events, live too.
@@ -297,6 +300,31 @@ async fn the_dashboard_shows_a_real_run_live_in_a_browser() {
     );
     browser.screenshot("rules.png").await;
 
+    compare_page(&browser, &app, run).await;
+}
+
+/// The page runs under the server's Content-Security-Policy: its stylesheet applies, and every
+/// violation from here on (live updates, redrawn charts) is kept in `window.cspViolations`.
+async fn watch_csp(browser: &Browser) {
+    let styled = browser
+        .eval(
+            "return document.styleSheets.length > 0 && document.styleSheets[0].cssRules.length > 0",
+        )
+        .await;
+    assert_eq!(
+        styled,
+        Value::Bool(true),
+        "redline.css applies under the CSP"
+    );
+    browser
+        .eval(
+            "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+             e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI)); return null",
+        )
+        .await;
+}
+
+async fn compare_page(browser: &Browser, app: &TestApp, run: &str) {
     browser
         .open(&app.url(&format!("/compare?runs={run}&metric=topk_entropy/chosen")))
         .await;

@@ -173,6 +173,33 @@ async fn a_created_token_is_required_for_writes() {
 }
 
 #[tokio::test]
+async fn tokens_are_trimmed_and_empty_or_short_ones_refused_at_start() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (token, says) in [(" ", "empty"), ("short", "at least 16")] {
+        let out = redline(cwd.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", token])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{token:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{token:?}: {stderr}");
+    }
+    // A list in the environment with the usual space after the comma: both tokens work.
+    let (mut child, url) = serve(
+        redline(cwd.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "store"])
+            .env(
+                "REDLINE_TOKENS",
+                "first-token-0123456, second-token-0123456",
+            ),
+    )
+    .await;
+    assert_writes_need_token(&url, "second-token-0123456").await;
+    terminate(&mut child).await;
+}
+
+#[tokio::test]
 async fn help_explains_every_option_and_its_environment_variable() {
     let out = Command::new(BIN)
         .args(["serve", "--help"])
@@ -190,6 +217,12 @@ async fn help_explains_every_option_and_its_environment_variable() {
         "REDLINE_TOKENS",
         "--public-read",
         "./redline-data",
+        "--public-host",
+        "REDLINE_PUBLIC_HOSTS",
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+        "--max-connections",
     ] {
         assert!(
             help.contains(needle),

@@ -13,6 +13,7 @@ mod pages;
 mod receiver;
 mod rules;
 mod runs;
+mod security;
 mod series;
 mod signals;
 mod steps;

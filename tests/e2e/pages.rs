@@ -3,6 +3,7 @@ use reqwest::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 
 use crate::harness::{Backend, SseReader, TestApp, both_stores};
+use redline_server::config::ApiToken;
 
 const NASTY: &str = "<script>alert(1)</script>";
 
@@ -261,12 +262,15 @@ async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {
 both_stores!(with_auth_pages_need_a_login_and_controls_a_session);
 
 async fn with_auth_pages_need_a_login_and_controls_a_session(b: Backend) {
-    let app = TestApp::spawn_with(b, |c| c.tokens = vec!["secret-token".into()]).await;
+    let app = TestApp::spawn_with(b, |c| {
+        c.tokens = vec![ApiToken::parse("secret-token-for-pages").unwrap()];
+    })
+    .await;
     let (s, _) = app
         .send(
             app.http
                 .put(app.url("/api/v1/runs/s1"))
-                .bearer_auth("secret-token")
+                .bearer_auth("secret-token-for-pages")
                 .json(&json!({})),
         )
         .await;
@@ -287,7 +291,7 @@ async fn with_auth_pages_need_a_login_and_controls_a_session(b: Backend) {
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let login = client
         .post(app.url("/login"))
-        .form(&[("token", "secret-token"), ("next", "/runs/s1")])
+        .form(&[("token", "secret-token-for-pages"), ("next", "/runs/s1")])
         .send()
         .await
         .unwrap();

@@ -7,6 +7,7 @@ both_stores!(
     signals_are_pending_until_acknowledged,
     the_event_stream_delivers_at_once_and_resumes_after_last_event_id,
     shutdown_ends_open_event_streams,
+    a_signal_the_trainer_refused_is_stored_as_refused_and_not_drawn,
 );
 
 fn stop() -> Value {
@@ -159,4 +160,35 @@ async fn shutdown_ends_open_event_streams(b: Backend) {
         stream.next().await.is_none(),
         "the stream ends with the server"
     );
+}
+
+async fn a_signal_the_trainer_refused_is_stored_as_refused_and_not_drawn(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.create_run("r").await;
+    app.ingest("r", json!([{"step": 1, "metrics": {"loss": 1.0}}]))
+        .await;
+    let (_, signal) = app
+        .post(
+            "/api/v1/runs/r/signals",
+            &json!({"kind": "set_hparam", "name": "lr_scale", "value": 0.5, "reason": "slow down"}),
+        )
+        .await;
+    let ack = format!("/api/v1/runs/r/signals/{}/ack", signal["id"]);
+    let why = "this trainer has no learning-rate schedule to scale";
+    let (s, answered) = app.post(&ack, &json!({"step": 2, "refused": why})).await;
+    assert_eq!(s, StatusCode::OK, "{answered}");
+    assert_eq!(answered["refused"], why);
+    assert_eq!(answered["applied_step"], 2);
+    // Answered: no longer pending. Saying it was applied after all is a conflict.
+    let (_, pending) = app.get("/api/v1/runs/r/signals").await;
+    assert_eq!(pending["signals"], json!([]));
+    let (s, e) = app.post(&ack, &json!({"step": 2})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("refused"),
+        "{e}"
+    );
+    // The run page says so (charts leave it out: `charts::markers`' test).
+    let (_, html) = app.get_text("/runs/r").await;
+    assert!(html.contains(why), "the page shows why it was refused");
 }

@@ -87,8 +87,8 @@ impl WebhookFormat {
     }
 }
 
-/// Body of `POST /api/v1/webhooks`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// Body of `POST /api/v1/webhooks`. `Debug` never shows the secret.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     #[schema(value_type = String)]
@@ -122,10 +122,10 @@ impl NewWebhook {
                 "must name a host, without user info (put credentials in the signing secret)",
             ));
         }
-        if url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(FieldError::new(
                 "url",
-                "must be at most 2048 characters without spaces",
+                "must be at most 2048 characters without spaces or control characters",
             ));
         }
         Ok(())
@@ -133,7 +133,9 @@ impl NewWebhook {
 }
 
 /// A webhook as stored. The secret is only shown in the answer that created it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+///
+/// `Debug` never shows the secret.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Webhook {
     pub name: String,
     pub url: String,
@@ -143,6 +145,42 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// How a secret shows in `Debug`: whether there is one, never what it is.
+fn redacted(secret: Option<&String>) -> &'static str {
+    secret.map_or("None", |_| "Some([REDACTED])")
+}
+
+impl std::fmt::Debug for NewWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewWebhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field(
+                "secret",
+                &format_args!("{}", redacted(self.secret.as_ref())),
+            )
+            .field("min_severity", &self.min_severity)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("min_severity", &self.min_severity)
+            .field("created_at", &self.created_at)
+            .field(
+                "secret",
+                &format_args!("{}", redacted(self.secret.as_ref())),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -11,8 +11,8 @@ mod alerts;
 
 pub use alerts::*;
 
-use crate::series::Bucket;
 use crate::hparams::Steerable;
+use crate::series::Bucket;
 use crate::{MetricName, MetricValue, RuleSetName, RunId, value};
 
 /// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.
@@ -76,6 +76,27 @@ fn check_text(field: &str, s: &str) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+/// Refuses a NUL character anywhere in a JSON value, keys included, naming its path. PostgreSQL
+/// cannot store one in text or JSON; refusing it here makes both stores answer the same.
+fn check_no_nul(path: &str, value: &serde_json::Value) -> Result<(), FieldError> {
+    let nul = |field: String| Err(FieldError::new(field, "must not contain a NUL character"));
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => nul(path.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_no_nul(&format!("{path}[{i}]"), v)),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let field = format!("{path}.{k}");
+            if k.contains('\0') {
+                return nul(field.replace('\0', "\\u0000"));
+            }
+            check_no_nul(&field, v)
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_optional_text(field: &str, s: Option<&str>) -> Result<(), FieldError> {
@@ -163,7 +184,8 @@ impl CreateRun {
             check_text(&format!("tags[{i}]"), tag)?;
         }
         match &self.config {
-            None | Some(serde_json::Value::Object(_)) => Ok(()),
+            None => Ok(()),
+            Some(config @ serde_json::Value::Object(_)) => check_no_nul("config", config),
             Some(_) => Err(FieldError::new("config", "must be a JSON object")),
         }
     }
@@ -257,8 +279,42 @@ pub struct StepRecord {
     #[schema(value_type = Option<f64>)]
     pub time: Option<f64>,
     /// Metric name → value. Names: 1 to 128 characters of ASCII letters, digits and `_ - . /`,
-    /// starting with a letter or digit.
+    /// starting with a letter or digit; each at most once per step.
+    #[serde(deserialize_with = "unique_keys")]
     pub metrics: BTreeMap<String, MetricValue>,
+}
+
+/// A JSON object whose keys must not repeat: serde keeps the last of `{"m": 1, "m": 2}`
+/// silently, and which of the two values the client meant is anybody's guess.
+fn unique_keys<'de, D>(de: D) -> Result<BTreeMap<String, MetricValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<String, MetricValue>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of metric name to value")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, MetricValue>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "metric {k:?} is given twice in one step"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_map(Visitor)
 }
 
 /// A validated batch, grouped by metric with each series sorted by step. Within a batch the first
@@ -589,6 +645,32 @@ mod tests {
             e.message.contains("reserved"),
             "a client cannot write the time series through metrics"
         );
+    }
+
+    #[test]
+    fn a_metric_given_twice_in_one_step_is_refused_not_overwritten() {
+        let e =
+            serde_json::from_str::<StepBatch>(r#"{"steps":[{"step":0,"metrics":{"m":1,"m":2}}]}"#)
+                .unwrap_err();
+        assert!(
+            e.to_string().contains(r#"metric "m" is given twice"#),
+            "{e}"
+        );
+        assert!(
+            serde_json::from_str::<StepBatch>(r#"{"steps":[{"step":0,"metrics":{"m":1,"n":2}}]}"#)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn nul_characters_in_a_config_are_refused_with_their_path() {
+        let create = |json: &str| serde_json::from_str::<CreateRun>(json).unwrap().validate();
+        assert!(create(r#"{"config":{"a":{"b":["x"]}}}"#).is_ok());
+        let e = create(r#"{"config":{"a":{"b":["x","y\u0000"]}}}"#).unwrap_err();
+        assert_eq!(e.field, "config.a.b[1]");
+        let e = create(r#"{"config":{"k\u0000":1}}"#).unwrap_err();
+        assert_eq!(e.field, "config.k\\u0000");
+        assert!(e.message.contains("NUL"), "{e:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One delivery attempt: resolve and check the address, sign, send, and decide what happens next
 //! (delivered, retry after a backoff, or give up).
 
+use secrecy::ExposeSecret;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -107,7 +108,8 @@ async fn send(
 ) -> Result<(u16, Option<Duration>), String> {
     let url = reqwest::Url::parse(&due.webhook.url).map_err(|e| format!("bad URL: {e}"))?;
     let addr = guard::resolve(&url, &cfg.allow).await?;
-    let key = sign::secret_key(&due.webhook.secret).map_err(|e| format!("signing secret {e}"))?;
+    let key = sign::secret_key(due.webhook.secret.expose_secret())
+        .map_err(|e| format!("signing secret {e}"))?;
     let body = payload::body(
         due.webhook.format,
         &due.webhook.name,

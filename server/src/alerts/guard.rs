@@ -73,11 +73,20 @@ fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+/// IPv6 addresses that carry an IPv4 address the network will deliver to are judged as that
+/// IPv4 address: IPv4-mapped (`::ffff:a.b.c.d`), NAT64's well-known prefix (`64:ff9b::/96`,
+/// RFC 6052) and 6to4 (`2002:AABB:CCDD::/16`, RFC 3056). Otherwise `64:ff9b::7f00:1` would reach
+/// 127.0.0.1 through a NAT64 gateway while looking like a public IPv6 address.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let embedded = |hi: u16, lo: u16| IpAddr::V4(((u32::from(hi) << 16) | u32::from(lo)).into());
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x2002, hi, lo, ..] => embedded(hi, lo),
+        _ => ip,
     }
 }
 
@@ -96,6 +105,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || o0 == 0
                 || (o0 == 100 && (64..128).contains(&o1))
                 || (o0 == 192 && o1 == 0)
+                // Network benchmarking (RFC 2544), routed inside some clouds' private networks.
+                || (o0 == 198 && (o1 & 0xfe) == 18)
                 || o0 >= 240)
         }
         IpAddr::V6(a) => {
@@ -105,7 +116,10 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a.is_multicast()
                 || (s0 & 0xfe00) == 0xfc00
                 || (s0 & 0xffc0) == 0xfe80
-                || s0 == 0x2001 && a.segments()[1] == 0x0db8)
+                || s0 == 0x2001 && a.segments()[1] == 0x0db8
+                // Teredo hides its IPv4 address; local-use NAT64 (RFC 8215) maps to anything.
+                || s0 == 0x2001 && a.segments()[1] == 0
+                || s0 == 0x64 && a.segments()[1] == 0xff9b)
         }
     }
 }
@@ -161,10 +175,26 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(ip(a)), "{a} counted as public");
         }
-        for a in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for a in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip(a)), "{a} counted as private");
         }
     }

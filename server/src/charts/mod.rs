@@ -320,6 +320,31 @@ mod tests {
     }
 
     #[test]
+    fn only_signals_the_trainer_applied_are_marked() {
+        let signal = |id: i64, applied: Option<i64>, refused: Option<&str>| Signal {
+            id,
+            run_id: RunId::parse("r".to_owned()).unwrap(),
+            kind: SignalKind::SetHparam,
+            name: Some("beta".into()),
+            value: Some(0.2),
+            keep_step: None,
+            reason: "r".into(),
+            source_rule: None,
+            created_at: chrono::Utc::now(),
+            acked_at: applied.map(|_| chrono::Utc::now()),
+            applied_step: applied,
+            refused: refused.map(str::to_owned),
+        };
+        let marked = markers(&[
+            signal(1, Some(5), None),
+            signal(2, Some(7), Some("cannot")),
+            signal(3, None, None),
+        ]);
+        let steps: Vec<i64> = marked.iter().map(|m| m.step).collect();
+        assert_eq!(steps, [5]);
+    }
+
+    #[test]
     fn a_page_groups_what_the_run_has_and_lists_the_rest() {
         let stored: Vec<_> = [
             "loss",

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::str::FromStr;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use redline_core::wire::FieldError;
 use serde::de::DeserializeOwned;
 
+use super::media::MediaType;
 use crate::error::AppError;
 
 /// A JSON body. Unlike `axum::Json`, a wrong type deep inside the body is reported with its path
@@ -22,32 +24,65 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or_default();
-            if !ct.starts_with("application/json") {
-                return Err(AppError::UnsupportedMediaType(format!(
-                    "Content-Type is {ct:?}; send application/json"
-                )));
-            }
-        }
-        let limit = body_limit(&req);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge { limit }
-            } else {
-                AppError::InvalidJson(format!("cannot read the request body: {rejection}"))
-            }
-        })?;
+        MediaType::of(req.headers()).require_one_of(&[MediaType::Json])?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
 
-/// The configured body limit, stashed in the request extensions by the router.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+/// A rule file: `application/toml`, UTF-8.
+#[derive(Debug)]
+pub struct TomlBody(pub String);
 
-fn body_limit(req: &Request) -> usize {
-    req.extensions().get::<BodyLimit>().map_or(0, |l| l.0)
+impl<S: Send + Sync> FromRequest<S> for TomlBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        MediaType::of(req.headers()).require_one_of(&[MediaType::Toml])?;
+        let bytes = read_body(req, state).await?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+            FieldError::new(
+                "source",
+                format!(
+                    "is not UTF-8: invalid byte at offset {}",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })?;
+        Ok(Self(text))
+    }
+}
+
+/// How much of a body the server reads, and for how long; the router puts it on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    pub limit: usize,
+    /// The whole body must arrive within this time, so a client trickling bytes cannot hold a
+    /// connection and its buffer forever.
+    pub timeout: Duration,
+}
+
+/// Reads the whole body under the [`BodyRules`]: 413 past the limit, 408 past the deadline.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
+    let rules = req
+        .extensions()
+        .get::<BodyRules>()
+        .copied()
+        .expect("the router sets BodyRules on every request");
+    let read = Bytes::from_request(req, state);
+    match tokio::time::timeout(rules.timeout, read).await {
+        Err(_) => Err(AppError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            rules.timeout.as_secs()
+        ))),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(AppError::PayloadTooLarge { limit: rules.limit })
+        }
+        Ok(Err(rejection)) => Err(AppError::InvalidJson(format!(
+            "cannot read the request body: {rejection}"
+        ))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
@@ -133,6 +168,10 @@ impl QueryParams {
     /// As [`Self::only`], but the parameters in `repeatable` may be given several times.
     pub fn only_repeating(&self, known: &[&str], repeatable: &[&str]) -> Result<(), AppError> {
         for (k, values) in &self.0 {
+            // No store can look a NUL up (PostgreSQL refuses it in text): say so, for both.
+            if values.iter().any(|v| v.contains('\0')) {
+                return Err(FieldError::new(k.clone(), "must not contain a NUL character").into());
+            }
             if !known.contains(&k.as_str()) {
                 let message = format!("is not a parameter here; known are {}", known.join(", "));
                 return Err(FieldError::new(k.clone(), message).into());

@@ -1,7 +1,10 @@
 //! HTTP API v1: one router per feature, merged under `/api/v1`, plus health and the pages.
 
 mod extract;
+mod guard;
+mod headers;
 mod health;
+mod media;
 mod openapi;
 mod pages;
 mod rules;
@@ -19,16 +22,17 @@ use redline_core::RunId;
 use redline_core::wire::FieldError;
 use tower_http::trace::TraceLayer;
 
+pub use extract::BodyRules;
+pub use guard::{HostPolicy, LOOPBACK_HOSTS, parse_public_host};
 pub use openapi::ApiDoc;
 
 use crate::auth;
 use crate::error::AppError;
 use crate::state::AppState;
-use extract::BodyLimit;
 
 /// The whole application. Tests call this directly and serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
+    let body = state.body;
     let api = Router::new()
         .merge(runs::router())
         .merge(steps::router())
@@ -39,7 +43,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
-        ));
+        ))
+        .layer(middleware::from_fn(guard::require_api_media_type));
+    // Layers run bottom first: trace everything, add the security headers to every answer
+    // (refusals included), then refuse what the guard refuses before any handler reads a byte.
     Router::new()
         .nest("/api/v1", api)
         .merge(openapi::router())
@@ -47,10 +54,15 @@ pub fn app(state: AppState) -> Router {
         .merge(pages::router())
         .fallback(not_found)
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
-            req.extensions_mut().insert(BodyLimit(limit));
+            req.extensions_mut().insert(body);
             next.run(req)
         }))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(body.limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_request,
+        ))
+        .layer(middleware::map_response(headers::add))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

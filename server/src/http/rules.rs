@@ -7,7 +7,7 @@ use redline_core::RuleSetName;
 use redline_core::rules::RuleSet;
 use redline_core::wire::{FieldError, RuleEventList, RuleSetList, RuleSetVersion};
 
-use super::extract::QueryParams;
+use super::extract::{QueryParams, TomlBody};
 use super::run_id;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
@@ -89,7 +89,7 @@ async fn get_rule_set(
 async fn put_rule_set(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: String,
+    TomlBody(body): TomlBody,
 ) -> Result<Json<RuleSetVersion>> {
     let name = rule_set_name(name)?;
     Ok(Json(version(store_rule_file(&state, &name, &body).await?)?))

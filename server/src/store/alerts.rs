@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use redline_core::rules::{Firing, Severity};
 use redline_core::wire::{DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookFormat};
 use redline_core::{RuleSetName, RunId, WebhookName};
+use secrecy::SecretString;
 
 use super::StoreResult;
 
@@ -67,7 +68,7 @@ pub struct WebhookTarget {
     pub name: String,
     pub url: String,
     pub format: WebhookFormat,
-    pub secret: String,
+    pub secret: SecretString,
 }
 
 /// A message claimed for one delivery attempt.

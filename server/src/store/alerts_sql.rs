@@ -69,8 +69,9 @@ impl EventRow {
     }
 }
 
-/// The outbox row of a claimed message, joined with its webhook.
-#[derive(Debug, sqlx::FromRow)]
+/// The outbox row of a claimed message, joined with its webhook. No `Debug`: it holds the
+/// webhook's secret in the clear.
+#[derive(sqlx::FromRow)]
 pub(super) struct DueRow {
     outbox_id: i64,
     message_id: String,
@@ -96,7 +97,7 @@ impl DueRow {
                 name: self.webhook,
                 url: self.url,
                 format: parse_format(&self.format)?,
-                secret: self.secret,
+                secret: self.secret.into(),
             },
             event,
         })
@@ -571,7 +572,7 @@ macro_rules! alert_store {
                     name: name.to_string(),
                     url,
                     format: $crate::store::alerts_sql::parse_format(&format)?,
-                    secret,
+                    secret: secret.into(),
                 })
             }
 

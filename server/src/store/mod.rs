@@ -92,19 +92,36 @@ impl DatabaseUrl {
 }
 
 impl fmt::Debug for DatabaseUrl {
-    /// Never prints a password.
+    /// Never prints a password: neither the URL's own (`user:pw@`) nor a `password=` parameter.
+    /// A URL that does not parse is not printed at all, since where its password sits is unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            Self::Postgres(url) => match url.split_once('@') {
-                Some((creds, rest)) if creds.contains(':') && creds.rfind(':') > Some(12) => {
-                    let user_end = creds.rfind(':').unwrap_or(creds.len());
-                    write!(f, "{}:***@{rest}", &creds[..user_end])
-                }
-                _ => f.write_str(url),
-            },
+            Self::Postgres(url) => f.write_str(&redact_postgres(url)),
         }
     }
+}
+
+fn redact_postgres(raw: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "postgres://(a URL that does not parse; not shown)".to_owned();
+    };
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have a password, and this one has one.
+        let _ = url.set_password(Some(HIDDEN));
+    }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" { HIDDEN.into() } else { v };
+                (k.into_owned(), v.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.into()
 }
 
 impl fmt::Display for DatabaseUrl {
@@ -325,4 +342,29 @@ fn summaries_of(rows: Vec<SummaryRow>) -> StoreResult<Vec<(i64, Bucket)>> {
                 .map_err(StoreError::Corrupt)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn a_database_url_never_prints_its_password() {
+        let shown = |url: &str| DatabaseUrl::parse(url).unwrap().to_string();
+        for (url, password) in [
+            ("postgres://a:secret@host/db", "secret"),
+            ("postgres://redline:pa:ss:word@db.internal:5432/r", "pa"),
+            ("postgresql://u:p%40ss@h/db", "p%40ss"),
+            (
+                "postgres://u@h/db?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+        ] {
+            let s = shown(url);
+            assert!(!s.contains(password), "{url} shown as {s}");
+            assert!(s.contains("***"), "{s}");
+        }
+        assert_eq!(shown("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(shown("postgres://u@h/db?sslmode=require").contains("sslmode=require"));
+    }
 }

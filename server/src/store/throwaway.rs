@@ -23,6 +23,11 @@ pub enum Durability {
 pub struct ThrowawayPostgres {
     dir: PathBuf,
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
+    bin: PathBuf,
+    /// The user the cluster runs as; empty for this process's own.
+    user: &'static str,
+    /// The server's options, for starting it again after [`Self::pause`].
+    options: String,
 }
 
 const HOW_TO_FIX: &str = "install the PostgreSQL server binaries (Debian: apt-get install postgresql) \
@@ -114,14 +119,24 @@ impl ThrowawayPostgres {
         } else {
             ""
         };
+        let mut options = format!(
+            "-k {} -c listen_addresses='' -c max_connections=200",
+            shell_quote(&dir.to_string_lossy())
+        );
+        if durability == Durability::Disposable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         // From here the watchdog owns the folder: it goes whatever happens next.
         let pg = Self {
             watchdog: Mutex::new(Some(spawn_watchdog(&bin, &dir, user)?)),
             dir,
+            bin,
+            user,
+            options,
         };
         let data = pg.dir.join("data");
         run(
-            as_user(user, &bin.join("initdb"))
+            as_user(user, &pg.bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
                 .args([
@@ -136,23 +151,33 @@ impl ThrowawayPostgres {
                 ]),
             "initdb",
         )?;
-        let mut options = format!(
-            "-k {} -c listen_addresses='' -c max_connections=200",
-            shell_quote(&pg.dir.to_string_lossy())
-        );
-        if durability == Durability::Disposable {
-            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
-        }
-        run(
-            as_user(user, &bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(pg.dir.join("postgres.log"))
-                .args(["-w", "-t", "60", "-o", &options, "start"]),
-            "pg_ctl start",
-        )?;
+        pg.resume()?;
         Ok(pg)
+    }
+
+    /// Stops the server, keeping the cluster: clients see the database go away, as in an outage
+    /// or a restart.
+    pub fn pause(&self) -> Result<(), String> {
+        run(
+            as_user(self.user, &self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-t", "60", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        )
+    }
+
+    /// Starts the server (again, after [`Self::pause`]) and waits until it accepts connections.
+    pub fn resume(&self) -> Result<(), String> {
+        run(
+            as_user(self.user, &self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("postgres.log"))
+                .args(["-w", "-t", "60", "-o", &self.options, "start"]),
+            "pg_ctl start",
+        )
     }
 
     /// A URL for the cluster's `postgres` database as its superuser `redline`.

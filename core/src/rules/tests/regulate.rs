@@ -61,7 +61,7 @@ fn raises_below_the_band_and_lowers_above_it() {
 
 #[test]
 fn lower_when_below_moves_the_other_way() {
-    let src = "[[rules]]\nname = \"hold\"\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"beta\"\nwhen_below = \"lower\"\nstep = 0.1\nbounds = [0, 1]\ncooldown = 0\ninitial = 0.5\n";
+    let src = "[[rules]]\nname = \"hold\"\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"beta\"\nwhen_below = \"lower\"\nstep = 0.1\nbounds = [0.1, 1]\ncooldown = 0\ninitial = 0.5\n";
     let mut ev = evaluator(src);
     let firings = run(&mut ev, &[1.0, 4.0]);
     let values: Vec<&Action> = firings.iter().map(|f| &f.action).collect();
@@ -105,7 +105,7 @@ fn cooldown_spaces_the_changes() {
     assert_eq!(steps, [1, 4, 7]);
     // The default cooldown is 10 steps.
     let mut ev = evaluator(
-        "[[rules]]\nname = \"hold\"\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"beta\"\nwhen_below = \"raise\"\nstep = 0.25\nbounds = [0, 9]\ninitial = 0\n",
+        "[[rules]]\nname = \"hold\"\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"nll_alpha\"\nwhen_below = \"raise\"\nstep = 0.25\nbounds = [0, 9]\ninitial = 0\n",
     );
     let steps: Vec<i64> = run(&mut ev, &[1.0; 25]).iter().map(|f| f.step).collect();
     assert_eq!(steps, [1, 11, 21]);

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Html;
 use chrono::{DateTime, Utc};
 use redline_core::RunId;
@@ -17,7 +16,8 @@ use super::error::PageError;
 use super::session::Viewer;
 use crate::charts::{View, format_value};
 use crate::error::AppError;
-use crate::http::extract::{QueryParams, url_pairs};
+use crate::http::extract::{QueryParams, read_body, url_pairs};
+use crate::http::media::MediaType;
 use crate::state::AppState;
 use crate::store::{Store, StoreResult};
 
@@ -254,20 +254,8 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     type Rejection = PageError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, PageError> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if !ct.starts_with("application/x-www-form-urlencoded") {
-            return Err(AppError::UnsupportedMediaType(format!(
-                "Content-Type is {ct:?}; forms send application/x-www-form-urlencoded"
-            ))
-            .into());
-        }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| AppError::InvalidJson(format!("cannot read the form: {e}")))?;
+        MediaType::of(req.headers()).require_one_of(&[MediaType::Form])?;
+        let bytes = read_body(req, state).await?;
         let body = String::from_utf8_lossy(&bytes);
         Ok(Self(url_pairs(&body).into_iter().collect()))
     }
