@@ -19,11 +19,11 @@ use crate::cli::BenchConnectionsArgs;
 const KINDS: [(&str, &[u8]); 3] = [
     (
         "partial headers",
-        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",
     ),
     (
         "idle keep-alive",
-        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ),
     (
         "declared 100 GB body",

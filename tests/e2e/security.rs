@@ -322,7 +322,7 @@ async fn slow_and_idle_clients_are_cut_off() {
 
     // A keep-alive connection that was answered, then left idle: closed after its answer.
     let mut idle = connect(&app).await;
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answered = until_closed(&mut idle).await;
@@ -366,7 +366,7 @@ async fn connections_beyond_the_limit_get_503() {
     let held = [connect(&app).await, connect(&app).await];
     let mut third = connect(&app).await;
     third
-        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = until_closed(&mut third).await;
@@ -379,7 +379,7 @@ async fn connections_beyond_the_limit_get_503() {
     // Once one closes, its place is free again.
     drop(held);
     eventually("a free connection place", async || {
-        let resp = app.http.get(app.url("/health")).send().await.ok()?;
+        let resp = app.http.get(app.url("/healthz")).send().await.ok()?;
         (resp.status() == StatusCode::OK).then_some(())
     })
     .await;
