@@ -10,6 +10,7 @@ use crate::alerts::{DeliveryConfig, Outbox};
 use crate::auth::Auth;
 use crate::rules::RuleRunner;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Wakes this server's webhook worker when an ingest queued alerts.
     pub outbox: Arc<Outbox>,
     pub delivery: Arc<DeliveryConfig>,
+    /// What `/metrics` reports.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
             rules: Arc::default(),
             outbox: Arc::default(),
             delivery: Arc::new(delivery),
+            telemetry: Arc::default(),
         }
     }
 

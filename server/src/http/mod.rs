@@ -1,7 +1,9 @@
-//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health and the pages.
+//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health, `/metrics` and the
+//! pages.
 
 mod extract;
 mod health;
+mod metrics;
 mod openapi;
 mod pages;
 mod rules;
@@ -24,6 +26,7 @@ pub use openapi::ApiDoc;
 use crate::auth;
 use crate::error::AppError;
 use crate::state::AppState;
+use crate::telemetry;
 use extract::BodyLimit;
 
 /// The whole application. Tests call this directly and serve it on port 0.
@@ -45,7 +48,13 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(health::router())
         .merge(pages::router())
+        .merge(metrics::router(&state))
         .fallback(not_found)
+        // Inside every route (and the fallback), so that it sees which route matched.
+        .layer(middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            telemetry::track,
+        ))
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
             req.extensions_mut().insert(BodyLimit(limit));
             next.run(req)
