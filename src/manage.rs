@@ -196,7 +196,11 @@ fn confirmed(question: &str) -> anyhow::Result<bool> {
 
 pub async fn runs(cmd: RunsCommand) -> anyhow::Result<()> {
     match cmd {
-        RunsCommand::Delete { run_id: id, yes, store } => {
+        RunsCommand::Delete {
+            run_id: id,
+            yes,
+            store,
+        } => {
             let id = run_id(id)?;
             let question = format!(
                 "Delete run {id} with its series, signals, rule events and alert deliveries?"

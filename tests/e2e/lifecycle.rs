@@ -90,7 +90,11 @@ async fn deleting_a_run_removes_everything_keyed_to_it_and_nothing_else(b: Backe
     assert_eq!(list["runs"].as_array().unwrap().len(), 1);
     assert_eq!(list["runs"][0]["id"], "keep");
     let log = deliveries(&app).await;
-    assert_eq!(log.len(), 1, "only the kept run's delivery is logged: {log:?}");
+    assert_eq!(
+        log.len(),
+        1,
+        "only the kept run's delivery is logged: {log:?}"
+    );
     let (_, kept) = app.get("/api/v1/runs/keep/events").await;
     assert_eq!(log[0]["event_id"], kept["events"][0]["id"]);
     assert_eq!(app.stored_points("keep").await, 2);
@@ -277,7 +281,13 @@ async fn the_run_pages_delete_and_edit_forms_need_the_pages_csrf_token(b: Backen
     .await
     .unwrap();
     assert_eq!(blank.status(), StatusCode::BAD_REQUEST);
-    assert!(blank.text().await.unwrap().contains("name: must not be empty"));
+    assert!(
+        blank
+            .text()
+            .await
+            .unwrap()
+            .contains("name: must not be empty")
+    );
 }
 
 async fn runs_are_deleted_and_edited_from_the_command_line(b: Backend) {
@@ -294,7 +304,15 @@ async fn runs_are_deleted_and_edited_from_the_command_line(b: Backend) {
     };
 
     let out = succeeded(&mut cli(&[
-        "runs", "edit", "c1", "--name", "from the CLI", "--tag", "a", "--tag", "b",
+        "runs",
+        "edit",
+        "c1",
+        "--name",
+        "from the CLI",
+        "--tag",
+        "a",
+        "--tag",
+        "b",
     ]))
     .await;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("c1\tfrom the CLI\ta,b"));
@@ -314,7 +332,10 @@ async fn runs_are_deleted_and_edited_from_the_command_line(b: Backend) {
 
     succeeded(&mut cli(&["runs", "delete", "c1", "--yes"])).await;
     assert_eq!(app.get("/api/v1/runs/c1").await.0, StatusCode::NOT_FOUND);
-    let again = cli(&["runs", "delete", "c1", "--yes"]).output().await.unwrap();
+    let again = cli(&["runs", "delete", "c1", "--yes"])
+        .output()
+        .await
+        .unwrap();
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("does not exist"),

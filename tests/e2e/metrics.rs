@@ -19,20 +19,18 @@ fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
             (series.to_owned(), value.parse().expect("a number"))
         })
         .collect()
 }
 
-async fn metrics_count_requests_points_firings_streams_and_deliveries(b: Backend) {
-    // Loopback webhooks are not allowed, so every delivery fails; and a failed alert waits an
-    // hour before its retry, so it stays queued for the whole test.
-    let app = TestApp::spawn_with(b, |c| {
-        c.delivery.backoff_base = Duration::from_secs(3600);
-        c.delivery.backoff_max = Duration::from_secs(3600);
-    })
-    .await;
+/// Traffic of every kind `/metrics` counts: a failed test delivery, a run whose NaN loss fires
+/// the non-finite preset (an alert queued for the webhook, and a stop signal), a resent batch,
+/// and a request for no route. Returns the stop signal's id.
+async fn traffic(app: &TestApp) -> i64 {
     let (s, body) = app
         .post(
             "/api/v1/webhooks",
@@ -44,12 +42,25 @@ async fn metrics_count_requests_points_firings_streams_and_deliveries(b: Backend
     assert_eq!((s, &attempt["outcome"]), (StatusCode::OK, &json!("failed")));
 
     app.create_run("m").await;
-    let steps = json!([{"step": 1, "metrics": {"loss": 0.69}}, {"step": 2, "metrics": {"loss": "NaN"}}]);
+    let steps =
+        json!([{"step": 1, "metrics": {"loss": 0.69}}, {"step": 2, "metrics": {"loss": "NaN"}}]);
     let first = app.ingest("m", steps.clone()).await;
     assert_eq!(first["signals"][0]["kind"], "stop", "{first}");
     let resent = app.ingest("m", steps).await;
     assert_eq!(resent["duplicate_points"], 2, "{resent}");
     assert_eq!(app.get("/nowhere").await.0, StatusCode::NOT_FOUND);
+    first["signals"][0]["id"].as_i64().unwrap()
+}
+
+async fn metrics_count_requests_points_firings_streams_and_deliveries(b: Backend) {
+    // Loopback webhooks are not allowed, so every delivery fails; and a failed alert waits an
+    // hour before its retry, so it stays queued for the whole test.
+    let app = TestApp::spawn_with(b, |c| {
+        c.delivery.backoff_base = Duration::from_secs(3600);
+        c.delivery.backoff_max = Duration::from_secs(3600);
+    })
+    .await;
+    let stop = traffic(&app).await;
 
     // Two event streams held open while the metrics are read.
     let signals = app
@@ -59,7 +70,12 @@ async fn metrics_count_requests_points_firings_streams_and_deliveries(b: Backend
         .await
         .unwrap();
     assert_eq!(signals.status(), StatusCode::OK);
-    let page = app.http.get(app.url("/runs/m/events")).send().await.unwrap();
+    let page = app
+        .http
+        .get(app.url("/runs/m/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
 
     let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
@@ -124,10 +140,9 @@ async fn metrics_count_requests_points_firings_streams_and_deliveries(b: Backend
     drop((signals, page));
 
     // The signal answered, the run's pending count falls back to zero.
-    let id = first["signals"][0]["id"].as_i64().unwrap();
     let (s, _) = app
         .post(
-            &format!("/api/v1/runs/m/signals/{id}/ack"),
+            &format!("/api/v1/runs/m/signals/{stop}/ack"),
             &json!({"step": 2}),
         )
         .await;
@@ -153,5 +168,5 @@ async fn metrics_are_a_read_behind_the_token_policy(b: Backend) {
     .await;
     let (s, text) = public.get_text("/metrics").await;
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("redline_http_requests"), "{text}");
+    assert!(text.contains("redline_signals_pending 0"), "{text}");
 }

@@ -11,8 +11,8 @@ mod alerts;
 
 pub use alerts::*;
 
-use crate::series::Bucket;
 use crate::hparams::Steerable;
+use crate::series::Bucket;
 use crate::{MetricName, MetricValue, RuleSetName, RunId, value};
 
 /// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.
@@ -194,7 +194,10 @@ impl UpdateRun {
     /// The same rules as [`CreateRun`]; and an update must change something.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.name.is_none() && self.tags.is_none() {
-            return Err(FieldError::new("name", "is required when tags are not given"));
+            return Err(FieldError::new(
+                "name",
+                "is required when tags are not given",
+            ));
         }
         check_optional_text("name", self.name.as_deref())?;
         self.tags.as_deref().map_or(Ok(()), check_tags)

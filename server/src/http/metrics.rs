@@ -1,12 +1,12 @@
 //! `GET /metrics`: the server's metrics for Prometheus (see [`crate::telemetry`]). They are a
 //! read like any other, so the API's token policy guards them: a token unless `--public-read`.
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 
 use crate::auth;
 use crate::error::Result;

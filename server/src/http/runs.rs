@@ -5,9 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use redline_core::RunId;
-use redline_core::wire::{
-    CreateRun, FieldError, FinishRun, Run, RunList, RunStatus, UpdateRun,
-};
+use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus, UpdateRun};
 
 use super::extract::{JsonBody, QueryParams};
 use super::run_id;

@@ -282,7 +282,9 @@ impl Store for SqliteStore {
     }
 
     async fn ops_counts(&self) -> StoreResult<OpsCounts> {
-        Ok(sqlx::query_as(OPS_COUNTS_SQL).fetch_one(&self.reader).await?)
+        Ok(sqlx::query_as(OPS_COUNTS_SQL)
+            .fetch_one(&self.reader)
+            .await?)
     }
 
     async fn ingest(
