@@ -201,8 +201,9 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn update_run(&self, id: &RunId, req: &UpdateRun) -> StoreResult<Run>;
     /// Deletes the run and everything keyed to it, in one transaction: its series and their
     /// summaries, signals, pinned rule sets, rule events, and its alerts' queued messages and
-    /// delivery log. The schema says what that is (every such table references `runs` with
-    /// `ON DELETE CASCADE`), so a table added later cannot be forgotten here.
+    /// delivery log. The schema says what that is (every such table references `runs`, or a row
+    /// that does, with `ON DELETE CASCADE`): a table added later cascades too, or makes the
+    /// delete fail, and never leaves rows behind.
     async fn delete_run(&self, id: &RunId) -> StoreResult<()>;
     /// Store-wide figures for `/metrics`, read at scrape time.
     async fn ops_counts(&self) -> StoreResult<OpsCounts>;

@@ -20,7 +20,7 @@ use super::session::Viewer;
 use super::view::{RunView, url_encode};
 use crate::http::run_id;
 use crate::state::AppState;
-use crate::store::{RunFilter, RunSort, StoreResult};
+use crate::store::{RunFilter, RunSort, StoreError, StoreResult};
 use crate::telemetry::{OpenStream, StreamKind};
 
 /// The fewest seconds between two updates of a page.
@@ -140,6 +140,8 @@ impl Watch {
             }
             let snapshot = match self.snapshot().await {
                 Ok(s) => s,
+                // The run was deleted: its page has nothing more to show.
+                Err(StoreError::RunNotFound(_)) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "live page update failed; ending the stream");
                     return None;
