@@ -59,6 +59,9 @@ pub enum Command {
     /// Webhooks that receive alerts: add, list, remove, send a test, read the delivery log.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Runs: delete one, or rename it and edit its tags.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Measure ingest and read throughput over real HTTP on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -205,6 +208,35 @@ pub enum WebhookCommand {
         name: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Deletes a run with its series, signals, rule events and alert deliveries, in one
+    /// transaction. Asks first, unless --yes.
+    Delete {
+        run_id: String,
+        /// Delete without asking (needed where there is no terminal to ask on).
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Renames a run and/or replaces its tags, and prints the run.
+    Edit {
+        run_id: String,
+        /// The new display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A tag of the new set, replacing all the old ones (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Remove every tag.
+        #[arg(long, conflicts_with = "tags")]
+        no_tags: bool,
         #[command(flatten)]
         store: StoreArgs,
     },

@@ -32,6 +32,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(cmd) => token(cmd).await,
         Command::Rules(cmd) => crate::manage::rules(cmd).await,
         Command::Webhook(cmd) => crate::manage::webhook(cmd).await,
+        Command::Runs(cmd) => crate::manage::runs(cmd).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest::run(args).await,
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,

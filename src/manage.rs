@@ -1,16 +1,16 @@
-//! `redline rules …` and `redline webhook …`: rule sets and webhooks, managed in the store
-//! directly (like `redline token`), so they work before any server runs.
+//! `redline rules …`, `redline webhook …` and `redline runs …`: rule sets, webhooks and runs,
+//! managed in the store directly (like `redline token`), so they work with no server running.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use redline_core::rules::{RuleSet, Severity};
-use redline_core::wire::{NewWebhook, WebhookFormat};
-use redline_core::{RuleSetName, WebhookName};
+use redline_core::wire::{NewWebhook, UpdateRun, WebhookFormat};
+use redline_core::{RuleSetName, RunId, WebhookName};
 use redline_server::alerts::guard::Allowlist;
 use redline_server::alerts::{DeliveryConfig, deliver_now, sign};
 
-use crate::cli::{DeliveryArgs, RulesCommand, WebhookCommand};
+use crate::cli::{DeliveryArgs, RulesCommand, RunsCommand, WebhookCommand};
 use crate::commands::open;
 
 impl DeliveryArgs {
@@ -172,6 +172,66 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
                     a.error.map(|e| format!("\t{e}")).unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn run_id(id: String) -> anyhow::Result<RunId> {
+    RunId::parse(id).map_err(|e| anyhow::anyhow!("run id {e}"))
+}
+
+/// Asks on the terminal whether to go ahead; without a terminal the answer is no.
+fn confirmed(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub async fn runs(cmd: RunsCommand) -> anyhow::Result<()> {
+    match cmd {
+        RunsCommand::Delete {
+            run_id: id,
+            yes,
+            store,
+        } => {
+            let id = run_id(id)?;
+            let question = format!(
+                "Delete run {id} with its series, signals, rule events and alert deliveries?"
+            );
+            anyhow::ensure!(
+                yes || confirmed(&question)?,
+                "run {id} was not deleted: confirm on a terminal, or pass --yes"
+            );
+            open(&store).await?.delete_run(&id).await?;
+            eprintln!("Deleted run {id}.");
+        }
+        RunsCommand::Edit {
+            run_id: id,
+            name,
+            tags,
+            no_tags,
+            store,
+        } => {
+            let id = run_id(id)?;
+            let req = UpdateRun {
+                name,
+                tags: (no_tags || !tags.is_empty()).then_some(tags),
+            };
+            anyhow::ensure!(
+                req.name.is_some() || req.tags.is_some(),
+                "nothing to change: give --name, --tag or --no-tags"
+            );
+            req.validate()
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+            let run = open(&store).await?.update_run(&id, &req).await?;
+            println!("{}\t{}\t{}", run.id, run.name, run.tags.join(","));
         }
     }
     Ok(())

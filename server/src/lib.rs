@@ -12,6 +12,7 @@ pub mod rules;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 pub use config::ServerConfig;
 pub use startup::Server;

@@ -12,6 +12,7 @@ use crate::config::ServerConfig;
 use crate::http::{BodyRules, HostPolicy};
 use crate::rules::RuleRunner;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -32,6 +33,8 @@ pub struct AppState {
     /// Wakes this server's webhook worker when an ingest queued alerts.
     pub outbox: Arc<Outbox>,
     pub delivery: Arc<DeliveryConfig>,
+    /// What `/metrics` reports.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
             rules: Arc::default(),
             outbox: Arc::default(),
             delivery: Arc::new(config.delivery.clone()),
+            telemetry: Arc::default(),
         }
     }
 

@@ -139,6 +139,14 @@ impl TestApp {
         self.handle = Some(tokio::spawn(server.run()));
     }
 
+    /// The store's URL, for tools that open it beside the server (the CLI, direct SQL).
+    pub fn database_url(&self) -> String {
+        match &self.config.database {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => url.clone(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -192,6 +200,14 @@ impl TestApp {
 
     pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.delete(self.url(path))).await
     }
 
     pub async fn post_raw(

@@ -8,6 +8,8 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod lifecycle;
+mod metrics;
 mod openapi;
 mod pages;
 mod receiver;

@@ -13,6 +13,8 @@ async fn the_openapi_document_describes_every_route(b: Backend) {
         ("/api/v1/runs", "get"),
         ("/api/v1/runs/{run_id}", "put"),
         ("/api/v1/runs/{run_id}", "get"),
+        ("/api/v1/runs/{run_id}", "patch"),
+        ("/api/v1/runs/{run_id}", "delete"),
         ("/api/v1/runs/{run_id}/finish", "post"),
         ("/api/v1/runs/{run_id}/steps", "post"),
         ("/api/v1/runs/{run_id}/metrics", "get"),
@@ -28,6 +30,11 @@ async fn the_openapi_document_describes_every_route(b: Backend) {
             "{method} {path} is not described"
         );
     }
+    let update = &doc["components"]["schemas"]["UpdateRun"]["properties"];
+    assert!(
+        update["name"].is_object() && update["tags"].is_object(),
+        "{update}"
+    );
     let value = &doc["components"]["schemas"]["MetricValue"];
     assert!(
         value.to_string().contains("Infinity"),

@@ -26,7 +26,7 @@ pub fn local_delivery(c: &mut ServerConfig) {
     c.delivery.timeout = Duration::from_secs(5);
 }
 
-async fn add_webhook(app: &TestApp, receiver: &Receiver) {
+pub async fn add_webhook(app: &TestApp, receiver: &Receiver) {
     let (s, body) = app
         .post(
             "/api/v1/webhooks",
@@ -37,7 +37,7 @@ async fn add_webhook(app: &TestApp, receiver: &Receiver) {
 }
 
 /// Deliveries of webhook `hook`, oldest first.
-async fn deliveries(app: &TestApp) -> Vec<Value> {
+pub async fn deliveries(app: &TestApp) -> Vec<Value> {
     let (s, body) = app.get("/api/v1/webhooks/hook/deliveries").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let mut list = body["deliveries"].as_array().unwrap().clone();
@@ -208,7 +208,7 @@ async fn a_regulate_rule_raises_nll_alpha_and_the_trainer_applies_each_change() 
 }
 
 /// A run that reports a NaN loss trips the non-finite preset: one critical alert.
-async fn nan_alert(app: &TestApp, run: &str) {
+pub async fn nan_alert(app: &TestApp, run: &str) {
     app.create_run(run).await;
     let answer = app
         .ingest(

@@ -174,15 +174,7 @@ impl CreateRun {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_optional_text("name", self.name.as_deref())?;
         check_optional_text("project", self.project.as_deref())?;
-        if self.tags.len() > MAX_TAGS {
-            return Err(FieldError::new(
-                "tags",
-                format!("has {} tags; the limit is {MAX_TAGS}", self.tags.len()),
-            ));
-        }
-        for (i, tag) in self.tags.iter().enumerate() {
-            check_text(&format!("tags[{i}]"), tag)?;
-        }
+        check_tags(&self.tags)?;
         match &self.config {
             None => Ok(()),
             Some(config @ serde_json::Value::Object(_)) => check_no_nul("config", config),
@@ -192,6 +184,45 @@ impl CreateRun {
 
     pub fn project_or_default(&self) -> &str {
         self.project.as_deref().unwrap_or(DEFAULT_PROJECT)
+    }
+}
+
+fn check_tags(tags: &[String]) -> Result<(), FieldError> {
+    if tags.len() > MAX_TAGS {
+        return Err(FieldError::new(
+            "tags",
+            format!("has {} tags; the limit is {MAX_TAGS}", tags.len()),
+        ));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        check_text(&format!("tags[{i}]"), tag)?;
+    }
+    Ok(())
+}
+
+/// Body of `PATCH /api/v1/runs/{run_id}`: renames the run, replaces its tags, or both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRun {
+    /// The new display name; left as it is when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The new tags, replacing all the old ones (`[]` removes them); left as they are when absent.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+impl UpdateRun {
+    /// The same rules as [`CreateRun`]; and an update must change something.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.name.is_none() && self.tags.is_none() {
+            return Err(FieldError::new(
+                "name",
+                "is required when tags are not given",
+            ));
+        }
+        check_optional_text("name", self.name.as_deref())?;
+        self.tags.as_deref().map_or(Ok(()), check_tags)
     }
 }
 
@@ -610,6 +641,18 @@ mod tests {
         serde_json::from_str::<StepBatch>(json)
             .unwrap()
             .into_points()
+    }
+
+    #[test]
+    fn updates_change_something_and_name_the_bad_field() {
+        let u = |json: &str| serde_json::from_str::<UpdateRun>(json).unwrap().validate();
+        assert!(u(r#"{"name":"b"}"#).is_ok());
+        assert!(u(r#"{"tags":[]}"#).is_ok());
+        assert_eq!(u("{}").unwrap_err().field, "name");
+        assert_eq!(u(r#"{"name":" "}"#).unwrap_err().field, "name");
+        assert_eq!(u(r#"{"tags":["a",""]}"#).unwrap_err().field, "tags[1]");
+        let many = format!(r#"{{"tags":{:?}}}"#, vec!["t"; MAX_TAGS + 1]);
+        assert_eq!(u(&many).unwrap_err().field, "tags");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health and the pages.
+//! HTTP API v1: one router per feature, merged under `/api/v1`, plus health, `/metrics` and the
+//! pages.
 
 mod extract;
 mod guard;
 mod headers;
 mod health;
 mod media;
+mod metrics;
 mod openapi;
 mod pages;
 mod rules;
@@ -29,6 +31,7 @@ pub use openapi::ApiDoc;
 use crate::auth;
 use crate::error::AppError;
 use crate::state::AppState;
+use crate::telemetry;
 
 /// The whole application. Tests call this directly and serve it on port 0.
 pub fn app(state: AppState) -> Router {
@@ -52,7 +55,13 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(health::router())
         .merge(pages::router())
+        .merge(metrics::router(&state))
         .fallback(not_found)
+        // Inside every route (and the fallback), so that it sees which route matched.
+        .layer(middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            telemetry::track,
+        ))
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
             req.extensions_mut().insert(body);
             next.run(req)

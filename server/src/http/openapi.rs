@@ -21,6 +21,8 @@ use crate::state::AppState;
         super::runs::get_run,
         super::runs::list_runs,
         super::runs::finish,
+        super::runs::update_run,
+        super::runs::delete_run,
         super::steps::append_steps,
         super::series::list_metrics,
         super::series::read_series,

@@ -1,10 +1,11 @@
-//! Run lifecycle: create or resume, read, list, finish.
+//! Run lifecycle: create or resume, read, list, rename and retag, finish, delete.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus};
+use redline_core::RunId;
+use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus, UpdateRun};
 
 use super::extract::{JsonBody, QueryParams};
 use super::run_id;
@@ -15,7 +16,13 @@ use crate::store::{RunFilter, RunSort};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/runs", get(list_runs))
-        .route("/runs/{run_id}", put(create_or_resume).get(get_run))
+        .route(
+            "/runs/{run_id}",
+            put(create_or_resume)
+                .get(get_run)
+                .patch(update_run)
+                .delete(delete_run),
+        )
         .route("/runs/{run_id}/finish", post(finish))
 }
 
@@ -37,6 +44,11 @@ async fn create_or_resume(
     let id = run_id(id)?;
     req.validate()?;
     let (run, created) = state.store.create_or_resume_run(&id, &req).await?;
+    if created {
+        // A run deleted elsewhere (the CLI, another server) may have left this server rule
+        // state under the same id.
+        state.rules.forget(&id);
+    }
     state.changed(&id);
     tracing::info!(run = %id, created, "run opened");
     let status = if created {
@@ -128,4 +140,54 @@ async fn finish(
     state.changed(&id);
     tracing::info!(run = %id, status = run.status.as_str(), "run finished");
     Ok(Json(run))
+}
+
+/// Renames the run, replaces its tags, or both; what is left out stays as it is.
+#[utoipa::path(patch, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path)),
+    request_body = UpdateRun,
+    responses(
+        (status = 200, description = "The run as it is now", body = Run),
+        (status = 400, description = "Invalid field, or neither name nor tags given", body = redline_core::wire::ErrorBody),
+        (status = 404, body = redline_core::wire::ErrorBody),
+    ))]
+async fn update_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateRun>,
+) -> Result<Json<Run>> {
+    let id = run_id(id)?;
+    let run = edit(&state, &id, &req).await?;
+    Ok(Json(run))
+}
+
+/// Renames and retags a run: the API and the run page's form.
+pub(super) async fn edit(state: &AppState, id: &RunId, req: &UpdateRun) -> Result<Run> {
+    req.validate()?;
+    let run = state.store.update_run(id, req).await?;
+    state.changed(id);
+    tracing::info!(run = %id, name = %run.name, tags = ?run.tags, "run edited");
+    Ok(run)
+}
+
+/// Deletes the run with its series, signals, rule events and its alerts' deliveries, in one
+/// transaction. A trainer still reporting to it gets 404 from then on.
+#[utoipa::path(delete, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = redline_core::wire::ErrorBody),
+    ))]
+async fn delete_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+    remove(&state, &run_id(id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a run and what this server keeps of it in memory: the API and the run page's button.
+pub(super) async fn remove(state: &AppState, id: &RunId) -> Result<()> {
+    state.store.delete_run(id).await?;
+    state.rules.forget(id);
+    state.changed(id);
+    tracing::info!(run = %id, "run deleted");
+    Ok(())
 }

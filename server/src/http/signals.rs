@@ -19,6 +19,7 @@ use super::run_id;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
 use crate::store::Store;
+use crate::telemetry::{OpenStream, StreamKind};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -148,6 +149,7 @@ async fn stream_signals(
     let events = state.store.signal_events();
     state.store.run(&id).await?;
     let feed = Feed {
+        _open: state.telemetry.stream_opened(StreamKind::Signals),
         store: state.store.clone(),
         run: id,
         events,
@@ -171,6 +173,8 @@ fn signal_event(s: &Signal) -> Event {
 
 /// The state of one event stream.
 struct Feed {
+    /// Counts the stream as open until the stream, and with it this, is dropped.
+    _open: OpenStream,
     store: Arc<dyn Store>,
     run: RunId,
     events: broadcast::Receiver<RunId>,

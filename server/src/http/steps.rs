@@ -42,6 +42,10 @@ async fn append_steps(
             action = ?f.action, message = %f.message, "rule fired");
     }
     let result = ingested.result;
+    state
+        .telemetry
+        .ingested(result.new_points, result.duplicate_points);
+    state.telemetry.fired(&ingested.firings);
     if result.new_points > 0 || !ingested.firings.is_empty() {
         state.changed(&id);
     }

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redline_core::rules::{Firing, Severity};
+use redline_core::rules::{Action, Firing, Severity};
 use redline_core::wire::{DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookFormat};
 use redline_core::{RuleSetName, RunId, WebhookName};
 use secrecy::SecretString;
@@ -170,6 +170,16 @@ pub trait AlertStore {
         name: &WebhookName,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<Due>;
+}
+
+/// An action as rule events store it and `/metrics` labels it.
+pub fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::Alert => "alert",
+        Action::Stop { .. } => "stop",
+        Action::Checkpoint => "checkpoint",
+        Action::SetHparam { .. } => "regulate",
+    }
 }
 
 /// Orders severities for `min_severity` filters.

@@ -194,15 +194,15 @@ pub(super) type SignalColumns<'a> = (&'static str, Option<&'a str>, Option<f64>,
 
 /// The stored action name and, for actions that signal the trainer, the signal's columns.
 pub(super) fn action_columns(a: &Action) -> (&'static str, Option<SignalColumns<'_>>) {
-    match a {
-        Action::Alert => ("alert", None),
-        Action::Stop { keep_step } => ("stop", Some(("stop", None, None, *keep_step))),
-        Action::Checkpoint => ("checkpoint", Some(("checkpoint", None, None, None))),
-        Action::SetHparam { name, value } => (
-            "regulate",
-            Some(("set_hparam", Some(name.as_str()), Some(*value), None)),
-        ),
-    }
+    let signal = match a {
+        Action::Alert => None,
+        Action::Stop { keep_step } => Some(("stop", None, None, *keep_step)),
+        Action::Checkpoint => Some(("checkpoint", None, None, None)),
+        Action::SetHparam { name, value } => {
+            Some(("set_hparam", Some(name.as_str()), Some(*value), None))
+        }
+    };
+    (super::alerts::action_name(a), signal)
 }
 
 pub(super) fn trip_values(f: &Firing) -> Json<BTreeMap<String, MetricValue>> {
@@ -651,6 +651,27 @@ macro_rules! alert_store {
             ) -> $crate::store::StoreResult<()> {
                 use $crate::store::alerts::NextStep;
                 let mut tx = self.$w.begin().await?;
+                let (state, next_at, finished) = match a.next {
+                    NextStep::Delivered => ("delivered", a.started_at, Some($crate::store::now())),
+                    NextStep::GiveUp => ("failed", a.started_at, Some($crate::store::now())),
+                    NextStep::RetryAt(at) => ("pending", at, None),
+                };
+                let moved = sqlx::query(
+                    "UPDATE webhook_outbox SET state = $2, attempts = attempts + 1, \
+                     next_attempt_at = $3, finished_at = $4 WHERE id = $1",
+                )
+                .bind(due.outbox_id)
+                .bind(state)
+                .bind(next_at)
+                .bind(finished)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // The message went while it was being sent (its run or webhook was deleted):
+                // there is nothing left to log the attempt against.
+                if moved == 0 {
+                    return Ok(());
+                }
                 sqlx::query(
                     "INSERT INTO webhook_attempts (outbox_id, attempt, started_at, status, latency_ms, \
                      error, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -662,21 +683,6 @@ macro_rules! alert_store {
                 .bind(a.latency_ms)
                 .bind(a.error.as_deref())
                 .bind(a.next.outcome())
-                .execute(&mut *tx)
-                .await?;
-                let (state, next_at, finished) = match a.next {
-                    NextStep::Delivered => ("delivered", a.started_at, Some($crate::store::now())),
-                    NextStep::GiveUp => ("failed", a.started_at, Some($crate::store::now())),
-                    NextStep::RetryAt(at) => ("pending", at, None),
-                };
-                sqlx::query(
-                    "UPDATE webhook_outbox SET state = $2, attempts = attempts + 1, \
-                     next_attempt_at = $3, finished_at = $4 WHERE id = $1",
-                )
-                .bind(due.outbox_id)
-                .bind(state)
-                .bind(next_at)
-                .bind(finished)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;

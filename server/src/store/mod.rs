@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use redline_core::series::Bucket;
 use redline_core::wire::{
     CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
-    ValidSignal,
+    UpdateRun, ValidSignal,
 };
 use redline_core::{MetricName, RunId};
 use tokio::sync::broadcast;
@@ -214,6 +214,16 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
     /// Finishing again with the same status is a no-op; with another status it is a conflict.
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run>;
+    /// Renames the run and/or replaces its tags, as `req` (validated) says.
+    async fn update_run(&self, id: &RunId, req: &UpdateRun) -> StoreResult<Run>;
+    /// Deletes the run and everything keyed to it, in one transaction: its series and their
+    /// summaries, signals, pinned rule sets, rule events, and its alerts' queued messages and
+    /// delivery log. The schema says what that is (every such table references `runs`, or a row
+    /// that does, with `ON DELETE CASCADE`): a table added later cascades too, or makes the
+    /// delete fail, and never leaves rows behind.
+    async fn delete_run(&self, id: &RunId) -> StoreResult<()>;
+    /// Store-wide figures for `/metrics`, read at scrape time.
+    async fn ops_counts(&self) -> StoreResult<OpsCounts>;
 
     /// Stores the points not already stored and what the rules concluded about them, in one
     /// transaction, and returns the pending signals.
@@ -260,6 +270,38 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn token_is_active(&self, token_hash: &str) -> StoreResult<bool>;
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
     async fn revoke_token(&self, name: &str) -> StoreResult<()>;
+}
+
+/// What `/metrics` reports from the store: shared by every server on the same database, so
+/// these are read, not counted in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct OpsCounts {
+    /// Unanswered signals of running runs (those of finished runs will never be answered).
+    pub signals_pending: i64,
+    /// Webhook messages waiting for a first or further attempt.
+    pub outbox_pending: i64,
+    /// Delivery attempts that failed and were to be retried.
+    pub attempts_retried: i64,
+    /// Delivery attempts that failed and were the message's last.
+    pub attempts_failed: i64,
+}
+
+/// [`OpsCounts`] in one statement, the same SQL in both stores.
+const OPS_COUNTS_SQL: &str = "SELECT \
+    (SELECT count(*) FROM signals s JOIN runs r ON r.pk = s.run_pk \
+        WHERE s.acked_at IS NULL AND r.status = 'running') AS signals_pending, \
+    (SELECT count(*) FROM webhook_outbox WHERE state = 'pending') AS outbox_pending, \
+    (SELECT count(*) FROM webhook_attempts WHERE outcome = 'retry') AS attempts_retried, \
+    (SELECT count(*) FROM webhook_attempts WHERE outcome = 'failed') AS attempts_failed";
+
+/// Renames and retags in one statement (`$1` run id, `$2` name, `$3` tags as JSON, `$4` now);
+/// a NULL leaves the column as it is.
+fn update_run_sql() -> String {
+    format!(
+        "UPDATE runs SET name = coalesce($2, name), tags = coalesce($3, tags), updated_at = $4 \
+         WHERE run_id = $1 RETURNING {}",
+        rows::RUN_COLUMNS
+    )
 }
 
 /// Opens (creating where needed) and migrates the store at `url`.

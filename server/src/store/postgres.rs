@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use redline_core::series::Bucket;
 use redline_core::wire::{
     CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
-    ValidSignal,
+    UpdateRun, ValidSignal,
 };
 use redline_core::{MetricName, RunId};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -22,8 +22,8 @@ use tokio::sync::broadcast;
 use super::alerts_sql::alert_store;
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
-    MetricIds, PendingRules, RunFilter, Store, StoreError, StoreResult, SummaryRow, TokenInfo,
-    chunk, now, signal_channel,
+    MetricIds, OPS_COUNTS_SQL, OpsCounts, PendingRules, RunFilter, Store, StoreError, StoreResult,
+    SummaryRow, TokenInfo, chunk, now, signal_channel, update_run_sql,
 };
 
 const SIGNAL_CHANNEL: &str = "redline_signals";
@@ -252,6 +252,35 @@ impl Store for PostgresStore {
         .await?;
         tx.commit().await?;
         row.try_into()
+    }
+
+    async fn update_run(&self, id: &RunId, req: &UpdateRun) -> StoreResult<Run> {
+        sqlx::query_as::<_, RunRow>(&update_run_sql())
+            .bind(id.as_str())
+            .bind(req.name.as_deref())
+            .bind(req.tags.as_ref().map(Json))
+            .bind(now())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::RunNotFound(id.clone()))?
+            .try_into()
+    }
+
+    async fn delete_run(&self, id: &RunId) -> StoreResult<()> {
+        // One statement, so one transaction: the cascades run inside it.
+        let gone = sqlx::query("DELETE FROM runs WHERE run_id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Err(StoreError::RunNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn ops_counts(&self) -> StoreResult<OpsCounts> {
+        Ok(sqlx::query_as(OPS_COUNTS_SQL).fetch_one(&self.pool).await?)
     }
 
     async fn ingest(

@@ -20,7 +20,8 @@ use super::session::Viewer;
 use super::view::{RunView, url_encode};
 use crate::http::run_id;
 use crate::state::AppState;
-use crate::store::{RunFilter, RunSort, StoreResult};
+use crate::store::{RunFilter, RunSort, StoreError, StoreResult};
+use crate::telemetry::{OpenStream, StreamKind};
 
 /// The fewest seconds between two updates of a page.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +49,8 @@ struct RunsSnapshot {
 }
 
 struct Watch {
+    /// Counts the page's stream as open while it lives.
+    _open: OpenStream,
     state: AppState,
     run: Option<RunId>,
     changes: tokio::sync::broadcast::Receiver<RunId>,
@@ -59,6 +62,7 @@ impl Watch {
     fn new(state: AppState, run: Option<RunId>) -> Self {
         let changes = state.changes.subscribe();
         Self {
+            _open: state.telemetry.stream_opened(StreamKind::Pages),
             state,
             run,
             changes,
@@ -136,6 +140,8 @@ impl Watch {
             }
             let snapshot = match self.snapshot().await {
                 Ok(s) => s,
+                // The run was deleted: its page has nothing more to show.
+                Err(StoreError::RunNotFound(_)) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "live page update failed; ending the stream");
                     return None;

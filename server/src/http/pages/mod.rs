@@ -7,6 +7,7 @@ mod compare;
 mod controls;
 mod error;
 mod live;
+mod manage;
 mod rules;
 mod run;
 mod runs;
@@ -25,6 +26,8 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{run_id}", get(run::run_page))
         .route("/runs/{run_id}/chart.svg", get(run::chart_svg))
         .route("/runs/{run_id}/control", post(controls::control))
+        .route("/runs/{run_id}/edit", post(manage::edit_run))
+        .route("/runs/{run_id}/delete", post(manage::delete_run))
         .route("/runs/{run_id}/events", get(live::run_events))
         .route("/compare", get(compare::compare_page))
         .route("/compare/chart.svg", get(compare::compare_svg))
