@@ -23,7 +23,7 @@ use crate::model::{
     Decoder, checkpoint_tensors, load_weights, reference_model, relayout, trainable_model,
 };
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
-use crate::reporter::{Delivery, Ending, Reporter, RunRecord, ServerTarget, check_server};
+use crate::reporter::{Delivery, Ending, Reporter, RunRecord, ServerTarget};
 use crate::rng::SplitMix64;
 use crate::step::{Reference, StepResult, StepSettings, forward, reference_logps};
 
@@ -650,19 +650,16 @@ fn server_target(cfg: &TrainConfig, record: &RunRecord) -> Option<ServerTarget> 
 /// Trains as configured; see [`Outcome`] for how it ended.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
     let mut record = run_record(cfg);
-    let target = server_target(cfg, &record);
-    if let Some(t) = &target {
-        // A refused token or run is found out now, not after the training it would have lost.
-        match check_server(t) {
-            Err(e) => return Err(TrainError::Config(format!("{e}; nothing was trained"))),
-            Ok(Some(why)) => eprintln!(
-                "redline: {why}; training anyway: steps are kept in {} and sent once it answers",
-                cfg.output_dir.join("metrics.jsonl").display()
-            ),
-            Ok(None) => {}
-        }
-    }
     let (mut run, total) = prepare(cfg)?;
+    let first = run.resume()?;
+    // Before the first step: a refused token or run is found out now, not after the training it
+    // would have lost.
+    let mut reporter =
+        Reporter::start(&cfg.output_dir, server_target(cfg, &record)).map_err(|e| match e {
+            TrainError::Refused(why) => TrainError::Refused(format!("{why}; nothing was trained")),
+            other => other,
+        })?;
+    record.write(&cfg.output_dir)?;
     if cfg.precompute_ref {
         let started = Instant::now();
         run.precompute_reference()?;
@@ -672,9 +669,6 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
             started.elapsed().as_secs_f64()
         );
     }
-    let first = run.resume()?;
-    let mut reporter = Reporter::start(&cfg.output_dir, target)?;
-    record.write(&cfg.output_dir)?;
     let mut progress = Progress::new(total, first);
     let mut outcome = None;
     if first == 1 && cfg.eval_on_start && cfg.eval_every > 0 && run.has_eval() {

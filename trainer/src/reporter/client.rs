@@ -58,9 +58,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let resp = req.send().map_err(|e| CallError::Transport(transport(e)))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -69,7 +67,7 @@ impl Client {
             .and_then(parse_retry_after);
         let text = resp
             .text()
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+            .map_err(|e| CallError::Transport(transport(e)))?;
         if status.is_success() {
             Ok(text)
         } else {
@@ -89,6 +87,22 @@ impl Client {
     ) -> Result<(), CallError> {
         self.call(reqwest::Method::PUT, "", Some(run), deadline)
             .map(drop)
+    }
+}
+
+/// What failed and its root cause ("connection refused"), without the URL the message names
+/// already.
+fn transport(e: reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = &e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let root = root.to_string();
+    let top = e.without_url().to_string();
+    if root == top {
+        top
+    } else {
+        format!("{top}: {root}")
     }
 }
 
@@ -178,17 +192,27 @@ pub(super) fn retry_wait(next: Next, backoff: Duration) -> Duration {
     }
 }
 
-/// Whether the server at `target` will take this run, checked before training starts so a wrong
-/// token or a refused run fails at once instead of after hours of training. `Ok(Some(why))`: it
-/// could not be reached (or is briefly unavailable); training offline-first is fine then, the
-/// steps wait in the spool.
-pub fn check_server(target: &ServerTarget) -> Result<Option<String>, TrainError> {
+/// A failure already told to people: its kind (the status; `None` for no answer) and the words,
+/// so a long outage is said once, not at every retry.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Trouble {
+    pub(super) status: Option<u16>,
+    pub(super) said: String,
+}
+
+/// Creates or resumes the run before anything else, so a wrong token or a refused run fails at
+/// once ([`TrainError::Refused`]) instead of after hours of training. `Ok(Some(_))`: the server
+/// could not be reached, or is briefly unavailable; the caller goes on and retries later.
+pub(super) fn check_server(target: &ServerTarget) -> Result<Option<Trouble>, TrainError> {
     let client = Client::new(target)?;
     match client.open_run(&target.run, None) {
         Ok(()) => Ok(None),
         Err(e) => match e.next() {
-            Next::Retry(_) => Ok(Some(e.explain(&target.url))),
-            Next::GiveUp => Err(TrainError::Config(e.explain(&target.url))),
+            Next::Retry(_) => Ok(Some(Trouble {
+                status: e.status(),
+                said: e.explain(&target.url),
+            })),
+            Next::GiveUp => Err(TrainError::Refused(e.explain(&target.url))),
         },
     }
 }

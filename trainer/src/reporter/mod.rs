@@ -27,7 +27,6 @@ use std::time::Duration;
 use redline_core::MetricValue;
 use redline_core::wire::{Signal, StepRecord};
 
-pub use client::check_server;
 pub use push::{Pushed, push};
 pub use record::RunRecord;
 pub use sender::{Delivery, Ending};
@@ -71,10 +70,24 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Opens (appending) `dir/metrics.jsonl`; with a target, starts the sender and signal threads.
+    /// With a target, first creates or resumes the run on the server: a refused token or run is
+    /// [`TrainError::Refused`], and nothing is written; an unreachable server is said once, and
+    /// steps wait in the spool. Then opens (appending) `dir/metrics.jsonl` and, with a target,
+    /// starts the sender and signal threads.
     pub fn start(dir: &Path, target: Option<ServerTarget>) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let spool = Spool::of_run(dir);
+        let start = match &target {
+            Some(t) => client::check_server(t)?,
+            None => None,
+        };
+        if let Some(t) = &start {
+            eprintln!(
+                "redline: {}; training goes on: steps are kept in {} and sent once it answers",
+                t.said,
+                spool.log().display()
+            );
+        }
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,6 +118,7 @@ impl Reporter {
                     rx,
                     run: t.run.clone(),
                     grace: t.finish_grace,
+                    start,
                 };
                 let (report, done) = mpsc::channel();
                 std::thread::Builder::new()

@@ -67,9 +67,11 @@ pub fn push(
         finish_grace: grace,
     };
     // A refused token or run fails here, clearly, before anything is sent.
-    if let Some(why) = check_server(&target)? {
+    let start = check_server(&target)?;
+    if let Some(t) = &start {
         eprintln!(
-            "redline: {why}; retrying for up to {} s",
+            "redline: {}; retrying for up to {} s",
+            t.said,
             grace.as_secs_f64()
         );
     }
@@ -91,6 +93,7 @@ pub fn push(
         rx,
         run: record.create,
         grace,
+        start,
     };
     let delivery = sender.run();
     Ok(Pushed {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redline_core::wire::{IngestResult, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::client::{CallError, Client, Next, retry_wait};
+use super::client::{CallError, Client, Next, Trouble, retry_wait};
 use super::spool::Spool;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -94,9 +94,8 @@ struct State {
     /// When to give up: the grace after the finish request, renewed by each bit of progress.
     deadline: Option<Instant>,
     backoff: Duration,
-    /// The retryable failure last reported (its status, `None` for no answer), so a long outage
-    /// is said once, not at every retry.
-    trouble: Option<(Option<u16>, String)>,
+    /// The retryable failure last told, so a long outage is said once, not at every retry.
+    trouble: Option<Trouble>,
     /// A failure no retry can mend: nothing more is sent.
     blocked: Option<String>,
     disconnected: bool,
@@ -119,17 +118,20 @@ pub(super) struct Sender {
     /// Body of the create-or-resume call.
     pub(super) run: serde_json::Value,
     pub(super) grace: Duration,
+    /// What the check before starting found: `None`, the run is open; else why it is not, which
+    /// was told already.
+    pub(super) start: Option<Trouble>,
 }
 
 impl Sender {
     pub(super) fn run(self) -> Delivery {
         let mut st = State {
-            created: false,
+            created: self.start.is_none(),
             answers: VecDeque::new(),
             end: None,
             deadline: None,
             backoff: FIRST_BACKOFF,
-            trouble: None,
+            trouble: self.start.clone(),
             blocked: None,
             disconnected: false,
         };
@@ -302,11 +304,11 @@ impl Sender {
                 IDLE
             }
             Next::Retry(_) => {
-                let kind = f.error.status();
-                if st.trouble.as_ref().is_none_or(|(k, _)| *k != kind) {
+                let status = f.error.status();
+                if st.trouble.as_ref().is_none_or(|t| t.status != status) {
                     eprintln!("redline: {said}; steps are kept in {log} and sent once it answers");
                 }
-                st.trouble = Some((kind, said));
+                st.trouble = Some(Trouble { status, said });
                 st.backoff(next)
             }
         }
@@ -366,7 +368,7 @@ impl Sender {
         let problem = (!done).then(|| {
             st.blocked
                 .clone()
-                .or_else(|| st.trouble.as_ref().map(|(_, said)| said.clone()))
+                .or_else(|| st.trouble.as_ref().map(|t| t.said.clone()))
                 .unwrap_or_else(|| "the server did not answer in time".into())
         });
         Delivery {
