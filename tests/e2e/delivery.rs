@@ -268,10 +268,11 @@ async fn a_signal_the_trainer_cannot_apply_is_stored_as_refused() {
     let data = out.path().join("cut.jsonl");
     let rows: String = (0..8)
         .map(|i| {
-            format!(
-                "{{\"prompt\":\"Q: {i}+1=\",\"response\":\" {}.\",\"judgment\":\"wrong\",\"aligned\":false}}\n",
-                i + 2
-            )
+            let row = json!({
+                "prompt": format!("Q: {i}+1="), "response": format!(" {}.", i + 2),
+                "judgment": "wrong", "aligned": false,
+            });
+            row.to_string() + "\n"
         })
         .collect();
     std::fs::write(&data, rows).unwrap();

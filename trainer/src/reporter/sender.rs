@@ -86,14 +86,25 @@ enum Round {
     Done,
 }
 
+/// Whether the trainer has asked to finish, and with what end (`None`: leave the run as it is).
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Training,
+    Finishing(Option<Ending>),
+}
+
 struct State {
     created: bool,
     answers: VecDeque<(i64, serde_json::Value)>,
-    /// Set once the trainer asked to finish.
-    end: Option<Option<Ending>>,
+    phase: Phase,
     /// When to give up: the grace after the finish request, renewed by each bit of progress.
     deadline: Option<Instant>,
     backoff: Duration,
+    /// No call before this, after a failure: the trainer's messages wake the sender at every
+    /// step, and must not cut short a backoff or the server's `Retry-After`.
+    retry_at: Option<Instant>,
+    /// Whether `retry_at` is the server's own `Retry-After`, which even finishing honours.
+    server_asked: bool,
     /// The retryable failure last told, so a long outage is said once, not at every retry.
     trouble: Option<Trouble>,
     /// A failure no retry can mend: nothing more is sent.
@@ -104,6 +115,7 @@ struct State {
 impl State {
     /// The wait before the next try, lengthening the next one.
     fn backoff(&mut self, next: Next) -> Duration {
+        self.server_asked = matches!(next, Next::Retry(Some(_)));
         let wait = retry_wait(next, self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         wait
@@ -128,17 +140,23 @@ impl Sender {
         let mut st = State {
             created: self.start.is_none(),
             answers: VecDeque::new(),
-            end: None,
+            phase: Phase::Training,
             deadline: None,
             backoff: FIRST_BACKOFF,
+            retry_at: None,
+            server_asked: false,
             trouble: self.start.clone(),
             blocked: None,
             disconnected: false,
         };
         loop {
+            let now = Instant::now();
             let wait = if st.blocked.is_some() {
                 IDLE
+            } else if let Some(at) = st.retry_at.filter(|at| *at > now) {
+                at - now
             } else {
+                st.retry_at = None;
                 match self.sync(&mut st) {
                     Ok(Round::Done) => return self.delivery(&st, true),
                     Ok(round) => {
@@ -159,11 +177,15 @@ impl Sender {
                             IDLE
                         }
                     }
-                    Err(f) => self.failed(&mut st, &f),
+                    Err(f) => {
+                        let wait = self.failed(&mut st, &f);
+                        st.retry_at = Some(now + wait);
+                        wait
+                    }
                 }
             };
             // Refused for good: waiting cannot help, so finishing does not wait.
-            if st.blocked.is_some() && st.end.is_some() {
+            if st.blocked.is_some() && st.phase != Phase::Training {
                 return self.delivery(&st, false);
             }
             let wait = match st.deadline {
@@ -196,8 +218,9 @@ impl Sender {
                 .call(reqwest::Method::POST, &path, Some(body), st.deadline)
             {
                 Ok(_) => {}
-                // Unknown signal, or answered already another way: nothing left to say.
-                Err(e) if matches!(e.status(), Some(404 | 409)) => {
+                // Unknown signal, answered already another way, or an answer the server will never
+                // take: nothing left to say, and no reason to hold back the steps behind it.
+                Err(e) if matches!(e.status(), Some(400 | 404 | 409 | 413 | 422)) => {
                     eprintln!("redline: answering signal {id} failed for good ({e})");
                 }
                 Err(e) => return Err(at(Stage::Answer)(e)),
@@ -208,10 +231,10 @@ impl Sender {
         if progress {
             return Ok(Round::Progress);
         }
-        match &st.end {
-            None => Ok(Round::Idle),
-            Some(None) => Ok(Round::Done),
-            Some(Some(end)) => {
+        match &st.phase {
+            Phase::Training => Ok(Round::Idle),
+            Phase::Finishing(None) => Ok(Round::Done),
+            Phase::Finishing(Some(end)) => {
                 let body = serde_json::json!({ "status": end.status, "reason": end.reason });
                 self.client
                     .call(reqwest::Method::POST, "/finish", Some(&body), st.deadline)
@@ -325,7 +348,7 @@ impl Sender {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 st.disconnected = true;
-                if st.end.is_none() {
+                if st.phase == Phase::Training {
                     self.finish(
                         st,
                         Some(Ending {
@@ -356,8 +379,12 @@ impl Sender {
     }
 
     fn finish(&self, st: &mut State, end: Option<Ending>) {
-        st.end = Some(end);
+        st.phase = Phase::Finishing(end);
         st.deadline = Some(Instant::now() + self.grace);
+        // Training is over: one more try at once, rather than lose the grace to our own backoff.
+        if !st.server_asked {
+            st.retry_at = None;
+        }
     }
 
     fn delivery(&self, st: &State, done: bool) -> Delivery {
@@ -373,7 +400,7 @@ impl Sender {
         });
         Delivery {
             undelivered,
-            finished: done && matches!(st.end, Some(Some(_))),
+            finished: done && matches!(st.phase, Phase::Finishing(Some(_))),
             problem,
             retryable: st.blocked.is_none(),
         }
