@@ -11,8 +11,8 @@ mod alerts;
 
 pub use alerts::*;
 
-use crate::hparams::Steerable;
 use crate::series::Bucket;
+use crate::hparams::Steerable;
 use crate::{MetricName, MetricValue, RuleSetName, RunId, value};
 
 /// The largest step accepted: 2^53 − 1, the largest integer a JSON reader in a browser keeps exact.

@@ -104,9 +104,7 @@ async fn ack_signal(
     state.changed(&id);
     match &req.refused {
         None => tracing::info!(run = %id, signal, step = req.step, "signal applied"),
-        Some(why) => {
-            tracing::warn!(run = %id, signal, step = req.step, why, "signal refused by the trainer")
-        }
+        Some(why) => tracing::warn!(run = %id, signal, step = req.step, why, "signal refused by the trainer"),
     }
     Ok(Json(acked))
 }

@@ -49,7 +49,8 @@ pub fn runs(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(Run::try_from).collect()
 }
 
-pub const SIGNAL_COLUMNS: &str = "id, kind, name, value, keep_step, reason, source_rule, created_at, acked_at, applied_step, \
+pub const SIGNAL_COLUMNS: &str =
+    "id, kind, name, value, keep_step, reason, source_rule, created_at, acked_at, applied_step, \
      refused";
 
 #[derive(Debug, sqlx::FromRow)]
