@@ -53,6 +53,9 @@ pub enum Command {
     Study(StudyArgs),
     /// Train a model with a DPO-family loss, streaming every step to a server (or offline).
     Train(Box<TrainCommand>),
+    /// Send a run folder's undelivered steps (and how the run ended) to a server: what `redline
+    /// train` kept in its spool when the server was down or refused it.
+    Push(PushArgs),
     /// Rule sets: check a rule file, list, show and store versions.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -297,6 +300,39 @@ pub struct TrainCommand {
     pub args: redline_trainer::config::TrainArgs,
     #[command(flatten)]
     pub iterative: IterativeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Send a run folder's undelivered steps, and how the run ended, to a server.\n\n\
+    `redline train` writes every step to DIR/metrics.jsonl before sending it; DIR/metrics.jsonl.sent \
+    holds how far the server has taken them, and DIR/server-run.json the run's id, how to create it \
+    and how the trainer ended it. When the server was down, or refused the token, the rest stays there \
+    and `redline train` says how many steps it could not deliver. `redline push DIR` creates or resumes \
+    the run on the server, sends the steps after the offset (each exactly once: the server keeps the \
+    first value of a step), then finishes the run with the status the trainer recorded (a run whose \
+    trainer was interrupted stays running). Pushing again sends nothing new. Running the same \
+    `redline train` again (same --run-id and --output-dir) resumes the run and sends them too.\n\n\
+    Exit status: 0 when everything was delivered; 75 when the server could not be reached in time \
+    (try again later); 1 when it refused the token or the run."
+)]
+pub struct PushArgs {
+    /// The run's folder: the --output-dir of `redline train`.
+    pub dir: PathBuf,
+    /// Server URL [default: the server the run was trained against].
+    #[arg(long, env = "REDLINE_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token for the server.
+    #[arg(long, env = "REDLINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Give up after this many seconds without progress.
+    #[arg(
+        long,
+        env = "REDLINE_FINISH_GRACE",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    pub timeout: u64,
 }
 
 /// Iterative RPO: sample, score, pair, train, repeat.

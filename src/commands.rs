@@ -1,5 +1,8 @@
 //! What each subcommand does. The server itself lives in `redline-server`; this is the glue.
 
+use std::process::ExitCode;
+use std::time::Duration;
+
 use anyhow::Context;
 use redline_server::auth::{generate_token, hash_token};
 use redline_server::startup::shutdown_signal;
@@ -8,8 +11,10 @@ use redline_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench;
+use redline_trainer::reporter::Delivery;
+
 use crate::cli::{
-    BenchCommand, Command, LogFormat, ServeArgs, StoreArgs, TokenCommand, TrainCommand,
+    BenchCommand, Command, LogFormat, PushArgs, ServeArgs, StoreArgs, TokenCommand, TrainCommand,
 };
 
 pub fn init_logging(filter: &str, format: LogFormat) {
@@ -39,6 +44,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Signals(args)) => bench::signals::run(args).await,
         Command::Bench(BenchCommand::Connections(args)) => bench::connections::run(args).await,
         Command::Train(_)
+        | Command::Push(_)
         | Command::Demo(_)
         | Command::Study(_)
         | Command::Bench(BenchCommand::Train(_)) => {
@@ -47,9 +53,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The exit status of a run whose data did not all reach the server although nothing failed for
+/// good: sysexits' EX_TEMPFAIL, "try again later" (`redline push` does).
+const UNDELIVERED: u8 = 75;
+
+/// The exit status that says whether `delivery` left anything behind, and whether retrying helps.
+fn delivered(delivery: Option<&Delivery>) -> ExitCode {
+    match delivery {
+        Some(d) if !d.complete() && d.retryable => ExitCode::from(UNDELIVERED),
+        Some(d) if !d.complete() => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 /// `redline train`: runs on the main thread, outside any async runtime (the reporter uses
 /// blocking HTTP on its own threads).
-pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<()> {
+pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<ExitCode> {
     use redline_trainer::config::{TrainArgs, TrainConfig};
     let file = match &cmd.config {
         Some(path) => TrainArgs::from_toml_file(path)?,
@@ -72,7 +91,31 @@ pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<()> {
     );
     let outcome = redline_trainer::train::train(&config)?;
     println!("Run {} {}", config.run_id, outcome.message);
-    Ok(())
+    Ok(delivered(outcome.delivery.as_ref()))
+}
+
+/// `redline push DIR`: blocking HTTP, like the trainer's reporter, outside the async runtime.
+pub fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
+    let pushed = redline_trainer::reporter::push(
+        &args.dir,
+        args.server.as_deref(),
+        args.token.clone(),
+        Duration::from_secs(args.timeout),
+    )?;
+    if let Some(left) = pushed.leftover(&args.dir) {
+        eprintln!("{left}");
+        return Ok(delivered(Some(&pushed.delivery)));
+    }
+    let end = match &pushed.ended {
+        Some(end) => format!("the run is {} there", end.status),
+        None => "the trainer recorded no end (it was interrupted), so the run stays running there"
+            .to_owned(),
+    };
+    println!(
+        "Pushed {} new steps of run {} to {}; {end}.",
+        pushed.sent, pushed.run_id, pushed.url
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `redline train --iterative N`: the iterations, then a table of their scores.
@@ -81,7 +124,7 @@ fn train_iterative(
     it: &crate::cli::IterativeArgs,
     iterations: usize,
     now: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     use redline_trainer::iterate::{Plan, train_iterative};
     let plan = Plan {
         iterations,
@@ -99,7 +142,12 @@ fn train_iterative(
             i.iteration, i.run_id, i.pairs, i.score, i.outcome.status
         );
     }
-    Ok(())
+    // Each iteration said what it left undelivered; the status tells scripts that something did.
+    let short = report
+        .iterations
+        .iter()
+        .find_map(|i| i.outcome.delivery.as_ref().filter(|d| !d.complete()));
+    Ok(delivered(short))
 }
 
 impl StoreArgs {

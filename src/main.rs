@@ -15,20 +15,23 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = cli::Cli::parse();
     commands::init_logging(&cli.log, cli.log_format);
     // Training uses blocking HTTP on its own threads: it runs outside the async runtime.
     match cli.command {
         cli::Command::Train(cmd) => return commands::train(cmd),
+        cli::Command::Push(args) => return commands::push(&args),
         // The trainer runs on this thread; the demo keeps its own runtime for the server.
-        cli::Command::Demo(args) => return demo::run(&args),
-        cli::Command::Study(args) => return study::run(&args),
-        cli::Command::Bench(cli::BenchCommand::Train(args)) => return bench::train::run(&args),
-        _ => {}
+        cli::Command::Demo(args) => demo::run(&args)?,
+        cli::Command::Study(args) => study::run(&args)?,
+        cli::Command::Bench(cli::BenchCommand::Train(args)) => bench::train::run(&args)?,
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(commands::run(command))?;
+        }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(commands::run(cli.command))
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -13,10 +13,10 @@ use tokio::process::{Child, Command};
 
 use crate::harness::{SseReader, assert_writes_need_token};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redline");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_redline");
 
 /// Runs `cmd` to its end and checks that it succeeded, showing its stderr where it did not.
-pub async fn succeeded(cmd: &mut Command) -> std::process::Output {
+pub(crate) async fn succeeded(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().await.unwrap();
     assert!(
         out.status.success(),
@@ -26,7 +26,7 @@ pub async fn succeeded(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-pub fn redline(cwd: &Path) -> Command {
+pub(crate) fn redline(cwd: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.current_dir(cwd)
         .env("REDLINE_LOG", "warn")

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod delivery;
 mod lifecycle;
 mod metrics;
 mod openapi;

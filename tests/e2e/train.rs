@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 
 use crate::harness::{Backend, TestApp, eventually};
 
-fn fixture() -> PathBuf {
+pub(crate) fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/tiny-llama")
 }
 
-fn points(series: &Value) -> Vec<(i64, f64)> {
+pub(crate) fn points(series: &Value) -> Vec<(i64, f64)> {
     series["points"]
         .as_array()
         .unwrap()
@@ -157,6 +157,7 @@ async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once()
         token: None,
         run_id: "spooled".into(),
         run: json!({"project": "default"}),
+        finish_grace: redline_trainer::reporter::FINISH_GRACE,
     };
     let record = |r: &mut Reporter, steps: std::ops::RangeInclusive<usize>| {
         for step in steps {
@@ -249,6 +250,7 @@ async fn a_refused_step_does_not_hold_back_the_others() {
         token: None,
         run_id: "refused".into(),
         run: json!({"project": "default"}),
+        finish_grace: redline_trainer::reporter::FINISH_GRACE,
     };
     let dir = out.path().to_path_buf();
     std::thread::spawn(move || {

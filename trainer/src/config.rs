@@ -128,6 +128,10 @@ pub struct TrainArgs {
     #[arg(long, env = "REDLINE_TOKEN", hide_env_values = true)]
     #[serde(skip)]
     pub token: Option<String>,
+    /// After training, how many seconds to wait for a server that makes no progress before
+    /// leaving the undelivered steps in the spool for `redline push` [default: 30].
+    #[arg(long, env = "REDLINE_FINISH_GRACE", value_name = "SECONDS")]
+    pub finish_grace: Option<u64>,
     /// Run id on the server (1-64 of [A-Za-z0-9_.-]); reusing one resumes that run [default: RUN_NAME-TIME].
     #[arg(long)]
     pub run_id: Option<String>,
@@ -201,6 +205,7 @@ impl TrainArgs {
             device,
             server,
             token,
+            finish_grace,
             run_id,
             run_name,
             project,
@@ -262,6 +267,8 @@ pub struct TrainConfig {
     pub device: String,
     pub server: Option<String>,
     pub token: Option<String>,
+    /// How long the reporter waits for a server making no progress after training.
+    pub finish_grace: std::time::Duration,
     pub run_id: String,
     pub run_name: String,
     pub project: String,
@@ -493,6 +500,10 @@ impl TrainConfig {
             device,
             server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
             token: a.token,
+            finish_grace: a.finish_grace.map_or(
+                crate::reporter::FINISH_GRACE,
+                std::time::Duration::from_secs,
+            ),
             run_id,
             run_name,
             project: a.project.unwrap_or_else(|| "default".into()),

@@ -14,6 +14,9 @@ pub enum TrainError {
     /// A model folder or configuration Redline cannot use.
     #[error("{0}")]
     Config(String),
+    /// The server refused the token or the run: no retry can succeed.
+    #[error("{0}")]
+    Refused(String),
     /// Training data that does not parse or does not fit.
     #[error("{0}")]
     Data(String),

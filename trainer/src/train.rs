@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use redline_core::hparams::Steerable;
 use redline_core::wire::{Signal, SignalKind};
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ use crate::model::{
     Decoder, checkpoint_tensors, load_weights, reference_model, relayout, trainable_model,
 };
 use crate::optim::{AdamW, clip_coefficient, grad_norm};
-use crate::reporter::{Reporter, ServerTarget};
+use crate::reporter::{Delivery, Ending, Reporter, RunRecord, ServerTarget};
 use crate::rng::SplitMix64;
 use crate::step::{Reference, StepResult, StepSettings, forward, reference_logps};
 
@@ -32,6 +33,8 @@ pub struct Outcome {
     pub status: &'static str,
     pub last_step: usize,
     pub message: String,
+    /// What reached the server; `None` for an offline run.
+    pub delivery: Option<Delivery>,
 }
 
 /// What a checkpoint records beside the weights and optimizer moments.
@@ -403,21 +406,25 @@ impl Run<'_> {
         let done = next_step - 1;
         match s.kind {
             SignalKind::SetHparam => {
-                let (name, value) = (
-                    s.name.as_deref().unwrap_or_default(),
-                    s.value.unwrap_or(f64::NAN),
-                );
-                match name {
-                    "beta" if value > 0.0 => self.settings.beta = value,
-                    "nll_alpha" if value >= 0.0 => self.settings.nll_alpha = value,
-                    "lr_scale" if value >= 0.0 => self.lr_scale = value,
-                    _ => eprintln!(
-                        "redline: ignoring signal {}: cannot set {name} to {value}",
-                        s.id
-                    ),
+                let name = s.name.as_deref().unwrap_or_default();
+                match steer(s, self.cfg.objective) {
+                    Ok((h, value)) => {
+                        match h {
+                            Steerable::Beta => self.settings.beta = value,
+                            Steerable::NllAlpha => self.settings.nll_alpha = value,
+                            Steerable::LrScale => self.lr_scale = value,
+                        }
+                        eprintln!("redline: step {next_step}: {h} = {value} ({})", s.reason);
+                        reporter.ack(s.id, next_step);
+                    }
+                    Err(why) => {
+                        eprintln!(
+                            "redline: step {next_step}: refused signal {} to set {name}: {why}",
+                            s.id
+                        );
+                        reporter.refuse(s.id, next_step, &why);
+                    }
                 }
-                eprintln!("redline: step {next_step}: {name} = {value} ({})", s.reason);
-                reporter.ack(s.id, next_step);
                 Ok(None)
             }
             SignalKind::Checkpoint => {
@@ -438,6 +445,20 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// What a `set_hparam` signal sets, or why this run cannot apply it. The server refuses names
+/// and values outside [`Steerable`] already; this also guards against an older server, and knows
+/// what only the trainer knows: which settings the run's objective uses.
+fn steer(s: &Signal, objective: Objective) -> std::result::Result<(Steerable, f64), String> {
+    let h = Steerable::parse(s.name.as_deref().unwrap_or_default())?;
+    let value = h.check(s.value.ok_or_else(|| format!("no value given for {h}"))?)?;
+    if matches!(objective, Objective::Cut(_)) && h != Steerable::LrScale {
+        return Err(format!(
+            "{h} does not apply to a CUT run: its loss has no {h}; only lr_scale steers it"
+        ));
+    }
+    Ok((h, value))
 }
 
 /// Loads models and data and sets up the optimizer; returns the run and its number of steps.
@@ -576,6 +597,7 @@ impl Run<'_> {
                 status: "completed",
                 last_step: total,
                 message: format!("completed {total} steps"),
+                delivery: None,
             });
         };
         self.checkpoints
@@ -594,30 +616,50 @@ impl Run<'_> {
             status: "stopped",
             last_step: last,
             message: format!("stopped after step {last}: {reason}{best}"),
+            delivery: None,
         })
     }
 }
 
-fn server_target(cfg: &TrainConfig) -> Option<ServerTarget> {
+/// What a server is told about the run when it is created or resumed.
+fn run_record(cfg: &TrainConfig) -> RunRecord {
+    let mut create = serde_json::json!({
+        "name": cfg.run_name, "project": cfg.project, "tags": cfg.tags, "config": cfg.to_json(),
+    });
+    if let Some(rules) = &cfg.rules {
+        create["rules"] = serde_json::json!(rules);
+    }
+    RunRecord {
+        run_id: cfg.run_id.clone(),
+        server: cfg.server.clone(),
+        create,
+        ended: None,
+    }
+}
+
+fn server_target(cfg: &TrainConfig, record: &RunRecord) -> Option<ServerTarget> {
     cfg.server.as_ref().map(|url| ServerTarget {
         url: url.clone(),
         token: cfg.token.clone(),
         run_id: cfg.run_id.clone(),
-        run: {
-            let mut run = serde_json::json!({
-                "name": cfg.run_name, "project": cfg.project, "tags": cfg.tags, "config": cfg.to_json(),
-            });
-            if let Some(rules) = &cfg.rules {
-                run["rules"] = serde_json::json!(rules);
-            }
-            run
-        },
+        run: record.create.clone(),
+        finish_grace: cfg.finish_grace,
     })
 }
 
 /// Trains as configured; see [`Outcome`] for how it ended.
 pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
+    let mut record = run_record(cfg);
     let (mut run, total) = prepare(cfg)?;
+    let first = run.resume()?;
+    // Before the first step: a refused token or run is found out now, not after the training it
+    // would have lost.
+    let mut reporter =
+        Reporter::start(&cfg.output_dir, server_target(cfg, &record)).map_err(|e| match e {
+            TrainError::Refused(why) => TrainError::Refused(format!("{why}; nothing was trained")),
+            other => other,
+        })?;
+    record.write(&cfg.output_dir)?;
     if cfg.precompute_ref {
         let started = Instant::now();
         run.precompute_reference()?;
@@ -627,8 +669,6 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
             started.elapsed().as_secs_f64()
         );
     }
-    let first = run.resume()?;
-    let mut reporter = Reporter::start(&cfg.output_dir, server_target(cfg))?;
     let mut progress = Progress::new(total, first);
     let mut outcome = None;
     if first == 1 && cfg.eval_on_start && cfg.eval_every > 0 && run.has_eval() {
@@ -661,8 +701,14 @@ pub fn train(cfg: &TrainConfig) -> Result<Outcome> {
         }
     }
     progress.done();
-    let result = run.conclude(outcome, total)?;
-    reporter.finish(result.status, Some(result.message.clone()));
+    let mut result = run.conclude(outcome, total)?;
+    // Recorded before the sender tries, so `redline push` can finish the run if it cannot.
+    record.ended = Some(Ending {
+        status: result.status.to_owned(),
+        reason: Some(result.message.clone()),
+    });
+    record.write(&cfg.output_dir)?;
+    result.delivery = reporter.finish(result.status, Some(result.message.clone()));
     Ok(result)
 }
 
@@ -750,6 +796,52 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    fn set(name: &str, value: f64) -> redline_core::wire::Signal {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "run_id": "unit", "kind": "set_hparam", "name": name, "value": value,
+            "keep_step": null, "reason": "test", "source_rule": null,
+            "created_at": "2025-01-01T00:00:00Z", "acked_at": null, "applied_step": null,
+            "refused": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_signal_the_run_cannot_apply_is_refused_with_the_reason() {
+        use crate::config::Objective;
+        use redline_core::hparams::Steerable;
+        let dpo = Objective::Preference(crate::losses::LossKind::Sigmoid);
+        assert_eq!(
+            super::steer(&set("beta", 0.3), dpo),
+            Ok((Steerable::Beta, 0.3))
+        );
+        assert_eq!(
+            super::steer(&set("lr_scale", 0.0), dpo),
+            Ok((Steerable::LrScale, 0.0))
+        );
+        // An older server lets these through; the trainer must not call them applied.
+        let unknown = super::steer(&set("learning_rate", 1e-4), dpo).unwrap_err();
+        assert!(unknown.contains("cannot be steered"), "{unknown}");
+        let negative = super::steer(&set("beta", -1.0), dpo).unwrap_err();
+        assert!(negative.contains("greater than 0"), "{negative}");
+        let cut = config(
+            Path::new("unused"),
+            1,
+            TrainArgs {
+                loss: Some("cut".into()),
+                ..TrainArgs::default()
+            },
+        )
+        .objective;
+        let no_beta = super::steer(&set("beta", 0.3), cut).unwrap_err();
+        assert!(no_beta.contains("does not apply to a CUT run"), "{no_beta}");
+        assert!(super::steer(&set("nll_alpha", 1.0), cut).is_err());
+        assert_eq!(
+            super::steer(&set("lr_scale", 0.5), cut),
+            Ok((Steerable::LrScale, 0.5))
+        );
     }
 
     #[test]
