@@ -219,9 +219,10 @@ pub fn cut_forward(
     );
     let logits = logits.detach();
     if top_k > 0 {
-        let (mass, ent) = topk_stats(&logits, &mask, top_k)?;
-        m.insert("topk_mass/response".into(), mass);
-        m.insert("topk_entropy/response".into(), ent);
+        let top = topk_stats(&logits, &mask, top_k)?;
+        m.insert("topk_mass/response".into(), top.mass);
+        m.insert("topk_entropy/response".into(), top.entropy);
+        m.insert("top1_prob/response".into(), top.top1);
     }
     m.insert("entropy".into(), entropy(&logits, &mask)?);
     Ok(StepResult { loss, metrics: m })

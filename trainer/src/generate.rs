@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
-use crate::metrics::topk_stats_rows;
+use crate::metrics::{TopK, topk_stats_rows};
 use crate::model::Decoder;
 use crate::rng::SplitMix64;
 
@@ -203,7 +203,8 @@ pub fn sample_completions(
 }
 
 /// Generates one completion per prompt and returns `topk_mass/generated`,
-/// `topk_entropy/generated`, `eval/generated_tokens` and, when answers exist, `eval/score`.
+/// `topk_entropy/generated`, `top1_prob/generated`, `eval/generated_tokens` and, when answers
+/// exist, `eval/score`.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site, every input distinct"
@@ -232,15 +233,20 @@ pub fn generation_metrics(
         }
     }
     let positions: usize = completions.iter().map(Vec::len).sum();
-    let (mass, entropy) = if seen.is_empty() {
-        (0.0, 0.0)
+    let top = if seen.is_empty() {
+        TopK {
+            mass: 0.0,
+            entropy: 0.0,
+            top1: 0.0,
+        }
     } else {
         let rows = Tensor::cat(&seen, 0)?;
         topk_stats_rows(&rows, &Tensor::ones(positions, DType::F32, device)?, top_k)?
     };
     let mut out = BTreeMap::from([
-        ("topk_mass/generated".to_owned(), mass),
-        ("topk_entropy/generated".to_owned(), entropy),
+        ("topk_mass/generated".to_owned(), top.mass),
+        ("topk_entropy/generated".to_owned(), top.entropy),
+        ("top1_prob/generated".to_owned(), top.top1),
         (
             "eval/generated_tokens".to_owned(),
             positions as f64 / prompts.len().max(1) as f64,

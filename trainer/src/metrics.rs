@@ -30,9 +30,22 @@ pub(crate) fn token_logps_composite(logits: &Tensor, input_ids: &Tensor) -> Resu
     logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)
 }
 
-/// Top-k mass and top-k entropy (log base 2, renormalised within the top k) of the next-token
-/// distributions at the positions where `mask (b, t-1)` is 1, averaged over those positions.
-pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)> {
+/// The shape of the next-token distributions, averaged over the positions measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopK {
+    /// Probability mass of the k most likely tokens (arXiv 2410.11677 §4.1).
+    pub mass: f64,
+    /// Entropy in bits of the top k, renormalised within them (arXiv 2410.11677 §4.1).
+    pub entropy: f64,
+    /// Probability of the single most likely token. On rejected completions its rise is the
+    /// "squeezing effect" of Ren & Sutherland (arXiv 2407.10490): the negative gradient on an
+    /// unlikely sequence pushes mass onto whatever token is already most likely.
+    pub top1: f64,
+}
+
+/// [`TopK`] of the next-token distributions at the positions where `mask (b, t-1)` is 1,
+/// averaged over those positions.
+pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<TopK> {
     let (b, t, v) = logits.dims3()?;
     let rows = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
     topk_stats_rows(&rows, &mask.reshape(b * (t - 1))?, k)
@@ -40,7 +53,7 @@ pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<(f64, f64)
 
 /// As [`topk_stats`], for distributions given as rows of `logits (n, v)`, weighted by `weights (n,)`.
 /// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
-pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f64, f64)> {
+pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<TopK> {
     if logits.device().is_cpu() {
         let (x, w) = (cpu_values(logits)?, cpu_values(weights)?);
         return Ok(cpu::topk_stats(&x, &w, logits.dim(1)?, k));
@@ -48,7 +61,7 @@ pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f
     topk_stats_rows_composite(logits, weights, k)
 }
 
-fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Result<(f64, f64)> {
+fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Result<TopK> {
     let (n, v) = logits.dims2()?;
     let mut probs = candle_nn::ops::softmax_last_dim(&logits.detach().contiguous()?)?;
     let mut top = Vec::with_capacity(k);
@@ -63,6 +76,8 @@ fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Res
         )?;
         probs = (probs - hit)?;
     }
+    // The first round's pick is each row's most likely token.
+    let top1 = top[0].clone();
     let top = Tensor::cat(&top, 1)?; // (n, k)
     let mass = top.sum_keepdim(1)?;
     let q = top.broadcast_div(&mass)?;
@@ -76,7 +91,11 @@ fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Res
     let avg = |x: Tensor| -> Result<f64> {
         Ok(f64::from((x * &w)?.sum_all()?.to_scalar::<f32>()?) / f64::from(count))
     };
-    Ok((avg(mass)?, avg(entropy?)?))
+    Ok(TopK {
+        mass: avg(mass)?,
+        entropy: avg(entropy?)?,
+        top1: avg(top1)?,
+    })
 }
 
 /// Full-vocabulary Shannon entropy in nats, averaged over the positions where `mask` is 1.
@@ -126,21 +145,27 @@ mod tests {
             .iter()
             .map(|x| (x / mass2) * (x / mass2).log2())
             .sum::<f64>();
-        let (mass, ent) = topk_stats(&logits, &mask, 2).unwrap();
+        let TopK {
+            mass,
+            entropy: ent,
+            top1,
+        } = topk_stats(&logits, &mask, 2).unwrap();
         assert!(
             (mass - mass2).abs() < 1e-6 && (ent - ent2).abs() < 1e-5,
             "{mass} {ent}"
         );
+        assert!((top1 - p[0]).abs() < 1e-6, "{top1} vs {}", p[0]);
         let full: f64 = -p.iter().map(|x| x * x.ln()).sum::<f64>();
         assert!((entropy(&logits, &mask).unwrap() - full).abs() < 1e-5);
         // Uniform over the top k: entropy is log2 k.
-        let (m, e) = topk_stats(
+        let uniform = topk_stats(
             &Tensor::zeros((1, 2, 16), DType::F32, &Device::Cpu).unwrap(),
             &Tensor::new(&[[1u8]], &Device::Cpu).unwrap(),
             4,
         )
         .unwrap();
-        assert!((m - 0.25).abs() < 1e-6 && (e - 2.0).abs() < 1e-5);
+        assert!((uniform.mass - 0.25).abs() < 1e-6 && (uniform.entropy - 2.0).abs() < 1e-5);
+        assert!((uniform.top1 - 1.0 / 16.0).abs() < 1e-6);
     }
 
     /// The CPU kernels against the device-agnostic tensor forms, on varied logits and weights.
@@ -160,11 +185,13 @@ mod tests {
             .unwrap();
         let weights = mask.flatten_all().unwrap();
         for k in [1, 5, v] {
-            let (m, e) = topk_stats_rows(&rows, &weights, k).unwrap();
-            let (mc, ec) = topk_stats_rows_composite(&rows, &weights, k).unwrap();
+            let fast = topk_stats_rows(&rows, &weights, k).unwrap();
+            let slow = topk_stats_rows_composite(&rows, &weights, k).unwrap();
             assert!(
-                (m - mc).abs() < 1e-5 && (e - ec).abs() < 1e-4,
-                "k={k}: {m} {e} vs {mc} {ec}"
+                (fast.mass - slow.mass).abs() < 1e-5
+                    && (fast.entropy - slow.entropy).abs() < 1e-4
+                    && (fast.top1 - slow.top1).abs() < 1e-5,
+                "k={k}: {fast:?} vs {slow:?}"
             );
         }
         let (h, hc) = (

@@ -109,9 +109,10 @@ pub fn forward(
         .enumerate()
         .filter(|_| s.top_k > 0)
     {
-        let (mass, ent) = topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?;
-        m.insert(format!("topk_mass/{side}"), mass);
-        m.insert(format!("topk_entropy/{side}"), ent);
+        let top = topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?;
+        m.insert(format!("topk_mass/{side}"), top.mass);
+        m.insert(format!("topk_entropy/{side}"), top.entropy);
+        m.insert(format!("top1_prob/{side}"), top.top1);
     }
     // What the over-optimisation metrics cost, visible beside them.
     m.insert(

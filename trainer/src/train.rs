@@ -876,6 +876,17 @@ mod tests {
         };
         super::train(&config(pre.path(), 3, once)).unwrap();
         let (a, b) = (logged(live.path()), logged(pre.path()));
+        for side in ["chosen", "rejected"] {
+            let m = &a[0]["metrics"];
+            let (top1, mass) = (
+                m[format!("top1_prob/{side}")].as_f64().unwrap(),
+                m[format!("topk_mass/{side}")].as_f64().unwrap(),
+            );
+            assert!(
+                top1 > 0.0 && top1 <= mass + 1e-9,
+                "{side}: {top1} vs {mass}"
+            );
+        }
         for step in 0..3 {
             for key in ["loss", "rewards/margins", "kl/chosen", "grad_norm"] {
                 let (x, y) = (
@@ -927,6 +938,7 @@ mod tests {
             "cut/ul",
             "cut/inappropriate_share",
             "topk_entropy/response",
+            "top1_prob/response",
             "eval/cut/ul",
         ] {
             assert!(m[key].is_number(), "{key} missing: {m}");
@@ -959,6 +971,12 @@ mod tests {
         let mass = m["topk_mass/generated"].as_f64().unwrap();
         let entropy = m["topk_entropy/generated"].as_f64().unwrap();
         assert!(mass > 0.0 && mass <= 1.0 + 1e-9 && (0.0..=10f64.log2() + 1e-9).contains(&entropy));
+        // The most likely token holds at most the top k's mass, and at least its share of it.
+        let top1 = m["top1_prob/generated"].as_f64().unwrap();
+        assert!(
+            top1 <= mass + 1e-9 && top1 >= mass / 10.0 - 1e-9,
+            "{top1} vs {mass}"
+        );
         let tokens = m["eval/generated_tokens"].as_f64().unwrap();
         assert!((1.0..=4.0).contains(&tokens), "{tokens}");
         let score = m["eval/score"].as_f64().unwrap();

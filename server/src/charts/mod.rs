@@ -51,11 +51,12 @@ pub const GROUPS: &[Group] = &[
     ),
     group(
         "topk_entropy",
-        "top-k entropy (nats)",
+        "top-k entropy (bits)",
         &[
             "topk_entropy/chosen",
             "topk_entropy/rejected",
             "topk_entropy/generated",
+            "topk_entropy/response",
         ],
     ),
     group(
@@ -65,6 +66,17 @@ pub const GROUPS: &[Group] = &[
             "topk_mass/chosen",
             "topk_mass/rejected",
             "topk_mass/generated",
+            "topk_mass/response",
+        ],
+    ),
+    group(
+        "top1_prob",
+        "top-1 probability (squeezing)",
+        &[
+            "top1_prob/chosen",
+            "top1_prob/rejected",
+            "top1_prob/generated",
+            "top1_prob/response",
         ],
     ),
     group("entropy", "entropy, full vocabulary (nats)", &["entropy"]),

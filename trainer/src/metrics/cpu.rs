@@ -1,6 +1,8 @@
 //! The distribution metrics on CPU slices: one pass per row instead of the k rounds of argmax,
 //! gather and scatter (some 40 tensor ops) the device-agnostic forms take.
 
+use super::TopK;
+
 /// Softmax of `row` into `probs`, shifted by the maximum.
 fn softmax(row: &[f32], probs: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -14,12 +16,12 @@ fn softmax(row: &[f32], probs: &mut [f32]) {
     }
 }
 
-/// Weighted means of top-k mass and top-k entropy (bits, renormalised within the top k) over
-/// the rows of `logits (n, v)` with weights `(n,)`.
-pub fn topk_stats(logits: &[f32], weights: &[f32], v: usize, k: usize) -> (f64, f64) {
+/// Weighted means of top-k mass, top-k entropy (bits, renormalised within the top k) and top-1
+/// probability over the rows of `logits (n, v)` with weights `(n,)`.
+pub fn topk_stats(logits: &[f32], weights: &[f32], v: usize, k: usize) -> TopK {
     let k = k.min(v);
     let mut probs = vec![0.0f32; v];
-    let (mut mass_sum, mut entropy_sum) = (0.0f64, 0.0f64);
+    let (mut mass_sum, mut entropy_sum, mut top1_sum) = (0.0f64, 0.0f64, 0.0f64);
     for (row, &w) in logits.chunks(v).zip(weights) {
         if k == 0 || w == 0.0 {
             continue;
@@ -28,6 +30,7 @@ pub fn topk_stats(logits: &[f32], weights: &[f32], v: usize, k: usize) -> (f64, 
         probs.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         let top = &probs[..k];
         let mass: f32 = top.iter().sum();
+        top1_sum += f64::from(w * top.iter().copied().fold(0.0, f32::max));
         // 0·log 0 = 0: the clamp keeps log finite where a probability underflowed to zero.
         let entropy: f32 = -top
             .iter()
@@ -38,7 +41,11 @@ pub fn topk_stats(logits: &[f32], weights: &[f32], v: usize, k: usize) -> (f64, 
         entropy_sum += f64::from(w * entropy);
     }
     let count = f64::from(weights.iter().sum::<f32>().max(1.0));
-    (mass_sum / count, entropy_sum / count)
+    TopK {
+        mass: mass_sum / count,
+        entropy: entropy_sum / count,
+        top1: top1_sum / count,
+    }
 }
 
 /// Weighted mean of the full-vocabulary entropy (nats) of the rows of `logits (n, v)`.
