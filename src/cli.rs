@@ -136,7 +136,8 @@ pub struct StudyArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 20)]
     pub eval_every: usize,
-    /// The eval-loss baseline stops after this many evaluations without a new best.
+    /// The patience baselines (on the held-out score, the gold one, and on eval loss) stop after
+    /// this many evaluations without a new best.
     #[arg(long, default_value_t = 3)]
     pub patience: usize,
     /// The markdown report; its plots go to a folder beside it named after it.

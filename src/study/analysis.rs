@@ -1,9 +1,17 @@
-//! What one finished run says about stopping: its held-out score curve, where the presets would
-//! have stopped it (replayed on its full log with the same evaluator the server runs), and the
-//! two baselines: the final checkpoint, and early stopping on eval loss with patience (Hugging
-//! Face's `EarlyStoppingCallback` with `load_best_model_at_end`).
+//! What one finished run says about stopping: its held-out score curve and, for each way of
+//! stopping it (the study's arms), where it stops and what it keeps:
+//! - the label-free presets alone (every preset that reads no gold answer), and all presets,
+//!   replayed on the run's full log with the same evaluator the server runs;
+//! - early stopping on the held-out score with patience, the fair gold baseline (Hugging Face's
+//!   `EarlyStoppingCallback` with `metric_for_best_model` the score, `greater_is_better`,
+//!   `load_best_model_at_end`), and the same on eval loss;
+//! - the final checkpoint.
+//!
+//! For each label-free rule it also records where it first fired, to set against the peak.
 
-use redline_core::rules::{Action, Evaluator, presets};
+use std::collections::BTreeMap;
+
+use redline_core::rules::{Action, Evaluator, RuleSet, presets};
 
 use crate::run_log::RunLog;
 
@@ -12,6 +20,8 @@ use crate::run_log::RunLog;
 pub const OVER_OPTIMISED: f64 = 0.05;
 /// The study's target: the kept checkpoint within this of the peak.
 pub const CLOSE_TO_PEAK: f64 = 0.02;
+/// What a rule needs a gold answer per prompt for: a rule that reads it is not label-free.
+pub const GOLD_METRIC: &str = "eval/score";
 
 /// Where a stop happened and what it kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,22 +43,82 @@ pub struct Analysis {
     pub over_optimised: bool,
     /// The presets' first stop, if any.
     pub presets: Option<Stop>,
+    /// The first stop of the presets that read no gold answer.
+    pub label_free: Option<Stop>,
+    /// The gold baseline's stop: patience on the held-out score ran out.
+    pub score_patience: Option<Stop>,
     /// The eval-loss baseline's stop, if its patience ran out.
     pub eval_loss: Option<Stop>,
+    /// Each label-free preset and the first step it fired at (any action), if it did.
+    pub first_fired: BTreeMap<String, Option<i64>>,
+}
+
+/// The ways of stopping a run the study compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    LabelFree,
+    Presets,
+    ScorePatience,
+    EvalLossPatience,
+    Final,
+}
+
+impl Arm {
+    pub const ALL: [Self; 5] = [
+        Self::LabelFree,
+        Self::Presets,
+        Self::ScorePatience,
+        Self::EvalLossPatience,
+        Self::Final,
+    ];
+
+    /// Whether the arm reads a gold answer.
+    pub fn gold(self) -> bool {
+        matches!(self, Self::Presets | Self::ScorePatience)
+    }
 }
 
 impl Analysis {
+    /// Where `arm` stopped the run; `None` when it let it finish.
+    pub fn stop(&self, arm: Arm) -> Option<&Stop> {
+        match arm {
+            Arm::LabelFree => self.label_free.as_ref(),
+            Arm::Presets => self.presets.as_ref(),
+            Arm::ScorePatience => self.score_patience.as_ref(),
+            Arm::EvalLossPatience => self.eval_loss.as_ref(),
+            Arm::Final => None,
+        }
+    }
+
+    /// The score of the checkpoint `arm` leaves: the kept one, else the final one.
+    pub fn kept_score(&self, arm: Arm) -> f64 {
+        self.stop(arm).map_or(self.final_score, |s| s.kept_score)
+    }
+
     /// The score of the checkpoint the presets leave: the kept one, else the final one.
     pub fn presets_score(&self) -> f64 {
-        self.presets
-            .as_ref()
-            .map_or(self.final_score, |s| s.kept_score)
+        self.kept_score(Arm::Presets)
     }
 
     pub fn eval_loss_score(&self) -> f64 {
-        self.eval_loss
-            .as_ref()
-            .map_or(self.final_score, |s| s.kept_score)
+        self.kept_score(Arm::EvalLossPatience)
+    }
+}
+
+/// The shipped presets that read no gold answer.
+pub fn label_free_presets() -> RuleSet {
+    RuleSet {
+        rules: presets()
+            .rules
+            .into_iter()
+            .filter(|r| {
+                !RuleSet {
+                    rules: vec![r.clone()],
+                }
+                .metrics()
+                .contains(GOLD_METRIC)
+            })
+            .collect(),
     }
 }
 
@@ -76,55 +146,82 @@ pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
             .copied()
             .unwrap_or((0, start_score))
     };
-    let presets = presets_stop(log).map(|(step, keep, by)| {
-        let (kept_step, kept_score) = score_at_or_before(keep.unwrap_or(step));
-        Stop {
-            step,
-            kept_step,
-            kept_score,
-            by,
-        }
-    });
-    let eval_loss = eval_loss_stop(&log.series("eval/loss"), patience).map(|(step, best)| {
-        let (kept_step, kept_score) = score_at_or_before(best);
-        Stop {
-            step,
-            kept_step,
-            kept_score,
-            by: format!("eval/loss, patience {patience}"),
-        }
-    });
+    let rule_stop = |replay: &Replay| {
+        replay.stop.clone().map(|(step, keep, by)| {
+            let (kept_step, kept_score) = score_at_or_before(keep.unwrap_or(step));
+            Stop {
+                step,
+                kept_step,
+                kept_score,
+                by,
+            }
+        })
+    };
+    let patience_stop = |series: &str, better: fn(f64, f64) -> bool| {
+        patience_stop(&log.series(series), patience, better).map(|(step, best)| {
+            let (kept_step, kept_score) = score_at_or_before(best);
+            Stop {
+                step,
+                kept_step,
+                kept_score,
+                by: format!("{series}, patience {patience}"),
+            }
+        })
+    };
+    let label_free = replay(log, label_free_presets());
     Analysis {
         peak_step,
         peak,
         final_score,
         over_optimised: peak - final_score >= OVER_OPTIMISED,
-        presets,
-        eval_loss,
+        presets: rule_stop(&replay(log, presets())),
+        label_free: rule_stop(&label_free),
+        score_patience: patience_stop(GOLD_METRIC, |new, best| new > best),
+        eval_loss: patience_stop("eval/loss", |new, best| new < best),
+        first_fired: label_free.first_fired,
     }
 }
 
-/// The first stop the shipped presets fire on the log: (step, keep_step, rule).
-fn presets_stop(log: &RunLog) -> Option<(i64, Option<i64>, String)> {
-    let mut evaluator = Evaluator::new(&[("presets".to_owned(), presets())]);
+/// What a rule set did on a run's log.
+struct Replay {
+    /// The first stop: (step, keep_step, rule).
+    stop: Option<(i64, Option<i64>, String)>,
+    /// Every rule of the set, with the first step it fired at.
+    first_fired: BTreeMap<String, Option<i64>>,
+}
+
+/// Replays `set` on the whole log, as the server evaluates it step by step.
+fn replay(log: &RunLog, set: RuleSet) -> Replay {
+    let mut first_fired: BTreeMap<String, Option<i64>> =
+        set.rules.iter().map(|r| (r.name.clone(), None)).collect();
+    let mut stop = None;
+    let mut evaluator = Evaluator::new(&[("presets".to_owned(), set)]);
     for (step, metrics) in &log.steps {
         for f in evaluator.observe(*step, &|n| metrics.get(n).copied()) {
+            first_fired
+                .entry(f.rule.clone())
+                .or_default()
+                .get_or_insert(*step);
             if let Action::Stop { keep_step } = f.action {
-                return Some((*step, keep_step, f.rule));
+                stop.get_or_insert((*step, keep_step, f.rule));
             }
         }
     }
-    None
+    Replay { stop, first_fired }
 }
 
-/// Early stopping on eval loss: stop once `patience` evaluations in a row bring no new best;
-/// keep the best. Returns (stop step, best step).
-fn eval_loss_stop(losses: &[(i64, f64)], patience: usize) -> Option<(i64, i64)> {
+/// Early stopping: stop once `patience` evaluations in a row bring no new best (`better(new,
+/// best)`); keep the best. Returns (stop step, best step).
+fn patience_stop(
+    values: &[(i64, f64)],
+    patience: usize,
+    better: fn(f64, f64) -> bool,
+) -> Option<(i64, i64)> {
     let mut best: Option<(i64, f64)> = None;
     let mut since = 0;
-    for &(step, loss) in losses {
-        if best.is_none_or(|b| loss < b.1) {
-            best = Some((step, loss));
+    for &(step, value) in values {
+        if best.is_none_or(|b| better(value, b.1)) {
+            best = Some((step, value));
             since = 0;
         } else {
             since += 1;
@@ -150,10 +247,30 @@ mod tests {
     }
 
     #[test]
-    fn eval_loss_patience_stops_after_n_evaluations_without_a_new_best() {
+    fn patience_stops_after_n_evaluations_without_a_new_best() {
+        let lower = |new: f64, best: f64| new < best;
         let losses = [(10, 0.5), (20, 0.4), (30, 0.45), (40, 0.41), (50, 0.3)];
-        assert_eq!(eval_loss_stop(&losses, 2), Some((40, 20)));
-        assert_eq!(eval_loss_stop(&losses, 3), None);
+        assert_eq!(patience_stop(&losses, 2, lower), Some((40, 20)));
+        assert_eq!(patience_stop(&losses, 3, lower), None);
+        let higher = |new: f64, best: f64| new > best;
+        let scores = [(0, 0.4), (10, 0.5), (20, 0.45), (30, 0.5), (40, 0.6)];
+        assert_eq!(
+            patience_stop(&scores, 2, higher),
+            Some((30, 10)),
+            "a tie is no new best"
+        );
+    }
+
+    #[test]
+    fn the_label_free_presets_are_the_presets_that_read_no_score() {
+        let all = presets();
+        let free = label_free_presets();
+        assert!(
+            free.rules.len() < all.rules.len(),
+            "the score rule is left out"
+        );
+        assert!(!free.metrics().contains(GOLD_METRIC));
+        assert!(free.rules.iter().any(|r| r.name == "non-finite"));
     }
 
     /// 60 steps, evaluated every 10: the score peaks at step 20 (0.6) and falls 0.015 per
@@ -204,6 +321,18 @@ mod tests {
             (60, 20, "held-out-score-drop")
         );
         assert!((a.presets_score() - 0.6).abs() < 1e-9);
+        // Without the score rule nothing stops this run (its loss is finite and falls smoothly).
+        assert_eq!(a.label_free, None);
+        assert!((a.kept_score(Arm::LabelFree) - 0.54).abs() < 1e-9);
+        assert!(
+            a.first_fired.values().all(Option::is_none),
+            "{:?}",
+            a.first_fired
+        );
+        // The gold baseline: three evaluations without a new best after step 20, at step 50.
+        let gold = a.score_patience.clone().expect("score patience runs out");
+        assert_eq!((gold.step, gold.kept_step), (50, 20));
+        assert!((a.kept_score(Arm::ScorePatience) - 0.6).abs() < 1e-9);
     }
 
     #[test]
@@ -216,6 +345,9 @@ mod tests {
             (45, 40, "non-finite")
         );
         assert!((a.presets_score() - 0.57).abs() < 1e-9);
+        // The non-finite rule reads no gold answer: the label-free arm stops there too.
+        assert_eq!(a.label_free.map(|s| s.step), Some(45));
+        assert_eq!(a.first_fired["non-finite"], Some(45));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use redline_core::series::Bucket;
 use redline_server::charts::{Chart, Line, Marker, MarkerKind, render};
 
-use super::analysis::{CLOSE_TO_PEAK, OVER_OPTIMISED};
+use super::analysis::{Arm, CLOSE_TO_PEAK, OVER_OPTIMISED};
 use super::{StudyRun, summary};
 use crate::cli::StudyArgs;
 
@@ -57,6 +57,8 @@ pub fn write(
     took: std::time::Duration,
 ) -> anyhow::Result<()> {
     let mut md = intro(args, start_score, command, took);
+    arms(&mut md, args, runs);
+    leads(&mut md, runs);
     verdict(&mut md, args, runs);
     table(&mut md, runs);
     plots(&mut md, &args.report, runs)?;
@@ -82,15 +84,110 @@ fn intro(args: &StudyArgs, start_score: f64, command: &str, took: std::time::Dur
     let _ = writeln!(
         md,
         "- A run **over-optimises** when its final score is at least {OVER_OPTIMISED} below its peak.\n\
-         - **Presets**: the checkpoint kept by the first `stop` of the presets (the newest evaluated step \
-           at or before the step the rule named), or the final one when nothing stopped.\n\
+         - **Label-free presets**: the checkpoint kept by the first `stop` of the presets that read no \
+           gold answer (every preset but those reading `eval/score`), or the final one when nothing stopped.\n\
+         - **All presets**: the same with every preset, `held-out-score-drop` included.\n\
+         - **Score patience (gold)**: Hugging Face's `EarlyStoppingCallback` with `metric_for_best_model` \
+           = `eval/score`, `greater_is_better`, patience {p} and `load_best_model_at_end`: what a user with \
+           gold answers would do without Redline.\n\
+         - **Eval-loss patience**: the same on eval loss, patience {p}.\n\
          - **Final**: the last checkpoint.\n\
-         - **Eval loss**: Hugging Face's `EarlyStoppingCallback` on eval loss with patience {} and \
-           `load_best_model_at_end`.\n\
          - **Regret** = peak score − kept score.\n",
-        args.patience
+        p = args.patience
     );
     md
+}
+
+fn arm_name(arm: Arm, patience: usize) -> String {
+    match arm {
+        Arm::LabelFree => "label-free presets".into(),
+        Arm::Presets => "all presets (score rule included)".into(),
+        Arm::ScorePatience => format!("score patience {patience} (gold)"),
+        Arm::EvalLossPatience => format!("eval-loss patience {patience}"),
+        Arm::Final => "final checkpoint".into(),
+    }
+}
+
+/// Every arm side by side: how many over-optimising runs it keeps near their peak, how many
+/// healthy runs it stops, and its regret.
+fn arms(md: &mut String, args: &StudyArgs, runs: &[StudyRun]) {
+    let over = runs.iter().filter(|r| r.analysis.over_optimised).count();
+    let healthy = runs.len() - over;
+    let _ = writeln!(
+        md,
+        "## The arms
+"
+    );
+    let _ = writeln!(
+        md,
+        "{over} runs over-optimised, {healthy} did not.\n\n\
+         | arm | reads gold answers | over-optimising runs kept within {CLOSE_TO_PEAK} of the peak | healthy runs stopped | mean regret | worst regret |\n\
+         |---|---|---:|---:|---:|---:|"
+    );
+    for arm in Arm::ALL {
+        let regrets: Vec<f64> = runs
+            .iter()
+            .map(|r| r.analysis.peak - r.analysis.kept_score(arm))
+            .collect();
+        let kept = runs
+            .iter()
+            .filter(|r| r.analysis.over_optimised && close(r.analysis.kept_score(arm), r))
+            .count();
+        let stopped = runs
+            .iter()
+            .filter(|r| !r.analysis.over_optimised && r.analysis.stop(arm).is_some())
+            .count();
+        let mean = regrets.iter().sum::<f64>() / regrets.len().max(1) as f64;
+        let worst = regrets.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {kept} of {over} | {stopped} of {healthy} | {mean:.3} | {worst:.3} |",
+            arm_name(arm, args.patience),
+            if arm.gold() { "yes" } else { "no" },
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// For each label-free preset, where it first fired against each over-optimising run's peak.
+fn leads(md: &mut String, runs: &[StudyRun]) {
+    let over: Vec<&StudyRun> = runs.iter().filter(|r| r.analysis.over_optimised).collect();
+    let Some(first) = over.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## When the label-free presets fire\n\n\
+         Lead = the step a rule first fired (any action) − the step of the run's peak score: negative \
+         fired before the peak, positive after it. Over the {} over-optimising runs:\n\n\
+         | rule | fired in | median lead | earliest | latest |\n|---|---:|---:|---:|---:|",
+        over.len()
+    );
+    for rule in first.analysis.first_fired.keys() {
+        let mut leads: Vec<i64> = over
+            .iter()
+            .filter_map(|r| {
+                let fired = (*r.analysis.first_fired.get(rule)?)?;
+                Some(fired - r.analysis.peak_step)
+            })
+            .collect();
+        leads.sort_unstable();
+        let (median, earliest, latest) = match (leads.first(), leads.last()) {
+            (Some(e), Some(l)) => (
+                leads[leads.len() / 2].to_string(),
+                e.to_string(),
+                l.to_string(),
+            ),
+            _ => ("—".into(), "—".into(), "—".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| `{rule}` | {} of {} | {median} | {earliest} | {latest} |",
+            leads.len(),
+            over.len()
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// The result against the target, and where the presets fail.

@@ -374,7 +374,16 @@ async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     ]))
     .await;
     let report = std::fs::read_to_string(cwd.path().join("out/study.md")).unwrap();
-    for row in ["| sigmoid β=0.1 lr=1e-4 |", "| hinge β=0.1 lr=1e-4 |"] {
+    for row in [
+        "| sigmoid β=0.1 lr=1e-4 |",
+        "| hinge β=0.1 lr=1e-4 |",
+        // Every arm, gold and label-free, side by side.
+        "| label-free presets | no |",
+        "| all presets (score rule included) | yes |",
+        "| score patience 3 (gold) | yes |",
+        "| eval-loss patience 3 | no |",
+        "| final checkpoint | no |",
+    ] {
         assert!(report.contains(row), "{report}");
     }
     assert!(
