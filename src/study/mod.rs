@@ -1,7 +1,8 @@
 //! `redline study`: how good is the presets' stop? A sweep of losses, β and learning rates on the
 //! demo's task, from the demo's warmed-up model, each run trained to the end offline and then
-//! analysed (`analysis`): peak held-out score, where the presets stop and what they keep, and the
-//! two baselines. Writes a markdown report with one plot per run.
+//! analysed (`analysis`): peak held-out score, and where each arm (label-free presets, all
+//! presets, score and eval-loss patience, the final checkpoint) stops and what it keeps. Writes a
+//! markdown report with one plot per run.
 
 mod analysis;
 mod report;
