@@ -173,13 +173,27 @@ impl Attention {
         })
     }
 
-    /// `x`: `(batch·seq, hidden)`.
-    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let (q, k, v) = (
+    pub fn layout(&self) -> HeadLayout {
+        self.layout
+    }
+
+    /// The query, key and value projections of `x (tokens, hidden)`.
+    pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
             self.v_proj.forward(x)?,
-        );
+        ))
+    }
+
+    /// The output projection of the heads' outputs `(tokens, heads·d)`.
+    pub fn output(&self, heads: &Tensor) -> Result<Tensor> {
+        self.o_proj.forward(heads)
+    }
+
+    /// `x`: `(batch·seq, hidden)`.
+    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let (q, k, v) = self.project(x)?;
         let out = match positions {
             Positions::Fused {
                 seq,
@@ -193,7 +207,7 @@ impl Attention {
                 mask,
             } => attention_composite(&q, &k, &v, *seq, self.layout, cos, sin, mask)?,
         };
-        self.o_proj.forward(&out)
+        self.output(&out)
     }
 }
 
@@ -302,9 +316,18 @@ impl Block {
     }
 
     pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, positions)?;
+        self.around(x, |attn, normed| attn.forward(normed, positions))
+    }
+
+    /// The block with its attention computed by `attend` (given the attention's weights and
+    /// the normed input): the pre-norms, the residual connections and the MLP. Inference with a
+    /// key/value cache attends differently and shares the rest.
+    pub fn around(
+        &self,
+        x: &Tensor,
+        attend: impl FnOnce(&Attention, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let attn = attend(&self.self_attn, &self.input_layernorm.forward(x)?)?;
         let x = (x + attn)?;
         let mlp = self
             .mlp
