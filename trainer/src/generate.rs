@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
 use crate::metrics::topk_stats_rows;
-use crate::model::{Decoder, KvCache, ModelConfig};
+use crate::model::{Decoder, ModelConfig};
 use crate::rng::SplitMix64;
 
 /// How completions are sampled.
@@ -105,35 +105,6 @@ fn rows_per_batch(cfg: &ModelConfig, positions: usize) -> usize {
     (BATCH_FLOATS / per_row.max(1)).max(1)
 }
 
-/// Runs the prompts through the model, those of one length together, and stacks their caches
-/// (the shorter prompts left-padded, see [`KvCache::stack`]) with room for `room` more tokens.
-/// Returns the cache, the next-token logits of its rows, and the prompt each row holds. Prompts
-/// run apart by length so that no padding is computed, and each is computed as it always was.
-fn prefill(
-    model: &Decoder,
-    prompts: &[&[u32]],
-    room: usize,
-) -> Result<(KvCache, Tensor, Vec<usize>)> {
-    let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        by_length.entry(p.len()).or_default().push(i);
-    }
-    let device = model.device();
-    let (mut caches, mut logits, mut order) = (Vec::new(), Vec::new(), Vec::new());
-    for (len, group) in by_length {
-        let flat: Vec<u32> = group
-            .iter()
-            .flat_map(|&i| prompts[i].iter().copied())
-            .collect();
-        let ids = Tensor::from_vec(flat, (group.len(), len), &device)?;
-        let mut cache = model.new_cache(group.len(), len + room)?;
-        logits.push(model.forward_cached(&ids, &mut cache)?);
-        caches.push(cache);
-        order.extend(group);
-    }
-    Ok((KvCache::stack(caches)?, Tensor::cat(&logits, 0)?, order))
-}
-
 /// Samples one completion of each prompt, together: row `i` draws from `rngs[i]` and ends with
 /// `eos` when the model produced it. The prompts pass through the model once, then each new
 /// token alone, against the key/value cache of what came before. The next-token logits of every
@@ -151,7 +122,9 @@ fn complete_batch(
         return Ok(generated);
     }
     // The last token sampled is never run through the model.
-    let (mut cache, mut logits, mut active) = prefill(model, prompts, sampling.max_new_tokens - 1)?;
+    let (mut cache, mut logits) = model.prefill(prompts, sampling.max_new_tokens - 1)?;
+    // The prompt each row of the cache holds.
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
     loop {
         let last = logits.to_dtype(DType::F32)?;
         let rows = last.to_vec2::<f32>()?;
@@ -193,6 +166,7 @@ fn complete_all(
     seed: u64,
     seen: &mut Vec<Tensor>,
 ) -> Result<Vec<Vec<u32>>> {
+    let model = &model.for_inference()?;
     let mut by_length: Vec<usize> = (0..prompts.len()).collect();
     by_length.sort_by_key(|&i| prompts[i].len());
     let longest = by_length.last().map_or(0, |&i| prompts[i].len());
@@ -235,6 +209,7 @@ pub fn sample_completions(
     eos: Option<u32>,
     seed: u64,
 ) -> Result<Vec<Vec<Vec<u32>>>> {
+    let model = &model.for_inference()?;
     prompts
         .iter()
         .enumerate()

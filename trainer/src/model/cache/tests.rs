@@ -1,6 +1,6 @@
 //! The cache against the full forward pass: the same next-token logits after a prompt and after
-//! each token that follows, for rows of different lengths stacked together and for the rows kept
-//! when others are dropped.
+//! each token that follows, for prompts of different lengths batched together and for the rows
+//! kept when others are dropped.
 
 use candle_core::{Device, Tensor};
 
@@ -46,48 +46,43 @@ const A: &[u32] = &[1, 5, 17, 42, 99, 250, 3, 7, 12, 44, 8];
 const B: &[u32] = &[1, 200, 13, 2, 45, 66, 77, 88, 9, 10, 11];
 const C: &[u32] = &[1, 30, 31, 32, 33, 34, 35, 36, 37];
 
-/// Two rows of one length: a 4-token prompt, then one token at a time. The cache starts with room
-/// for 2 positions, so it also grows on the way.
+/// Two rows of one length: a 4-token prompt, then one token at a time, with the model and with
+/// its inference copy. The cache starts with room for 2 positions, so it also grows on the way.
 #[test]
 fn cached_logits_match_the_full_forward_pass() {
     for arch in ["llama", "qwen2"] {
         let model = model(arch);
-        let mut cache = model.new_cache(2, 2).unwrap();
-        let mut got = model
-            .forward_cached(&next_tokens(&[A, B], &[0, 0], 4), &mut cache)
-            .unwrap();
-        for t in 4..=10 {
-            for (row, seq) in [A, B].iter().enumerate() {
-                let worst = differ(&got.get(row).unwrap(), &uncached(&model, &seq[..t]));
-                assert!(worst < 1e-4, "{arch}, row {row} after {t} tokens: {worst}");
+        // The trained model itself, and the copy generation uses.
+        for cached in [&model, &model.for_inference().unwrap()] {
+            let mut cache = cached.new_cache(2, 2).unwrap();
+            let mut got = cached
+                .forward_cached(&next_tokens(&[A, B], &[0, 0], 4), &mut cache)
+                .unwrap();
+            for t in 4..=10 {
+                for (row, seq) in [A, B].iter().enumerate() {
+                    let worst = differ(&got.get(row).unwrap(), &uncached(&model, &seq[..t]));
+                    assert!(worst < 1e-4, "{arch}, row {row} after {t} tokens: {worst}");
+                }
+                if t < 10 {
+                    got = cached
+                        .forward_cached(&next_tokens(&[A, B], &[t, t], 1), &mut cache)
+                        .unwrap();
+                }
             }
-            if t < 10 {
-                got = model
-                    .forward_cached(&next_tokens(&[A, B], &[t, t], 1), &mut cache)
-                    .unwrap();
-            }
+            assert_eq!((cache.seen(0), cache.rows()), (10, 2));
         }
-        assert_eq!((cache.seen(0), cache.rows()), (10, 2));
     }
 }
 
-/// A 6-token prompt and two 3-token prompts, run apart and stacked (the short ones left-padded),
-/// then continued together; then the middle row is dropped and the others continue.
+/// A 6-token prompt and two 3-token prompts prefilled together (the short ones left-padded),
+/// then continued together, the cache growing on the way; then the middle row is dropped and the
+/// others continue.
 #[test]
-fn stacked_rows_of_different_lengths_each_get_their_own_logits() {
+fn left_padded_rows_of_different_lengths_each_get_their_own_logits() {
     for arch in ["llama", "qwen2"] {
         let model = model(arch);
-        let mut long = model.new_cache(1, 8).unwrap();
-        let mut short = model.new_cache(2, 3).unwrap();
-        let first_long = model
-            .forward_cached(&next_tokens(&[A], &[0], 6), &mut long)
-            .unwrap();
-        let first_short = model
-            .forward_cached(&next_tokens(&[B, C], &[0, 0], 3), &mut short)
-            .unwrap();
-        let mut cache = KvCache::stack(vec![long, short]).unwrap();
+        let (mut cache, mut got) = model.prefill(&[&A[..6], &B[..3], &C[..3]], 1).unwrap();
         assert_eq!(cache.starts, [0, 3, 3]);
-        let mut got = Tensor::cat(&[first_long, first_short], 0).unwrap();
         let mut seen = [6, 3, 3];
         for _ in 0..3 {
             for (row, seq) in [A, B, C].iter().enumerate() {
