@@ -476,6 +476,9 @@ pub enum BenchCommand {
     /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
     /// share of a step the top-k metrics take.
     Train(BenchTrainArgs),
+    /// Greedy generation from SmolLM2-135M-Instruct against transformers' `generate` (KV cache on)
+    /// on the same prompts, cores and new-token count (needs the peers venv with `gguf`).
+    Generate(BenchGenerateArgs),
     /// What idle and slow clients cost a `redline serve` process in memory, and whether its
     /// timeouts give it back (docs/security.md).
     Connections(BenchConnectionsArgs),
@@ -516,6 +519,32 @@ pub struct BenchTrainArgs {
     /// The peers folder (make_fixture.py, trl_dpo.py).
     #[arg(long, env = "REDLINE_PEERS_DIR", default_value = "../shared/peers")]
     pub peers_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    /// The model both sides generate from (scripts/fetch-smollm2.sh fetches this one).
+    #[arg(long, default_value = "target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// JSON lines with a `prompt` field each, already in the model's chat format.
+    #[arg(
+        long,
+        default_value = "trainer/tests/fixtures/smollm2/generate_prompts.jsonl"
+    )]
+    pub prompts: PathBuf,
+    /// New tokens per prompt, fewer where the model ends its answer (EOS) first.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Timed generations per side, taken in turns (one more per side runs first, untimed).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Threads for both sides: candle's pool (`RAYON_NUM_THREADS`) and torch's
+    /// [default: RAYON_NUM_THREADS if set, else the cores available].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Python virtual environment with transformers and gguf (../shared/peers/setup.sh makes one).
+    #[arg(long, env = "REDLINE_PEERS_VENV", default_value = ".peers-venv")]
+    pub peers_venv: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -47,7 +47,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Push(_)
         | Command::Demo(_)
         | Command::Study(_)
-        | Command::Bench(BenchCommand::Train(_)) => {
+        | Command::Bench(BenchCommand::Train(_) | BenchCommand::Generate(_)) => {
             unreachable!("training runs outside the async runtime")
         }
     }

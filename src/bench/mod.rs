@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod dashboard;
+pub mod generate;
 pub mod ingest;
 mod mlflow;
 pub mod read;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
 use crate::metrics::{TopK, topk_stats_rows};
-use crate::model::Decoder;
+use crate::model::{Decoder, ModelConfig};
 use crate::rng::SplitMix64;
 
 /// How completions are sampled.
@@ -90,13 +90,25 @@ pub fn final_answer(text: &str) -> String {
         .unwrap_or_else(|| text.trim().to_owned())
 }
 
-/// Logits kept at once while generating a batch: rows × positions × vocabulary ≤ this many
-/// floats (256 MiB), so a large vocabulary generates in smaller batches.
-const BATCH_LOGITS: usize = 1 << 26;
+/// Floats a batch may hold while generating (256 MiB of f32): its key/value cache, the largest
+/// activations of the prompts' pass and the next-token logits. Larger models and longer prompts
+/// generate in smaller batches.
+const BATCH_FLOATS: usize = 1 << 26;
 
-/// Samples one completion of each prompt (all of one length), together: row `i` draws from
-/// `rngs[i]` and ends with `eos` when the model produced it. The next-token logits of every
-/// generated position are kept in `seen`, one `(rows, vocab)` tensor per position.
+/// Rows that fit [`BATCH_FLOATS`] when each sees up to `positions` positions.
+fn rows_per_batch(cfg: &ModelConfig, positions: usize) -> usize {
+    let cache = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim;
+    // Per position: its keys and values in every layer, the MLP's widest activation and a row
+    // of attention scores per head; per row: one row of logits.
+    let per_row =
+        positions * (cache + cfg.intermediate_size + cfg.num_heads * positions) + cfg.vocab_size;
+    (BATCH_FLOATS / per_row.max(1)).max(1)
+}
+
+/// Samples one completion of each prompt, together: row `i` draws from `rngs[i]` and ends with
+/// `eos` when the model produced it. The prompts pass through the model once, then each new
+/// token alone, against the key/value cache of what came before. The next-token logits of every
+/// generated position are kept in `seen`, one `(rows, vocab)` tensor per step of the batch.
 fn complete_batch(
     model: &Decoder,
     prompts: &[&[u32]],
@@ -105,42 +117,47 @@ fn complete_batch(
     rngs: &mut [SplitMix64],
     seen: &mut Vec<Tensor>,
 ) -> Result<Vec<Vec<u32>>> {
-    let device = model.device();
-    let mut ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
     let mut generated = vec![Vec::new(); prompts.len()];
-    // Rows still generating; they stay of one length, so they need no padding.
+    if prompts.is_empty() || sampling.max_new_tokens == 0 {
+        return Ok(generated);
+    }
+    // The last token sampled is never run through the model.
+    let (mut cache, mut logits) = model.prefill(prompts, sampling.max_new_tokens - 1)?;
+    // The prompt each row of the cache holds.
     let mut active: Vec<usize> = (0..prompts.len()).collect();
-    for _ in 0..sampling.max_new_tokens {
-        if active.is_empty() {
-            break;
-        }
-        let t = ids[active[0]].len();
-        let flat: Vec<u32> = active
-            .iter()
-            .flat_map(|&i| ids[i].iter().copied())
-            .collect();
-        let input = Tensor::from_vec(flat, (active.len(), t), &device)?;
-        let last = model
-            .forward(&input)?
-            .detach()
-            .narrow(1, t - 1, 1)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?;
+    loop {
+        let last = logits.to_dtype(DType::F32)?;
         let rows = last.to_vec2::<f32>()?;
         seen.push(last);
-        for (row, &i) in rows.iter().zip(&active) {
-            let next = sample(row, sampling, &mut rngs[i]);
-            ids[i].push(next);
-            generated[i].push(next);
+        let next: Vec<u32> = (rows.iter().zip(&active))
+            .map(|(row, &i)| {
+                let token = sample(row, sampling, &mut rngs[i]);
+                generated[i].push(token);
+                token
+            })
+            .collect();
+        // Rows still generating have all generated as many tokens.
+        if generated[active[0]].len() == sampling.max_new_tokens {
+            break;
         }
-        active.retain(|&i| generated[i].last().copied() != eos);
+        let keep: Vec<usize> = (0..next.len()).filter(|&r| Some(next[r]) != eos).collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < next.len() {
+            cache.retain(&keep)?;
+            active = keep.iter().map(|&r| active[r]).collect();
+        }
+        let next: Vec<u32> = keep.iter().map(|&r| next[r]).collect();
+        let input = Tensor::from_vec(next, (active.len(), 1), &model.device())?;
+        logits = model.forward_cached(&input, &mut cache)?;
     }
     Ok(generated)
 }
 
-/// One completion of each prompt, prompts of equal length generated together (in batches whose
-/// logits fit [`BATCH_LOGITS`]); prompt `i` samples stream `i` of `seed`, so a completion does not
-/// depend on the other prompts.
+/// One completion of each prompt, generated together in batches that fit [`BATCH_FLOATS`]
+/// (prompts of similar length batched together); prompt `i` samples stream `i` of `seed`, so a
+/// completion does not depend on the other prompts.
 fn complete_all(
     model: &Decoder,
     prompts: &[&[u32]],
@@ -149,27 +166,37 @@ fn complete_all(
     seed: u64,
     seen: &mut Vec<Tensor>,
 ) -> Result<Vec<Vec<u32>>> {
-    let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        by_length.entry(p.len()).or_default().push(i);
-    }
-    let vocab = model.config().vocab_size.max(1);
+    let model = &model.for_inference()?;
+    let mut by_length: Vec<usize> = (0..prompts.len()).collect();
+    by_length.sort_by_key(|&i| prompts[i].len());
+    let longest = by_length.last().map_or(0, |&i| prompts[i].len());
+    let rows = rows_per_batch(model.config(), longest + sampling.max_new_tokens);
     let mut out = vec![Vec::new(); prompts.len()];
-    for (len, group) in by_length {
-        let rows = (BATCH_LOGITS / ((len + sampling.max_new_tokens) * vocab)).max(1);
-        for chunk in group.chunks(rows) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i]).collect();
-            let mut rngs: Vec<SplitMix64> = chunk
-                .iter()
-                .map(|&i| SplitMix64::stream(seed, i as u64))
-                .collect();
-            let done = complete_batch(model, &batch, sampling, eos, &mut rngs, seen)?;
-            for (&i, completion) in chunk.iter().zip(done) {
-                out[i] = completion;
-            }
+    for chunk in by_length.chunks(rows) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i]).collect();
+        let mut rngs: Vec<SplitMix64> = chunk
+            .iter()
+            .map(|&i| SplitMix64::stream(seed, i as u64))
+            .collect();
+        let done = complete_batch(model, &batch, sampling, eos, &mut rngs, seen)?;
+        for (&i, completion) in chunk.iter().zip(done) {
+            out[i] = completion;
         }
     }
     Ok(out)
+}
+
+/// One completion of each prompt, EOS kept where the model produced it: prompt `i` samples stream
+/// `i` of `seed` (greedy when the temperature is 0). What evaluation generates, without its
+/// metrics; `redline bench generate` times it.
+pub fn complete(
+    model: &Decoder,
+    prompts: &[&[u32]],
+    sampling: &Sampling,
+    eos: Option<u32>,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    complete_all(model, prompts, sampling, eos, seed, &mut Vec::new())
 }
 
 /// `k` sampled completions of each prompt, EOS removed: stream `i` of `seed` samples prompt `i`,
@@ -182,6 +209,7 @@ pub fn sample_completions(
     eos: Option<u32>,
     seed: u64,
 ) -> Result<Vec<Vec<Vec<u32>>>> {
+    let model = &model.for_inference()?;
     prompts
         .iter()
         .enumerate()
@@ -259,37 +287,4 @@ pub fn generation_metrics(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nucleus_sampling_stays_in_the_nucleus_and_follows_its_weights() {
-        // Probabilities ∝ e^(l/T): with T = 1, [0.7, 0.2, 0.1]-ish; top-p 0.75 keeps two tokens.
-        let logits = [0.7f32.ln(), 0.2f32.ln(), 0.1f32.ln()];
-        let s = Sampling {
-            temperature: 1.0,
-            top_p: 0.75,
-            max_new_tokens: 1,
-        };
-        let mut rng = SplitMix64(7);
-        let mut counts = [0usize; 3];
-        for _ in 0..9_000 {
-            counts[sample(&logits, &s, &mut rng) as usize] += 1;
-        }
-        assert_eq!(counts[2], 0, "outside the nucleus");
-        let share = counts[0] as f64 / 9_000.0;
-        assert!((share - 0.7 / 0.9).abs() < 0.03, "{share}");
-        let greedy = Sampling {
-            temperature: 0.0,
-            ..s
-        };
-        assert_eq!(sample(&logits, &greedy, &mut rng), 0);
-    }
-
-    #[test]
-    fn final_answers_are_the_last_number() {
-        assert_eq!(final_answer(" 146."), "146");
-        assert_eq!(final_answer("so 12+3 = -15.5 then"), "-15.5");
-        assert_eq!(final_answer("no number"), "no number");
-    }
-}
+mod tests;

@@ -26,6 +26,16 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// A detached copy, for inference.
+    pub fn for_inference(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            eps: self.eps,
+        }
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if fused::supported(x) {
@@ -102,6 +112,8 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub struct Dense {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Whether `weight` is kept `(out, in)` instead: in an inference copy ([`Dense::for_inference`]).
+    out_in: bool,
 }
 
 impl Dense {
@@ -116,13 +128,40 @@ impl Dense {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            out_in: false,
+        })
+    }
+
+    /// A detached copy for inference with the weight kept `(out, in)`, the checkpoint's layout.
+    /// A decoding step multiplies a few rows (one per sequence), and for so few candle's CPU
+    /// product (the gemm crate) reads an `(in, out)` weight without packing it, row after row a
+    /// page apart, which the prefetchers do not follow: on SmolLM2's shapes, 16 rows take 2.5×
+    /// as long as over `(out, in)`. From about 64 rows the weight is packed and both layouts run
+    /// alike.
+    pub fn for_inference(&self) -> Result<Self> {
+        let weight = if self.out_in {
+            self.weight.clone()
+        } else {
+            fused::transpose(&self.weight)?
+        };
+        Ok(Self {
+            weight: weight.detach(),
+            bias: self.bias.as_ref().map(Tensor::detach),
+            out_in: true,
+        })
     }
 }
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight)?;
+        let y = if self.out_in {
+            x.matmul(&self.weight.t()?)?
+        } else {
+            x.matmul(&self.weight)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -173,13 +212,38 @@ impl Attention {
         })
     }
 
-    /// `x`: `(batch·seq, hidden)`.
-    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let (q, k, v) = (
+    /// A copy for inference (see [`Dense::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            q_proj: self.q_proj.for_inference()?,
+            k_proj: self.k_proj.for_inference()?,
+            v_proj: self.v_proj.for_inference()?,
+            o_proj: self.o_proj.for_inference()?,
+            layout: self.layout,
+        })
+    }
+
+    pub fn layout(&self) -> HeadLayout {
+        self.layout
+    }
+
+    /// The query, key and value projections of `x (tokens, hidden)`.
+    pub fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
             self.v_proj.forward(x)?,
-        );
+        ))
+    }
+
+    /// The output projection of the heads' outputs `(tokens, heads·d)`.
+    pub fn output(&self, heads: &Tensor) -> Result<Tensor> {
+        self.o_proj.forward(heads)
+    }
+
+    /// `x`: `(batch·seq, hidden)`.
+    pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let (q, k, v) = self.project(x)?;
         let out = match positions {
             Positions::Fused {
                 seq,
@@ -193,7 +257,7 @@ impl Attention {
                 mask,
             } => attention_composite(&q, &k, &v, *seq, self.layout, cos, sin, mask)?,
         };
-        self.o_proj.forward(&out)
+        self.output(&out)
     }
 }
 
@@ -261,6 +325,15 @@ impl Mlp {
             down_proj: Dense::new(i, h, bias, vb.pp("down_proj"))?,
         })
     }
+
+    /// A copy for inference (see [`Dense::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            gate_proj: self.gate_proj.for_inference()?,
+            up_proj: self.up_proj.for_inference()?,
+            down_proj: self.down_proj.for_inference()?,
+        })
+    }
 }
 
 impl Module for Mlp {
@@ -301,10 +374,29 @@ impl Block {
         })
     }
 
+    /// A copy for inference (see [`Dense::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: self.input_layernorm.for_inference(),
+            self_attn: self.self_attn.for_inference()?,
+            post_attention_layernorm: self.post_attention_layernorm.for_inference(),
+            mlp: self.mlp.for_inference()?,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, positions)?;
+        self.around(x, |attn, normed| attn.forward(normed, positions))
+    }
+
+    /// The block with its attention computed by `attend` (given the attention's weights and
+    /// the normed input): the pre-norms, the residual connections and the MLP. Inference with a
+    /// key/value cache attends differently and shares the rest.
+    pub fn around(
+        &self,
+        x: &Tensor,
+        attend: impl FnOnce(&Attention, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let attn = attend(&self.self_attn, &self.input_layernorm.forward(x)?)?;
         let x = (x + attn)?;
         let mlp = self
             .mlp

@@ -2,6 +2,7 @@
 //! `VarBuilder` over a checkpoint's tensors builds the model directly; GGUF files are read into
 //! the same names.
 
+mod cache;
 mod config;
 pub(crate) mod fused;
 mod gguf;
@@ -11,6 +12,7 @@ mod load;
 use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
+pub use cache::KvCache;
 pub use config::{Family, ModelConfig};
 pub use fused::Segment;
 pub use gguf::{is_gguf, tokenizer as gguf_tokenizer};

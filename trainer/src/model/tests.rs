@@ -18,7 +18,7 @@ pub(super) fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
-fn fixture(arch: &str) -> PathBuf {
+pub(super) fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny-{arch}"))
 }
 

@@ -11,6 +11,7 @@ mod attention;
 mod rms_norm;
 mod swiglu;
 mod token_logps;
+mod transpose;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType, bail};
 
@@ -18,6 +19,7 @@ pub use attention::{HeadLayout, Segment, causal_attention};
 pub use rms_norm::rms_norm;
 pub use swiglu::swiglu;
 pub use token_logps::token_logps;
+pub use transpose::transpose;
 
 /// Work (elements touched) from which a kernel splits over rayon's pool when called from outside
 /// it: handing work over then costs a wake-up and a blocking wait, more than a small kernel takes.

@@ -190,3 +190,32 @@ fn fused_op_gradients_match_finite_differences() {
         }
     }
 }
+
+/// The tiled transpose gives `t()`'s elements, for sizes that are and are not whole tiles, small
+/// (one thread) and large (split over rayon), f32 and f64.
+#[test]
+fn transpose_matches_candles_transposed_copy() {
+    for (rows, cols) in [(1, 1), (3, 70), (64, 32), (300, 257), (576, 1536)] {
+        for dtype in [DType::F32, DType::F64] {
+            let x = tensor(&[rows, cols], 5, dtype);
+            let got = transpose(&x).unwrap();
+            assert_eq!(got.dims(), [cols, rows]);
+            let want = x.t().unwrap().contiguous().unwrap();
+            let (got, want): (Vec<f64>, Vec<f64>) = (
+                got.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                want.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            );
+            assert_eq!(got, want, "{rows}×{cols} {dtype:?}");
+        }
+    }
+}
