@@ -96,7 +96,9 @@ fn left_padded_rows_of_different_lengths_each_get_their_own_logits() {
             got = model
                 .forward_cached(&next_tokens(&[A, B, C], &seen, 1), &mut cache)
                 .unwrap();
-            seen.iter_mut().for_each(|s| *s += 1);
+            for s in &mut seen {
+                *s += 1;
+            }
         }
         cache.retain(&[2, 0]).unwrap();
         let after = model

@@ -18,15 +18,12 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
     }
     let (rows, cols) = x.dims2()?;
     let x = x.contiguous()?;
-    match x.dtype() {
-        DType::F32 => {
-            let out = with_slices::<f32, _>(&[&x], |s| transposed(s[0], rows, cols))?;
-            Tensor::from_vec(out, (cols, rows), x.device())
-        }
-        _ => {
-            let out = with_slices::<f64, _>(&[&x], |s| transposed(s[0], rows, cols))?;
-            Tensor::from_vec(out, (cols, rows), x.device())
-        }
+    if x.dtype() == DType::F32 {
+        let out = with_slices::<f32, _>(&[&x], |s| transposed(s[0], rows, cols))?;
+        Tensor::from_vec(out, (cols, rows), x.device())
+    } else {
+        let out = with_slices::<f64, _>(&[&x], |s| transposed(s[0], rows, cols))?;
+        Tensor::from_vec(out, (cols, rows), x.device())
     }
 }
 
