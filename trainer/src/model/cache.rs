@@ -12,11 +12,10 @@
 //! every device and dtype the model does.
 
 use candle_core::{DType, Device, Module, Result, Tensor, bail};
+use candle_nn::Embedding;
 
 use super::Decoder;
 use super::fused::HeadLayout;
-use candle_nn::Embedding;
-
 use super::layers::{Attention, Block, Dense, Rotary, apply_rotary};
 
 /// One layer's keys and values, each `(rows, kv_heads, capacity, head_dim)`; the slots from the
@@ -96,8 +95,9 @@ struct Step {
     cos: Tensor,
     sin: Tensor,
     /// Additive mask `(rows, 1, 1, n, len + n)`: a new position sees its row's slots from the
-    /// row's start up to itself; a padding position sees only itself (a row of scores all
-    /// masked would make its softmax, and with it the padding's keys, NaN).
+    /// row's start up to itself; a padding position sees only itself. (With all its scores
+    /// masked, a padding position's softmax would be NaN, and so would the keys and values it
+    /// writes, which turn even a masked score NaN.)
     mask: Tensor,
 }
 
@@ -266,7 +266,7 @@ impl Decoder {
         }
         cache.reserve(n)?;
         let mut x = self.embeddings().index_select(&ids.flatten_all()?, 0)?;
-        let step = Step::new(&self.rotary, cache, n, x.dtype(), &x.device().clone())?;
+        let step = Step::new(&self.rotary, cache, n, x.dtype(), x.device())?;
         for (layer, kv) in self.layers.iter().zip(&mut cache.layers) {
             x = layer.around(&x, |attn, normed| attend(attn, normed, kv, &step))?;
         }
