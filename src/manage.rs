@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use redline_core::rules::{RuleSet, Severity};
-use redline_core::wire::{NewWebhook, UpdateRun, WebhookFormat};
+use redline_core::wire::{NewWebhook, UpdateRun, WebhookFormat, WebhookSecret};
 use redline_core::{RuleSetName, RunId, WebhookName};
 use redline_server::alerts::guard::Allowlist;
 use redline_server::alerts::{DeliveryConfig, deliver_now, sign};
@@ -108,13 +108,13 @@ pub async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
                 name: webhook_name(name)?,
                 url,
                 format: WebhookFormat::parse(&format).unwrap_or_default(),
-                secret,
+                secret: secret.map(WebhookSecret),
                 // clap has already restricted both to their known spellings.
                 min_severity: Severity::parse(&min_severity),
             };
             req.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-            let secret = sign::given_or_new(req.secret.as_deref())
+            let secret = sign::given_or_new(req.secret.as_ref().map(WebhookSecret::expose))
                 .map_err(|e| anyhow::anyhow!("--secret {e}"))?;
             open(&store).await?.create_webhook(&req, &secret).await?;
             eprintln!(

@@ -87,8 +87,8 @@ impl WebhookFormat {
     }
 }
 
-/// Body of `POST /api/v1/webhooks`. `Debug` never shows the secret.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
+/// Body of `POST /api/v1/webhooks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     #[schema(value_type = String)]
@@ -100,7 +100,8 @@ pub struct NewWebhook {
     pub format: WebhookFormat,
     /// Signing secret, `whsec_` + base64 of 24 to 64 bytes; generated when left out.
     #[serde(default)]
-    pub secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<WebhookSecret>,
     /// Alerts below this severity are not sent; default `info` (all).
     #[serde(default)]
     #[schema(value_type = Option<String>)]
@@ -133,9 +134,7 @@ impl NewWebhook {
 }
 
 /// A webhook as stored. The secret is only shown in the answer that created it.
-///
-/// `Debug` never shows the secret.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Webhook {
     pub name: String,
     pub url: String,
@@ -144,42 +143,25 @@ pub struct Webhook {
     pub min_severity: Severity,
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<WebhookSecret>,
 }
 
-/// How a secret shows in `Debug`: whether there is one, never what it is.
-fn redacted(secret: Option<&String>) -> &'static str {
-    secret.map_or("None", |_| "Some([REDACTED])")
-}
+/// A webhook's signing secret: a plain string on the wire, `[REDACTED]` in `Debug`, so that no
+/// log of a request or a webhook can print it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookSecret(pub String);
 
-impl std::fmt::Debug for NewWebhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewWebhook")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("format", &self.format)
-            .field(
-                "secret",
-                &format_args!("{}", redacted(self.secret.as_ref())),
-            )
-            .field("min_severity", &self.min_severity)
-            .finish()
+impl WebhookSecret {
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
-impl std::fmt::Debug for Webhook {
+impl std::fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhook")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("format", &self.format)
-            .field("min_severity", &self.min_severity)
-            .field("created_at", &self.created_at)
-            .field(
-                "secret",
-                &format_args!("{}", redacted(self.secret.as_ref())),
-            )
-            .finish()
+        f.write_str("[REDACTED]")
     }
 }
 
@@ -209,4 +191,24 @@ pub struct DeliveryAttempt {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryAttempt>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_secret_travels_as_a_string_and_never_shows_in_debug() {
+        let req: NewWebhook = serde_json::from_str(
+            r#"{"name":"w","url":"https://h.example/","secret":"whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="}"#,
+        )
+        .unwrap();
+        let secret = req.secret.as_ref().unwrap();
+        assert_eq!(secret.expose(), "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=");
+        assert!(!format!("{req:?}").contains("whsec_"), "{req:?}");
+        assert_eq!(
+            serde_json::to_value(secret).unwrap(),
+            "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+        );
+    }
 }

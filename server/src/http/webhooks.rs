@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use redline_core::WebhookName;
 use redline_core::wire::{
-    DeliveryAttempt, DeliveryList, FieldError, NewWebhook, Webhook, WebhookList,
+    DeliveryAttempt, DeliveryList, FieldError, NewWebhook, Webhook, WebhookList, WebhookSecret,
 };
 
 use super::extract::{JsonBody, QueryParams};
@@ -64,8 +64,8 @@ async fn create_webhook(
 /// Validates and registers a webhook: the API's `POST` and the dashboard's form both come here.
 pub(crate) async fn create(state: &AppState, req: &NewWebhook) -> Result<Webhook> {
     req.validate()?;
-    let secret =
-        sign::given_or_new(req.secret.as_deref()).map_err(|e| FieldError::new("secret", e))?;
+    let secret = sign::given_or_new(req.secret.as_ref().map(WebhookSecret::expose))
+        .map_err(|e| FieldError::new("secret", e))?;
     let created = state.store.create_webhook(req, &secret).await?;
     tracing::info!(webhook = %req.name, format = req.format.as_str(), "webhook created");
     Ok(created)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use redline_core::rules::{Action, Firing, Severity};
-use redline_core::wire::{DeliveryAttempt, RuleEvent, Webhook, WebhookFormat};
+use redline_core::wire::{DeliveryAttempt, RuleEvent, Webhook, WebhookFormat, WebhookSecret};
 use redline_core::{MetricValue, RunId};
 use sqlx::types::Json;
 
@@ -148,7 +148,7 @@ impl WebhookRow {
             format: parse_format(&self.format)?,
             min_severity: parse_severity(&self.min_severity)?,
             created_at: self.created_at,
-            secret,
+            secret: secret.map(WebhookSecret),
         })
     }
 }

@@ -8,7 +8,9 @@ use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use futures::future::try_join_all;
 use redline_core::rules::Severity;
-use redline_core::wire::{DeliveryAttempt, FieldError, NewWebhook, Webhook, WebhookFormat};
+use redline_core::wire::{
+    DeliveryAttempt, FieldError, NewWebhook, Webhook, WebhookFormat, WebhookSecret,
+};
 
 use super::error::PageError;
 use super::session::Viewer;
@@ -132,7 +134,7 @@ fn new_webhook(form: &Form) -> Result<NewWebhook, crate::error::AppError> {
         format,
         secret: Some(field("secret"))
             .filter(|s| !s.is_empty())
-            .map(str::to_owned),
+            .map(|s| WebhookSecret(s.to_owned())),
         min_severity: Some(min_severity),
     })
 }
