@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use redline_core::RuleSetName;
-use redline_core::rules::{PRESETS_NAME, presets_source};
+use redline_core::rules::shipped;
 
 use crate::alerts::spawn_worker;
 use crate::auth::Auth;
@@ -35,13 +35,15 @@ impl Server {
 
     /// As [`Server::build`], over a store already open.
     pub async fn with_store(config: ServerConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
-        store
-            .ensure_rule_set(
-                &RuleSetName::parse(PRESETS_NAME).expect("the presets' name is valid"),
-                presets_source(),
-            )
-            .await
-            .context("cannot store the preset rules")?;
+        for (name, source) in shipped() {
+            store
+                .ensure_rule_set(
+                    &RuleSetName::parse(name).expect("the shipped sets' names are valid"),
+                    source,
+                )
+                .await
+                .with_context(|| format!("cannot store the shipped rule set {name}"))?;
+        }
         let stored_tokens = store.tokens().await?.iter().any(|t| t.revoked_at.is_none());
         let auth = Auth::new(&config.tokens, stored_tokens, config.public_read);
         if !auth.enabled

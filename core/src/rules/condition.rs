@@ -138,24 +138,36 @@ impl Series {
         }
     }
 
-    /// (change, baseline, whether `after_rise`/`after_fall` is satisfied).
-    pub fn change(&self, t: &ChangeTest) -> Option<(f64, f64, bool)> {
+    /// (change, baseline): the smoothed value's change from `baseline`, a fraction of
+    /// |baseline| when `relative`. None until the first-N mean is complete, and for a relative
+    /// change from a zero baseline, which has no meaning.
+    pub fn change_from(&self, baseline: Baseline, relative: bool) -> Option<(f64, f64)> {
         let s = self.smoothed?;
         let first = self.first_mean()?;
-        let base = match t.baseline {
+        let base = match baseline {
             Baseline::First => first,
             Baseline::Max => self.max?.0,
             Baseline::Min => self.min?.0,
         };
-        let scale = |d: f64, of: f64| if t.relative { d / of.abs() } else { d };
+        let change = if relative {
+            (s - base) / base.abs()
+        } else {
+            s - base
+        };
+        change.is_finite().then_some((change, base))
+    }
+
+    /// (change, baseline, whether `after_rise`/`after_fall` is satisfied).
+    pub fn change(&self, t: &ChangeTest) -> Option<(f64, f64, bool)> {
+        let (change, base) = self.change_from(t.baseline, t.relative)?;
+        let first = self.first_mean()?;
+        let scale = |d: f64| if t.relative { d / first.abs() } else { d };
         let gate = match (t.baseline, t.after) {
-            (Baseline::Max, Some(a)) => scale(self.settled_max? - first, first) > a,
-            (Baseline::Min, Some(a)) => scale(first - self.settled_min?, first) > a,
+            (Baseline::Max, Some(a)) => scale(self.settled_max? - first) > a,
+            (Baseline::Min, Some(a)) => scale(first - self.settled_min?) > a,
             _ => true,
         };
-        // A relative change from a zero baseline has no meaning: it neither holds nor clears.
-        let change = scale(s - base, base);
-        change.is_finite().then_some((change, base, gate))
+        Some((change, base, gate))
     }
 }
 

@@ -59,6 +59,9 @@ pub(super) struct RawCondition {
 pub(super) struct RawRegulate {
     pub metric: S<Candidates>,
     pub ema: Option<S<f64>>,
+    pub baseline: Option<S<Baseline>>,
+    pub baseline_steps: Option<S<u64>>,
+    pub relative: Option<S<bool>>,
     pub band: S<(f64, f64)>,
     pub hparam: S<String>,
     pub when_below: S<Direction>,

@@ -46,7 +46,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 pub use eval::{Action, Evaluator, Firing};
-pub use presets::{PRESETS_NAME, presets, presets_source};
+pub use presets::{PRESETS_NAME, REGULATE_NAME, presets, presets_source, regulate, shipped};
 
 /// A parsed, validated rule file.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -228,6 +228,8 @@ pub enum Baseline {
 pub struct Regulator {
     pub metric: Vec<String>,
     pub ema: f64,
+    /// With a baseline, the band holds the smoothed value's change from it, not the value.
+    pub baseline: Option<BandBaseline>,
     pub band: (f64, f64),
     pub hparam: String,
     pub when_below: Direction,
@@ -237,6 +239,17 @@ pub struct Regulator {
     pub bounds: (f64, f64),
     pub cooldown: u64,
     pub initial: Option<f64>,
+}
+
+/// What a regulator's band is measured from: its metric's own history, so that one band fits
+/// runs and models whose metric sits at different levels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BandBaseline {
+    pub baseline: Baseline,
+    /// As a condition's `baseline_steps`.
+    pub steps: usize,
+    /// The change is a fraction of |baseline|.
+    pub relative: bool,
 }
 
 /// Which way to move the hyperparameter while the metric is below the band.

@@ -1,10 +1,15 @@
-//! The presets shipped with Redline: one TOML file per preset in core/presets/, each explaining
+//! The rule sets shipped with Redline: one TOML file per rule in core/presets/, each explaining
 //! what it catches, where its numbers come from and what can make it fire falsely.
+//! - `presets`: the stop and alert rules every run gets unless it names its own sets;
+//! - `regulate`: adaptive regularisation, opt-in (`--rules presets --rules regulate`), because it
+//!   changes how the run trains.
 
 use super::RuleSet;
 
 /// The rule-set name under which a run carries the presets.
 pub const PRESETS_NAME: &str = "presets";
+/// The rule-set name of the shipped regulators.
+pub const REGULATE_NAME: &str = "regulate";
 
 /// The preset files concatenated in a fixed order; the order is the order of the rules.
 const SOURCE: &str = concat!(
@@ -23,6 +28,8 @@ const SOURCE: &str = concat!(
     include_str!("../../presets/held-out-score-drop.toml"),
 );
 
+const REGULATE_SOURCE: &str = include_str!("../../presets/regulate/hold-chosen-likelihood.toml");
+
 /// The shipped presets as one rule-file source (the preset files concatenated, in a fixed order).
 pub fn presets_source() -> &'static str {
     SOURCE
@@ -31,4 +38,14 @@ pub fn presets_source() -> &'static str {
 /// The shipped presets, parsed. A unit test proves they parse.
 pub fn presets() -> RuleSet {
     RuleSet::parse(SOURCE).expect("the shipped presets parse (tested)")
+}
+
+/// The shipped regulators, parsed. A unit test proves they parse.
+pub fn regulate() -> RuleSet {
+    RuleSet::parse(REGULATE_SOURCE).expect("the shipped regulators parse (tested)")
+}
+
+/// Every shipped rule set: (name, source). The server stores each at startup.
+pub fn shipped() -> [(&'static str, &'static str); 2] {
+    [(PRESETS_NAME, SOURCE), (REGULATE_NAME, REGULATE_SOURCE)]
 }

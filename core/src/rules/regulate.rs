@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::condition::Series;
 use super::eval::{Action, Fired, within};
 use super::message::num;
-use super::{Direction, Regulator, Severity};
+use super::{Baseline, Direction, Regulator, Severity};
 
 /// Changes smaller than this are rounding, not a decision worth a signal.
 const MIN_CHANGE: f64 = 1e-12;
@@ -31,7 +31,7 @@ impl RegulatorState {
             series: reg
                 .metric
                 .iter()
-                .map(|_| Series::new(reg.ema, 0, 0))
+                .map(|_| Series::new(reg.ema, reg.baseline.map_or(0, |b| b.steps), 0))
                 .collect(),
             slots: reg.metric.iter().map(|m| slot(m)).collect(),
             hparam_slot: slot(&reg.hparam),
@@ -72,11 +72,19 @@ impl RegulatorState {
         {
             return None;
         }
+        // With a baseline the band holds the change from it (the series' own history).
+        let (value, base) = match reg.baseline {
+            Some(b) => {
+                let (change, base) = s.change_from(b.baseline, b.relative)?;
+                (change, Some((b.baseline, base)))
+            }
+            None => (smoothed, None),
+        };
         let (lo, hi) = reg.band;
-        let (distance, raise, side) = if smoothed < lo {
-            (lo - smoothed, reg.when_below == Direction::Raise, "below")
-        } else if smoothed > hi {
-            (smoothed - hi, reg.when_below == Direction::Lower, "above")
+        let (distance, raise, side) = if value < lo {
+            (lo - value, reg.when_below == Direction::Raise, "below")
+        } else if value > hi {
+            (value - hi, reg.when_below == Direction::Lower, "above")
         } else {
             return None;
         };
@@ -99,21 +107,44 @@ impl RegulatorState {
         } else {
             metric.clone()
         };
+        let measured = match base {
+            Some((kind, base)) => {
+                let amount = match reg.baseline {
+                    Some(b) if b.relative => format!("{}%", num(value.abs() * 100.0)),
+                    _ => num(value.abs()),
+                };
+                let dir = if value < 0.0 { "below" } else { "above" };
+                let of = match kind {
+                    Baseline::First => "start",
+                    Baseline::Max => "peak",
+                    Baseline::Min => "low",
+                };
+                format!(
+                    "{name} {} is {amount} {dir} its {of} {} (change",
+                    num(smoothed),
+                    num(base)
+                ) + &format!(" {})", num(value))
+            }
+            None => format!("{name} {}", num(smoothed)),
+        };
         let message = format!(
-            "{name} {} {side} band [{}, {}]: {} {} → {}",
-            num(smoothed),
+            "{measured} {side} band [{}, {}]: {} {} → {}",
             num(lo),
             num(hi),
             reg.hparam,
             num(current),
             num(new)
         );
-        let values = BTreeMap::from([
+        let mut values = BTreeMap::from([
             (metric.clone(), s.last_raw.unwrap_or(f64::NAN)),
             (format!("{metric}:smoothed"), smoothed),
             (format!("{}:old", reg.hparam), current),
             (format!("{}:new", reg.hparam), new),
         ]);
+        if let Some((_, base)) = base {
+            values.insert(format!("{metric}:baseline"), base);
+            values.insert(format!("{metric}:change"), value);
+        }
         let action = Action::SetHparam {
             name: reg.hparam.clone(),
             value: new,

@@ -144,6 +144,7 @@ bounds = [0, 5]
         &Regulator {
             metric: vec!["topk_entropy/chosen".to_owned()],
             ema: 0.0,
+            baseline: None,
             band: (2.0, 2.8),
             hparam: "nll_alpha".to_owned(),
             when_below: Direction::Raise,

@@ -4,15 +4,21 @@
 use super::{evaluator, feed};
 use crate::rules::{Action, Evaluator, Firing, Severity};
 
-/// A regulator holding "m" in [2, 3] with nll_alpha; `extra` adds keys to [rules.regulate].
+/// A regulator holding "m" in [2, 3] (unless `extra` names a band) with nll_alpha; `extra` adds
+/// keys to [rules.regulate].
 fn regulator(rule: &str, extra: &str) -> Evaluator {
     let cooldown = if extra.contains("cooldown") {
         ""
     } else {
         "cooldown = 0"
     };
+    let band = if extra.contains("band") {
+        ""
+    } else {
+        "band = [2, 3]"
+    };
     evaluator(&format!(
-        "[[rules]]\nname = \"hold\"\n{rule}\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"nll_alpha\"\nwhen_below = \"raise\"\nstep = 0.25\nbounds = [0, 2]\n{cooldown}\n{extra}\n"
+        "[[rules]]\nname = \"hold\"\n{rule}\n[rules.regulate]\nmetric = \"m\"\n{band}\nhparam = \"nll_alpha\"\nwhen_below = \"raise\"\nstep = 0.25\nbounds = [0, 2]\n{cooldown}\n{extra}\n"
     ))
 }
 
@@ -148,4 +154,33 @@ fn smoothing_decides_against_the_band() {
         firings[0].message,
         "m (EMA 0.5) 1.83 below band [2, 3]: nll_alpha 0 → 0.25"
     );
+}
+
+#[test]
+fn a_band_with_a_baseline_holds_the_change_from_the_metrics_own_peak() {
+    // Hold "m" within 10% of its peak: 1.0, 2.0 (the peak), 1.9 (5% below, in the band), 1.6
+    // (20% below: raise), 2.2 (a new peak: in the band again).
+    let mut ev = regulator(
+        "",
+        "initial = 0.0\nbaseline = \"max\"\nbaseline_steps = 1\nrelative = true\nband = [-0.1, 1.0]",
+    );
+    let firings = run(&mut ev, &[1.0, 2.0, 1.9, 1.6, 2.2]);
+    assert_eq!(set_values(&firings), [0.25]);
+    assert_eq!(
+        firings[0].message,
+        "m 1.6 is 20% below its peak 2 (change -0.2) below band [-0.1, 1]: nll_alpha 0 → 0.25"
+    );
+    assert_eq!(firings[0].values["m:baseline"], 2.0);
+    assert!((firings[0].values["m:change"] + 0.2).abs() < 1e-12);
+}
+
+#[test]
+fn baseline_keys_need_a_baseline() {
+    for extra in ["baseline_steps = 3", "relative = true"] {
+        let src = format!(
+            "[[rules]]\nname = \"hold\"\n[rules.regulate]\nmetric = \"m\"\nband = [2, 3]\nhparam = \"nll_alpha\"\nwhen_below = \"raise\"\nstep = 0.25\nbounds = [0, 2]\n{extra}\n"
+        );
+        let err = crate::rules::RuleSet::parse(&src).unwrap_err();
+        assert!(err.message.contains("needs baseline"), "{err}");
+    }
 }
