@@ -92,6 +92,10 @@ pub struct DemoArgs {
     /// Evaluate (and checkpoint) every N steps.
     #[arg(long, default_value_t = 10)]
     pub eval_every: usize,
+    /// Seeds the task's data, the warm-up and the batch order. 7 is one of the study's tuning
+    /// seeds.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 /// The synthetic task of the demo and the study, and the warm-up before preference training.
@@ -109,8 +113,6 @@ pub struct TaskArgs {
     pub warmup_steps: usize,
     #[arg(long, default_value_t = 3e-3)]
     pub warmup_lr: f64,
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
 }
 
 /// The detection-quality study (docs/study.md).
@@ -140,6 +142,21 @@ pub struct StudyArgs {
     /// this many evaluations without a new best.
     #[arg(long, default_value_t = 3)]
     pub patience: usize,
+    /// Seeds whose runs may be read to choose a preset's thresholds (the report's sweep table
+    /// uses only these). Each seed is a fresh task, warm-up and batch order.
+    #[arg(long, value_delimiter = ',', default_value = "7,8,9")]
+    pub tuning_seeds: Vec<u64>,
+    /// Seeds never used to choose a threshold: the report judges the targets on these.
+    #[arg(long, value_delimiter = ',', default_value = "10,11,12")]
+    pub held_out_seeds: Vec<u64>,
+    /// Skip arm (f): the runs trained again with the `regulate` rule set steering them through a
+    /// server (only the settings that over-optimised without it).
+    #[arg(long)]
+    pub no_regulate: bool,
+    /// Keep the runs an earlier study left finished in --dir instead of training them again
+    /// (a run is finished when its log reaches --steps; change no setting between the two).
+    #[arg(long)]
+    pub reuse: bool,
     /// The markdown report; its plots go to a folder beside it named after it.
     #[arg(long, default_value = "docs/study.md")]
     pub report: PathBuf,

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use redline_core::rules::{PRESETS_NAME, REGULATE_NAME};
 use redline_server::startup::shutdown_signal;
 use redline_server::store::DatabaseUrl;
 use redline_server::{Server, ServerConfig};
@@ -22,33 +23,61 @@ use crate::run_log::RunLog;
 /// Runs the demo; returns when the user presses Ctrl-C after it finished.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let dir = fresh_dir(&args.dir, "demo")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let server = runtime.block_on(Server::build(ServerConfig {
-        listen: args.listen,
-        ..ServerConfig::local(DatabaseUrl::Sqlite(dir.join("redline.db")))
-    }))?;
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = server.shutdown_token();
-    let serving = runtime.spawn(server.run());
+    let server = LocalServer::start(&dir.join("redline.db"), args.listen)?;
     println!(
-        "Redline demo: open {url}/ to watch (store: {})",
+        "Redline demo: open {}/ to watch (store: {})",
+        server.url,
         dir.join("redline.db").display()
     );
-
-    let outcome = train_both(args, &dir, &url);
+    let outcome = train_both(args, &dir, &server.url);
     match &outcome {
         Ok(report) => println!("{report}"),
         Err(e) => eprintln!("redline demo: training failed: {e:#}"),
     }
-    println!("The dashboard stays at {url}/ until Ctrl-C.");
-    runtime.block_on(async {
-        shutdown_signal().await;
-        shutdown.cancel();
-        serving.await
-    })??;
+    println!("The dashboard stays at {}/ until Ctrl-C.", server.url);
+    server.stop_on_ctrl_c()?;
     outcome.map(drop)
+}
+
+/// A Redline server on the embedded SQLite store, serving in the background of a synchronous
+/// command (the demo, the study's regulated runs).
+pub(crate) struct LocalServer {
+    runtime: tokio::runtime::Runtime,
+    pub url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl LocalServer {
+    pub fn start(db: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let server = runtime.block_on(Server::build(ServerConfig {
+            listen,
+            ..ServerConfig::local(DatabaseUrl::Sqlite(db.to_path_buf()))
+        }))?;
+        let url = format!("http://{}", server.local_addr());
+        let shutdown = server.shutdown_token();
+        let serving = runtime.spawn(server.run());
+        Ok(Self {
+            runtime,
+            url,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// Stops serving once every open request is answered.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        Ok(self.runtime.block_on(self.serving)??)
+    }
+
+    fn stop_on_ctrl_c(self) -> anyhow::Result<()> {
+        self.runtime.block_on(shutdown_signal());
+        self.stop()
+    }
 }
 
 /// A working folder of `what` ("demo", "study"): emptied if an earlier one left it (it holds
@@ -86,13 +115,15 @@ pub(crate) struct Prepared {
 /// policy = reference, stays negligible beside it). `server`: where runs report, if anywhere.
 pub(crate) fn prepare(
     task: &TaskArgs,
+    seed: u64,
     dir: &Path,
     eval_every: usize,
     server: Option<&str>,
     project: &str,
+    reuse: bool,
 ) -> anyhow::Result<Prepared> {
     let data = dir.join("data");
-    task::write_data(&data, task.train_pairs, task.eval_prompts, task.seed)?;
+    task::write_data(&data, task.train_pairs, task.eval_prompts, seed)?;
     let start = dir.join("model");
     task::write_model(&start)?;
     let common = TrainArgs {
@@ -106,7 +137,7 @@ pub(crate) fn prepare(
         batch_size: Some(16),
         schedule: Some("constant".into()),
         warmup_steps: Some(0),
-        seed: Some(task.seed),
+        seed: Some(seed),
         server: server.map(str::to_owned),
         project: Some(project.into()),
         ..TrainArgs::default()
@@ -128,13 +159,18 @@ pub(crate) fn prepare(
         rules: Some(vec!["none".into()]),
         ..common.clone()
     };
-    let sft_outcome = train(sft)?;
     let warmed = dir.join("warmed-model");
-    write_model_folder(
-        &start,
-        &Checkpoints::of_run(&sft_dir).weights(sft_outcome.last_step),
-        &warmed,
-    )?;
+    let warmed_before = reuse
+        && finished_log(&sft_dir, task.warmup_steps).is_some()
+        && warmed.join("model.safetensors").is_file();
+    if !warmed_before {
+        let sft_outcome = train(sft)?;
+        write_model_folder(
+            &start,
+            &Checkpoints::of_run(&sft_dir).weights(sft_outcome.last_step),
+            &warmed,
+        )?;
+    }
     let start_score = scores(&sft_dir)?.last().map_or(0.0, |s| s.1);
     Ok(Prepared {
         common,
@@ -143,10 +179,19 @@ pub(crate) fn prepare(
     })
 }
 
-/// The supervised warm-up, then DPO from its result; a short report.
+/// The supervised warm-up, then DPO from its result twice: once with the presets watching (it
+/// over-optimises and a preset stops it), once with the `regulate` set steering its NLL weight as
+/// well (it stays healthy). A short report of both.
 fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> {
-    let Prepared { common, warmed, .. } =
-        prepare(&args.task, dir, args.eval_every, Some(url), "demo")?;
+    let Prepared { common, warmed, .. } = prepare(
+        &args.task,
+        args.seed,
+        dir,
+        args.eval_every,
+        Some(url),
+        "demo",
+        false,
+    )?;
 
     // DPO set to over-optimise: high learning rate, low β, no NLL term; the presets watch it.
     let dpo_dir = dir.join("runs/dpo");
@@ -164,9 +209,31 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
         tags: Some(vec!["dpo".into(), "over-optimising".into()]),
         ..common
     };
+    // The same run with the regulator raising the NLL weight whenever the held-out chosen
+    // likelihood falls below its best (RPO, adaptively).
+    let regulated_dir = dir.join("runs/dpo-regulated");
+    let regulated = TrainArgs {
+        output_dir: Some(regulated_dir.clone()),
+        run_id: Some("demo-dpo-regulated".into()),
+        run_name: Some("3. DPO, the same, with the regulate set".into()),
+        tags: Some(vec!["dpo".into(), "regulated".into()]),
+        rules: Some(vec![PRESETS_NAME.into(), REGULATE_NAME.into()]),
+        ..dpo.clone()
+    };
     let dpo_outcome = train(dpo)?;
-    let scores = scores(&dpo_dir)?;
-    Ok(report(&dpo_outcome, &scores, &dpo_dir))
+    let regulated_outcome = train(regulated)?;
+    Ok(format!(
+        "DPO: {}\nDPO with the regulate set: {}\nBoth, overlaid: {url}/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score",
+        report(&dpo_outcome, &scores(&dpo_dir)?, &dpo_dir),
+        report(&regulated_outcome, &scores(&regulated_dir)?, &regulated_dir)
+    ))
+}
+
+/// The log of a run written to `out` that reached `steps`, if there is one: what `--reuse` keeps.
+pub(crate) fn finished_log(out: &Path, steps: usize) -> Option<RunLog> {
+    let log = RunLog::read(&out.join("metrics.jsonl")).ok()?;
+    let last = log.steps.last()?.0;
+    (usize::try_from(last).ok()? >= steps).then_some(log)
 }
 
 pub(crate) fn train(args: TrainArgs) -> anyhow::Result<redline_trainer::train::Outcome> {
@@ -190,21 +257,22 @@ fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run:
     let kept_score = kept.and_then(|k| scores.iter().find(|s| s.0 == k).map(|s| s.1));
     let last = scores.last().map_or(0.0, |s| s.1);
     let mut out = format!(
-        "Held-out exact match: peak {peak:.3} at step {peak_step}; {last:.3} at the last evaluation (step {}).",
+        "held-out exact match peaked at {peak:.3} (step {peak_step}); {last:.3} at the last evaluation (step {}).",
         outcome.last_step
     );
     match (outcome.status, kept, kept_score) {
         ("stopped", Some(k), Some(s)) => {
             let _ = write!(
                 out,
-                "\nRedline stopped the run and kept the checkpoint of step {k} (score {s:.3}, {:.3} below the peak).",
+                "\n  Redline {} It kept the checkpoint of step {k} (score {s:.3}, {:.3} below the peak).",
+                outcome.message,
                 peak - s
             );
         }
         ("stopped", _, _) => {
-            out.push_str("\nRedline stopped the run; see its page for the step it kept.");
+            let _ = write!(out, "\n  Redline {}", outcome.message);
         }
-        _ => out.push_str("\nNo preset stopped this run."),
+        _ => out.push_str("\n  No preset stopped this run."),
     }
     out
 }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use redline_core::rules::{Action, Evaluator, RuleSet, presets};
+use redline_core::rules::{Action, Bound, Evaluator, RuleKind, RuleSet, Test, presets};
 
 use crate::run_log::RunLog;
 
@@ -94,15 +94,6 @@ impl Analysis {
     pub fn kept_score(&self, arm: Arm) -> f64 {
         self.stop(arm).map_or(self.final_score, |s| s.kept_score)
     }
-
-    /// The score of the checkpoint the presets leave: the kept one, else the final one.
-    pub fn presets_score(&self) -> f64 {
-        self.kept_score(Arm::Presets)
-    }
-
-    pub fn eval_loss_score(&self) -> f64 {
-        self.kept_score(Arm::EvalLossPatience)
-    }
 }
 
 /// The shipped presets that read no gold answer.
@@ -122,41 +113,100 @@ pub fn label_free_presets() -> RuleSet {
     }
 }
 
-/// Analyses a run whose starting model scored `start_score` (step 0).
-pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
-    let logged = log.series("eval/score");
-    // Runs that evaluate their starting model log it as step 0 themselves.
+/// A run's held-out scores from its log, its starting model's (step 0) first: runs that evaluate
+/// their starting model log it themselves, else it is `start_score`.
+fn scores(log: &RunLog, start_score: f64) -> Vec<(i64, f64)> {
+    let logged = log.series(GOLD_METRIC);
     let mut scores = if logged.first().is_some_and(|s| s.0 == 0) {
         Vec::new()
     } else {
         vec![(0, start_score)]
     };
     scores.extend(logged);
-    let (peak_step, peak) =
-        scores.iter().copied().fold(
-            (0, f64::NEG_INFINITY),
-            |best, s| if s.1 > best.1 { s } else { best },
-        );
+    scores
+}
+
+/// (step, score) of the best evaluation; the earliest on a tie.
+fn peak(scores: &[(i64, f64)]) -> (i64, f64) {
+    scores.iter().copied().fold(
+        (0, f64::NEG_INFINITY),
+        |best, s| if s.1 > best.1 { s } else { best },
+    )
+}
+
+/// Arm (f): a run trained with the `regulate` set steering it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Regulated {
+    /// (step, held-out score), the start first.
+    pub scores: Vec<(i64, f64)>,
+    pub peak_step: i64,
+    pub peak: f64,
+    pub final_score: f64,
+    /// The largest NLL weight the regulator set (the trainer reports `nll_alpha` every step).
+    pub max_nll_alpha: f64,
+}
+
+impl Regulated {
+    pub fn of(log: &RunLog, start_score: f64) -> Self {
+        let scores = scores(log, start_score);
+        let (peak_step, peak) = peak(&scores);
+        Self {
+            peak_step,
+            peak,
+            final_score: scores.last().map_or(start_score, |s| s.1),
+            scores,
+            max_nll_alpha: log
+                .series("nll_alpha")
+                .iter()
+                .map(|s| s.1)
+                .fold(0.0, f64::max),
+        }
+    }
+
+    /// The target: the final checkpoint within [`CLOSE_TO_PEAK`] of its own peak.
+    pub fn held(&self) -> bool {
+        self.peak - self.final_score <= CLOSE_TO_PEAK + 1e-9
+    }
+}
+
+/// The shipped preset `name` alone, with its change threshold and `for_steps` replaced: one point
+/// of the report's sweep. `None` when no preset of that name has a change test.
+pub fn variant(name: &str, threshold: f64, for_steps: u64) -> Option<RuleSet> {
+    let mut rule = presets().rules.into_iter().find(|r| r.name == name)?;
+    let RuleKind::Trip(trip) = &mut rule.kind else {
+        return None;
+    };
+    trip.for_steps = for_steps;
+    let bound = trip.conditions.iter_mut().find_map(|c| match &mut c.test {
+        Test::Change(t) => Some(&mut t.bound),
+        _ => None,
+    })?;
+    *bound = match bound {
+        Bound::Above(_) => Bound::Above(threshold),
+        Bound::Below(_) => Bound::Below(threshold),
+    };
+    Some(RuleSet { rules: vec![rule] })
+}
+
+/// The threshold and `for_steps` of the shipped preset `name` (its first change test).
+pub fn shipped_setting(name: &str) -> Option<(f64, u64)> {
+    let rule = presets().rules.into_iter().find(|r| r.name == name)?;
+    let RuleKind::Trip(trip) = &rule.kind else {
+        return None;
+    };
+    trip.conditions.iter().find_map(|c| match &c.test {
+        Test::Change(t) => Some((t.bound.threshold(), trip.for_steps)),
+        _ => None,
+    })
+}
+
+/// Analyses a run whose starting model scored `start_score` (step 0).
+pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
+    let scores = scores(log, start_score);
+    let (peak_step, peak) = peak(&scores);
     let final_score = scores.last().map_or(start_score, |s| s.1);
-    let score_at_or_before = |step: i64| {
-        scores
-            .iter()
-            .rev()
-            .find(|s| s.0 <= step)
-            .copied()
-            .unwrap_or((0, start_score))
-    };
-    let rule_stop = |replay: &Replay| {
-        replay.stop.clone().map(|(step, keep, by)| {
-            let (kept_step, kept_score) = score_at_or_before(keep.unwrap_or(step));
-            Stop {
-                step,
-                kept_step,
-                kept_score,
-                by,
-            }
-        })
-    };
+    let score_at_or_before = |step: i64| at_or_before(&scores, step, start_score);
+    let rule_stop = |replay: &Replay| stop_of(&scores, start_score, replay);
     let patience_stop = |series: &str, better: fn(f64, f64) -> bool| {
         patience_stop(&log.series(series), patience, better).map(|(step, best)| {
             let (kept_step, kept_score) = score_at_or_before(best);
@@ -180,6 +230,34 @@ pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
         eval_loss: patience_stop("eval/loss", |new, best| new < best),
         first_fired: label_free.first_fired,
     }
+}
+
+/// The newest evaluation at or before `step`; the start when there is none.
+fn at_or_before(scores: &[(i64, f64)], step: i64, start_score: f64) -> (i64, f64) {
+    scores
+        .iter()
+        .rev()
+        .find(|s| s.0 <= step)
+        .copied()
+        .unwrap_or((0, start_score))
+}
+
+/// A replay's first stop and the checkpoint it keeps.
+fn stop_of(scores: &[(i64, f64)], start_score: f64, replay: &Replay) -> Option<Stop> {
+    replay.stop.clone().map(|(step, keep, by)| {
+        let (kept_step, kept_score) = at_or_before(scores, keep.unwrap_or(step), start_score);
+        Stop {
+            step,
+            kept_step,
+            kept_score,
+            by,
+        }
+    })
+}
+
+/// Where `set`, replayed on the run's log, first stops it: for the report's threshold sweeps.
+pub fn stop_by(log: &RunLog, start_score: f64, set: RuleSet) -> Option<Stop> {
+    stop_of(&scores(log, start_score), start_score, &replay(log, set))
 }
 
 /// What a rule set did on a run's log.
@@ -309,7 +387,7 @@ mod tests {
         assert!((a.final_score - 0.54).abs() < 1e-9 && a.over_optimised);
         // Eval loss never stops improving: the baseline keeps the final checkpoint.
         assert_eq!(a.eval_loss, None);
-        assert!((a.eval_loss_score() - 0.54).abs() < 1e-9);
+        assert!((a.kept_score(Arm::EvalLossPatience) - 0.54).abs() < 1e-9);
         // The score is 0.045 and 0.06 below its best at steps 50 and 60: the score preset stops
         // there and keeps the best evaluation.
         let stop = a
@@ -320,7 +398,7 @@ mod tests {
             (stop.step, stop.kept_step, stop.by.as_str()),
             (60, 20, "held-out-score-drop")
         );
-        assert!((a.presets_score() - 0.6).abs() < 1e-9);
+        assert!((a.kept_score(Arm::Presets) - 0.6).abs() < 1e-9);
         // Without the score rule nothing stops this run (its loss is finite and falls smoothly).
         assert_eq!(a.label_free, None);
         assert!((a.kept_score(Arm::LabelFree) - 0.54).abs() < 1e-9);
@@ -344,7 +422,7 @@ mod tests {
             (stop.step, stop.kept_step, stop.by.as_str()),
             (45, 40, "non-finite")
         );
-        assert!((a.presets_score() - 0.57).abs() < 1e-9);
+        assert!((a.kept_score(Arm::Presets) - 0.57).abs() < 1e-9);
         // The non-finite rule reads no gold answer: the label-free arm stops there too.
         assert_eq!(a.label_free.map(|s| s.step), Some(45));
         assert_eq!(a.first_fired["non-finite"], Some(45));

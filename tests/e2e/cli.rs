@@ -286,7 +286,11 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         printed.push(next_line().await);
     }
     let printed = printed.join("\n");
-    assert!(printed.contains("Held-out exact match"), "{printed}");
+    assert!(printed.contains("held-out exact match peaked"), "{printed}");
+    assert!(
+        printed.contains("/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score"),
+        "{printed}"
+    );
 
     let runs: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs"))
         .await
@@ -301,7 +305,11 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     ids.sort_unstable();
-    assert_eq!(ids, ["demo-dpo", "demo-warmup"], "{runs}");
+    assert_eq!(
+        ids,
+        ["demo-dpo", "demo-dpo-regulated", "demo-warmup"],
+        "{runs}"
+    );
     let score: serde_json::Value = reqwest::get(format!(
         "{url}/api/v1/runs/demo-dpo/series?metric=eval/score"
     ))
@@ -318,15 +326,14 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         .map(|p| p["step"].as_i64().unwrap())
         .collect();
     assert_eq!(steps, [0, 3, 6], "{score}");
-    let rules: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs/demo-dpo/rules"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        rules["rule_sets"][0]["name"], "presets",
+        rule_sets(&url, "demo-dpo").await,
+        ["presets"],
         "the presets watch the DPO run"
+    );
+    assert_eq!(
+        rule_sets(&url, "demo-dpo-regulated").await,
+        ["presets", "regulate"]
     );
     assert!(terminate(&mut child).await.success());
 
@@ -347,49 +354,99 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
     assert!(cwd.path().join("mine/notes.txt").is_file());
 }
 
-/// `redline study` on a tiny grid: a report with a row and a plot per run.
+/// The names of the rule sets that watch `run`, in order.
+async fn rule_sets(url: &str, run: &str) -> Vec<String> {
+    let rules: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs/{run}/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    rules["rule_sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `redline study` on a tiny grid and two seed groups: a report with every arm per group, a row
+/// per run and a plot per held-out run; `--reuse` keeps the finished runs; a seed in both groups is
+/// refused.
 #[tokio::test]
 async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     let cwd = tempfile::tempdir().unwrap();
-    succeeded(redline(cwd.path()).args([
-        "study",
-        "--train-pairs",
-        "64",
-        "--eval-prompts",
-        "4",
-        "--warmup-steps",
-        "4",
-        "--losses",
-        "sigmoid,hinge",
-        "--betas",
-        "0.1",
-        "--lrs",
-        "1e-4",
-        "--steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--report",
-        "out/study.md",
-    ]))
-    .await;
+    let study = |extra: &[&str]| {
+        let mut cmd = redline(cwd.path());
+        cmd.args([
+            "study",
+            "--train-pairs",
+            "64",
+            "--eval-prompts",
+            "4",
+            "--warmup-steps",
+            "4",
+            "--losses",
+            "sigmoid,hinge",
+            "--betas",
+            "0.1",
+            "--lrs",
+            "1e-4",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--tuning-seeds",
+            "1",
+            "--held-out-seeds",
+            "2",
+            "--report",
+            "out/study.md",
+        ])
+        .args(extra);
+        cmd
+    };
+    succeeded(&mut study(&[])).await;
     let report = std::fs::read_to_string(cwd.path().join("out/study.md")).unwrap();
     for row in [
-        "| sigmoid β=0.1 lr=1e-4 |",
-        "| hinge β=0.1 lr=1e-4 |",
+        "| sigmoid β=0.1 lr=1e-4 | 1 |",
+        "| hinge β=0.1 lr=1e-4 | 2 |",
+        "## The arms, held-out seeds",
+        "## The arms, tuning seeds",
+        "Tuning seeds (their runs were read",
         // Every arm, gold and label-free, side by side.
-        "| label-free presets | no |",
-        "| all presets (score rule included) | yes |",
-        "| score patience 3 (gold) | yes |",
-        "| eval-loss patience 3 | no |",
-        "| final checkpoint | no |",
+        "| (a) label-free presets | no |",
+        "| (b) all presets (score rule included) | yes |",
+        "| (c) score patience (gold) | yes |",
+        "| (d) eval-loss patience | no |",
+        "| (e) final checkpoint | no |",
+        "## How the thresholds were chosen (tuning seeds only)",
+        "`held-out-likelihood-drop`:",
+        "## Arm (f): the `regulate` set in the loop",
     ] {
-        assert!(report.contains(row), "{report}");
+        assert!(report.contains(row), "{row} in {report}");
     }
     assert!(
-        report.contains("![sigmoid β=0.1 lr=1e-4](study/run-00.svg)"),
+        report.contains("![sigmoid β=0.1 lr=1e-4, seed 2](study/seed-2-sigmoid-b0.1-lr1e-4.svg)"),
         "{report}"
     );
-    let svg = std::fs::read_to_string(cwd.path().join("out/study/run-01.svg")).unwrap();
+    let svg =
+        std::fs::read_to_string(cwd.path().join("out/study/seed-2-hinge-b0.1-lr1e-4.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{svg}");
+
+    // --reuse trains nothing again: every finished run's log is left as it was.
+    let log = cwd
+        .path()
+        .join("redline-study/seed-2/runs/hinge-b0.1-lr1e-4/metrics.jsonl");
+    let before = std::fs::metadata(&log).unwrap().modified().unwrap();
+    succeeded(&mut study(&["--reuse"])).await;
+    assert_eq!(std::fs::metadata(&log).unwrap().modified().unwrap(), before);
+
+    let refused = study(&["--held-out-seeds", "1"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("seed 1 is in both --tuning-seeds and --held-out-seeds"),
+        "{stderr}"
+    );
 }

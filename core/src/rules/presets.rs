@@ -25,6 +25,10 @@ const SOURCE: &str = concat!(
     "\n",
     include_str!("../../presets/kl-budget.toml"),
     "\n",
+    include_str!("../../presets/held-out-likelihood-drop.toml"),
+    "\n",
+    include_str!("../../presets/generated-entropy-rise.toml"),
+    "\n",
     include_str!("../../presets/held-out-score-drop.toml"),
 );
 

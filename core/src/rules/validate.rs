@@ -6,7 +6,9 @@ use std::fmt::Display;
 use std::ops::Range;
 
 use super::file::{Candidates, RawCondition, RawRegulate, RawRule, S, error_at};
-use super::{BandBaseline, Combine, Condition, Regulator, Rule, RuleFileError, RuleKind, Severity, TripRule};
+use super::{
+    BandBaseline, Combine, Condition, Regulator, Rule, RuleFileError, RuleKind, Severity, TripRule,
+};
 use crate::MetricName;
 use crate::hparams::Steerable;
 
@@ -233,18 +235,17 @@ impl Cx<'_> {
             }
             None => None,
         };
-        let baseline = match &r.baseline {
-            Some(b) => Some(BandBaseline {
+        let baseline = if let Some(b) = &r.baseline {
+            Some(BandBaseline {
                 baseline: *b.get_ref(),
                 steps: self.count(r.baseline_steps.as_ref(), "baseline_steps", 1, 20)? as usize,
                 relative: r.relative.as_ref().is_some_and(|v| *v.get_ref()),
-            }),
-            None => {
-                let why = "needs baseline: without one the band holds the metric's own value";
-                self.absent(r.baseline_steps.as_ref(), "baseline_steps", why)?;
-                self.absent(r.relative.as_ref(), "relative", why)?;
-                None
-            }
+            })
+        } else {
+            let why = "needs baseline: without one the band holds the metric's own value";
+            self.absent(r.baseline_steps.as_ref(), "baseline_steps", why)?;
+            self.absent(r.relative.as_ref(), "relative", why)?;
+            None
         };
         Ok(Regulator {
             metric: self.candidates(&r.metric)?,

@@ -60,6 +60,8 @@ fn presets_parse_in_a_fixed_order() {
             "reward-saturation",
             "non-finite",
             "kl-budget",
+            "held-out-likelihood-drop",
+            "generated-entropy-rise",
             "held-out-score-drop"
         ]
     );
