@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use redline_core::rules::{RuleKind, regulate};
 use redline_core::series::Bucket;
 use redline_server::charts::{Chart, Line, Marker, MarkerKind, render};
 
@@ -332,17 +333,45 @@ fn sweeps(md: &mut String, seeds: &[Seed], tuning: &[&StudyRun]) {
     }
 }
 
+/// What the shipped regulators do, in words, from the set itself.
+fn regulators() -> String {
+    regulate()
+        .rules
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RuleKind::Regulate(g) => Some(format!(
+                "`{}` moves `{}` by {} (bounds {} to {}) whenever `{}`{} leaves [{}, {}]",
+                r.name,
+                g.hparam,
+                g.step,
+                g.bounds.0,
+                g.bounds.1,
+                g.metric.join("`, `"),
+                match g.baseline {
+                    Some(b) if b.relative => " (its change from its baseline, relative)",
+                    Some(_) => " (its change from its baseline)",
+                    None => "",
+                },
+                g.band.0,
+                g.band.1
+            )),
+            RuleKind::Trip(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Arm (f): the regulated runs against the same settings without the regulator.
 fn regulated(md: &mut String, held_out: &[&StudyRun], tuning: &[&StudyRun]) {
     let _ = writeln!(
         md,
         "## Arm (f): the `regulate` set in the loop\n\n\
          Each setting that over-optimised was trained again from the same warmed-up model with \
-         `--rules regulate`: the server's controller raised `nll_alpha` by 0.25 at each evaluation \
-         where the held-out chosen likelihood was more than 1% below its best (bounds 0 to 2). \
-         Peak and final are the held-out score's.\n\n\
+         `--rules regulate`, the server's controller steering it while it trained: {}. Peak and final \
+         are the held-out score's.\n\n\
          | seeds | settings | final within {CLOSE_TO_PEAK} of its peak, without | with | peak as high or higher with | mean peak without → with | mean final without → with |\n\
-         |---|---:|---:|---:|---:|---:|---:|"
+         |---|---:|---:|---:|---:|---:|---:|",
+        regulators()
     );
     for (g, runs) in [(Group::HeldOut, held_out), (Group::Tuning, tuning)] {
         let reg: Vec<(&StudyRun, &super::analysis::Regulated)> = runs
