@@ -291,6 +291,50 @@ fn held_out_score_drop_stops_after_two_low_evaluations_and_keeps_the_best() {
     assert_eq!(firings.len(), 2, "{firings:#?}");
 }
 
+/// Feeds the presets one evaluated metric, `(step, value)` every 20 steps, from step 0.
+fn evaluations(metric: &str, values: &[f64]) -> Vec<Firing> {
+    let mut ev = preset_evaluator();
+    let mut firings = Vec::new();
+    for (i, &v) in values.iter().enumerate() {
+        let step = 20 * i as i64;
+        firings.extend(ev.observe(step, &|n| (n == metric).then_some(v)));
+    }
+    firings
+}
+
+/// The held-out chosen likelihood of the study's seed 7, sigmoid β=0.1 lr=6e-5 (per token, every
+/// 20 steps): it peaks at step 20 with the held-out score, then falls. 2% below the peak at steps
+/// 60 and 80: the stop comes at the second and keeps step 20.
+#[test]
+fn held_out_likelihood_drop_stops_two_evaluations_below_the_peak_and_keeps_it() {
+    let firings = evaluations(
+        "eval/logps_mean/chosen",
+        &[-0.147, -0.133, -0.135, -0.145, -0.157, -0.173],
+    );
+    let mine = fired(&firings, "held-out-likelihood-drop");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    assert_eq!(mine[1].step, 80);
+    assert_eq!(stop_keep(mine[1]), Some(20));
+    assert_eq!(firings.len(), 2, "nothing else fires: {firings:#?}");
+    // A likelihood that keeps rising (RPO) never trips it.
+    let rising: Vec<f64> = (0..16).map(|i| -0.147 + 0.003 * f64::from(i)).collect();
+    assert!(evaluations("eval/logps_mean/chosen", &rising).is_empty());
+}
+
+/// The generated top-k entropy of the same run: it falls to its low at step 20 while the score
+/// rises, then rises again as the score falls; 3% above the low twice in a row stops the run and
+/// keeps step 20.
+#[test]
+fn generated_entropy_rise_stops_on_the_turn_up_and_keeps_the_low() {
+    let firings = evaluations(
+        "topk_entropy/generated",
+        &[0.299, 0.291, 0.292, 0.301, 0.306, 0.313],
+    );
+    let mine = fired(&firings, "generated-entropy-rise");
+    assert_eq!(mine.len(), 2, "{firings:#?}");
+    assert_eq!((mine[1].step, stop_keep(mine[1])), (80, Some(20)));
+}
+
 /// The shipped regulator on a held-out chosen likelihood shaped like the study's over-optimising
 /// runs (evaluated every 20 steps: up to a peak at step 40, then down): it raises nll_alpha by
 /// 0.5 at each evaluation more than 0.5% below the peak, and stops raising once a new peak holds.
