@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use redline_core::rules::{Action, Bound, Evaluator, RuleKind, RuleSet, Test, presets};
+use redline_core::rules::{Action, Bound, Evaluator, RuleKind, RuleSet, Test, TripAction, presets};
 
 use crate::run_log::RunLog;
 
@@ -169,14 +169,21 @@ impl Regulated {
     }
 }
 
-/// The shipped preset `name` alone, with its change threshold and `for_steps` replaced: one point
-/// of the report's sweep. `None` when no preset of that name has a change test.
-pub fn variant(name: &str, threshold: f64, for_steps: u64) -> Option<RuleSet> {
+/// The shipped preset `name` alone, with its change threshold and `for_steps` replaced, replayed
+/// as a stop (an alert-only preset is judged as if it stopped): one point of the report's sweep.
+/// Without `guards`, only its change test is kept (its other conditions dropped). `None` when no
+/// preset of that name has a change test.
+pub fn variant(name: &str, threshold: f64, for_steps: u64, guards: bool) -> Option<RuleSet> {
     let mut rule = presets().rules.into_iter().find(|r| r.name == name)?;
     let RuleKind::Trip(trip) = &mut rule.kind else {
         return None;
     };
     trip.for_steps = for_steps;
+    trip.actions = vec![TripAction::Alert, TripAction::Stop];
+    if !guards {
+        trip.conditions
+            .retain(|c| matches!(c.test, Test::Change(_)));
+    }
     let bound = trip.conditions.iter_mut().find_map(|c| match &mut c.test {
         Test::Change(t) => Some(&mut t.bound),
         _ => None,

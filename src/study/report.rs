@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use redline_core::rules::{RuleKind, regulate};
+use redline_core::rules::{RuleKind, RuleSet, regulate};
 use redline_core::series::Bucket;
 use redline_server::charts::{Chart, Line, Marker, MarkerKind, render};
 
@@ -18,12 +18,12 @@ use crate::cli::StudyArgs;
 
 /// The label-free presets whose thresholds the study chose, and the values swept for each (the
 /// shipped value must be among them). `for_steps` is swept over [`SWEPT_FOR_STEPS`].
-const SWEEPS: [(&str, [f64; 5]); 2] = [
+const SWEEPS: [(&str, &[f64]); 2] = [
     (
         "held-out-likelihood-drop",
-        [-0.005, -0.01, -0.02, -0.03, -0.05],
+        &[-0.01, -0.02, -0.03, -0.05, -0.07, -0.1],
     ),
-    ("generated-entropy-rise", [0.01, 0.02, 0.03, 0.05, 0.08]),
+    ("generated-entropy-rise", &[0.01, 0.02, 0.03, 0.05, 0.08]),
 ];
 const SWEPT_FOR_STEPS: [u64; 2] = [1, 2];
 
@@ -57,6 +57,7 @@ pub fn write(
         leads(&mut md, g, runs);
     }
     sweeps(&mut md, seeds, &tuning);
+    other_indicators(&mut md, &held_out, &tuning);
     regulated(&mut md, &held_out, &tuning);
     failures(&mut md, &held_out);
     table(&mut md, runs);
@@ -293,44 +294,68 @@ fn sweeps(md: &mut String, seeds: &[Seed], tuning: &[&StudyRun]) {
     );
     for (name, thresholds) in SWEEPS {
         let shipped = shipped_setting(name);
-        let _ = writeln!(
-            md,
-            "`{name}`:\n\n| change threshold | for_steps | over-optimising kept within {CLOSE_TO_PEAK} | healthy stopped | mean regret |\n|---:|---:|---:|---:|---:|"
-        );
-        for t in thresholds {
-            for n in SWEPT_FOR_STEPS {
-                let Some(set) = variant(name, t, n) else {
-                    continue;
-                };
-                let (mut kept, mut stopped, mut regret) = (0, 0, 0.0);
-                for r in tuning {
-                    let stop = stop_by(&r.log, start(r), set.clone());
-                    let score = stop
-                        .as_ref()
-                        .map_or(r.analysis.final_score, |s| s.kept_score);
-                    regret += r.analysis.peak - score;
-                    if r.analysis.over_optimised {
-                        kept += usize::from(close(score, r));
+        let guarded = variant(name, 0.0, 1, true) != variant(name, 0.0, 1, false);
+        let versions: &[bool] = if guarded { &[true, false] } else { &[true] };
+        for &guards in versions {
+            let _ = writeln!(
+                md,
+                "`{name}`{}:\n\n| change threshold | for_steps | over-optimising kept within {CLOSE_TO_PEAK} | healthy stopped | mean regret |\n|---:|---:|---:|---:|---:|",
+                if guards {
+                    ""
+                } else {
+                    ", its change test alone (without its other conditions)"
+                }
+            );
+            for &t in thresholds {
+                for n in SWEPT_FOR_STEPS {
+                    let Some(set) = variant(name, t, n, guards) else {
+                        continue;
+                    };
+                    let row = sweep_row(&set, tuning, &start, over, healthy);
+                    let row = format!("{t} | {n} | {row}");
+                    let is_shipped =
+                        guards && shipped.is_some_and(|s| (s.0 - t).abs() < 1e-12 && s.1 == n);
+                    if is_shipped {
+                        let bold: Vec<String> =
+                            row.split(" | ").map(|c| format!("**{c}**")).collect();
+                        let _ = writeln!(md, "| {} |", bold.join(" | "));
                     } else {
-                        stopped += usize::from(stop.is_some());
+                        let _ = writeln!(md, "| {row} |");
                     }
                 }
-                let row = format!(
-                    "{t} | {n} | {} | {} | {:.3}",
-                    of(kept, over),
-                    of(stopped, healthy),
-                    regret / tuning.len().max(1) as f64
-                );
-                if shipped.is_some_and(|s| (s.0 - t).abs() < 1e-12 && s.1 == n) {
-                    let bold: Vec<String> = row.split(" | ").map(|c| format!("**{c}**")).collect();
-                    let _ = writeln!(md, "| {} |", bold.join(" | "));
-                } else {
-                    let _ = writeln!(md, "| {row} |");
-                }
             }
+            let _ = writeln!(md);
         }
-        let _ = writeln!(md);
     }
+}
+
+/// One sweep point on the tuning runs: kept near the peak, healthy runs stopped, mean regret.
+fn sweep_row(
+    set: &RuleSet,
+    tuning: &[&StudyRun],
+    start: &dyn Fn(&StudyRun) -> f64,
+    over: usize,
+    healthy: usize,
+) -> String {
+    let (mut kept, mut stopped, mut regret) = (0, 0, 0.0);
+    for r in tuning {
+        let stop = stop_by(&r.log, start(r), set.clone());
+        let score = stop
+            .as_ref()
+            .map_or(r.analysis.final_score, |s| s.kept_score);
+        regret += r.analysis.peak - score;
+        if r.analysis.over_optimised {
+            kept += usize::from(close(score, r));
+        } else {
+            stopped += usize::from(stop.is_some());
+        }
+    }
+    format!(
+        "{} | {} | {:.3}",
+        of(kept, over),
+        of(stopped, healthy),
+        regret / tuning.len().max(1) as f64
+    )
 }
 
 /// What the shipped regulators do, in words, from the set itself.
@@ -359,6 +384,67 @@ fn regulators() -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// How `metric` moved from the evaluation at the score's peak to the last one: (rose, fell) over
+/// the over-optimising runs that report it.
+fn moved_after_peak(runs: &[&StudyRun], metric: &str) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for r in runs.iter().filter(|r| r.analysis.over_optimised) {
+        let series = r.log.series(metric);
+        let at_peak = series.iter().rev().find(|p| p.0 <= r.analysis.peak_step);
+        if let (Some(a), Some(b)) = (at_peak, series.last()) {
+            if b.1 > a.1 {
+                counts.0 += 1;
+            } else if b.1 < a.1 {
+                counts.1 += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The literature's other cheap indicators, measured but not shipped as stops: which way they
+/// moved after the score's peak in the runs that over-optimised.
+fn other_indicators(md: &mut String, held_out: &[&StudyRun], tuning: &[&StudyRun]) {
+    let _ = writeln!(
+        md,
+        "## Other indicators, measured (from the score's peak to the end of each over-optimising run)
+
+         | indicator | metric | seeds | rose | fell |
+|---|---|---|---:|---:|"
+    );
+    let rows = [
+        (
+            "squeezing (arXiv 2407.10490): probability piles onto the top token of rejected completions",
+            "eval/top1_prob/rejected",
+        ),
+        (
+            "chosen and rejected likelihoods falling together (arXiv 2410.08847): the chosen",
+            "eval/logps_mean/chosen",
+        ),
+        ("… and the rejected", "eval/logps_mean/rejected"),
+        (
+            "top-k mass of the policy's samples (arXiv 2410.11677)",
+            "topk_mass/generated",
+        ),
+    ];
+    for (what, metric) in rows {
+        for (g, runs) in [(Group::Tuning, tuning), (Group::HeldOut, held_out)] {
+            let (rose, fell) = moved_after_peak(runs, metric);
+            let _ = writeln!(
+                md,
+                "| {what} | `{metric}` | {} | {rose} | {fell} |",
+                g.name()
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "
+Squeezing predicts a rise of `eval/top1_prob/rejected`; a fall means these runs did not squeeze          (their rejected completions grew flatter instead), so no stop is shipped on it.
+"
+    );
 }
 
 /// Arm (f): the regulated runs against the same settings without the regulator.

@@ -291,48 +291,70 @@ fn held_out_score_drop_stops_after_two_low_evaluations_and_keeps_the_best() {
     assert_eq!(firings.len(), 2, "{firings:#?}");
 }
 
-/// Feeds the presets one evaluated metric, `(step, value)` every 20 steps, from step 0.
-fn evaluations(metric: &str, values: &[f64]) -> Vec<Firing> {
+/// Feeds the presets evaluated metrics every 20 steps, from step 0: `series[k]` is the k-th
+/// evaluation's values.
+fn evaluations(series: &[Vec<(&str, f64)>]) -> Vec<Firing> {
     let mut ev = preset_evaluator();
     let mut firings = Vec::new();
-    for (i, &v) in values.iter().enumerate() {
-        let step = 20 * i as i64;
-        firings.extend(ev.observe(step, &|n| (n == metric).then_some(v)));
+    for (i, values) in series.iter().enumerate() {
+        firings.extend(feed(&mut ev, 20 * i as i64, values));
     }
     firings
 }
 
-/// The held-out chosen likelihood of the study's seed 7, sigmoid β=0.1 lr=6e-5 (per token, every
-/// 20 steps): it peaks at step 20 with the held-out score, then falls. 2% below the peak at steps
-/// 60 and 80: the stop comes at the second and keeps step 20.
+/// The held-out chosen likelihood and margin of the study's seed 7, sigmoid β=0.1 lr=6e-5 (per
+/// token, every 20 steps): the likelihood peaks at step 20 with the held-out score, then falls
+/// while the margin grows. At step 60 it is 9% below the peak: the stop keeps step 20.
 #[test]
-fn held_out_likelihood_drop_stops_two_evaluations_below_the_peak_and_keeps_it() {
-    let firings = evaluations(
-        "eval/logps_mean/chosen",
-        &[-0.147, -0.133, -0.135, -0.145, -0.157, -0.173],
-    );
+fn held_out_likelihood_drop_stops_when_the_chosen_falls_while_the_margin_grows() {
+    let run = |margins: [f64; 5]| {
+        let likelihood = [-0.147, -0.133, -0.135, -0.145, -0.157];
+        evaluations(
+            &likelihood
+                .iter()
+                .zip(margins)
+                .map(|(&l, m)| vec![("eval/logps_mean/chosen", l), ("eval/rewards/margins", m)])
+                .collect::<Vec<_>>(),
+        )
+    };
+    let firings = run([0.0, 0.3, 0.9, 1.6, 2.3]);
     let mine = fired(&firings, "held-out-likelihood-drop");
-    assert_eq!(mine.len(), 2, "{firings:#?}");
-    assert_eq!(mine[1].step, 80);
-    assert_eq!(stop_keep(mine[1]), Some(20));
+    assert_eq!(mine.len(), 2, "alert and stop: {firings:#?}");
+    assert_eq!((mine[1].step, stop_keep(mine[1])), (60, Some(20)));
     assert_eq!(firings.len(), 2, "nothing else fires: {firings:#?}");
+    // The same fall with a margin below 0 (a loss that is not learning the preference, as
+    // DiscoPOP's runs in the study) is not likelihood displacement.
+    assert!(run([0.0, -0.06, -0.09, -0.1, -0.11]).is_empty());
     // A likelihood that keeps rising (RPO) never trips it.
-    let rising: Vec<f64> = (0..16).map(|i| -0.147 + 0.003 * f64::from(i)).collect();
-    assert!(evaluations("eval/logps_mean/chosen", &rising).is_empty());
+    let rising: Vec<Vec<(&str, f64)>> = (0..16)
+        .map(|i| {
+            vec![
+                ("eval/logps_mean/chosen", -0.147 + 0.003 * f64::from(i)),
+                ("eval/rewards/margins", 0.1 * f64::from(i)),
+            ]
+        })
+        .collect();
+    assert!(evaluations(&rising).is_empty());
 }
 
 /// The generated top-k entropy of the same run: it falls to its low at step 20 while the score
-/// rises, then rises again as the score falls; 3% above the low twice in a row stops the run and
-/// keeps step 20.
+/// rises, then rises again as the score falls; 3% above the low twice in a row raises an alert
+/// (a warning: as a stop it kept too few runs near their peak in the study).
 #[test]
-fn generated_entropy_rise_stops_on_the_turn_up_and_keeps_the_low() {
+fn generated_entropy_rise_alerts_on_the_turn_up() {
+    let entropy = [0.299, 0.291, 0.292, 0.301, 0.306, 0.313];
     let firings = evaluations(
-        "topk_entropy/generated",
-        &[0.299, 0.291, 0.292, 0.301, 0.306, 0.313],
+        &entropy
+            .iter()
+            .map(|&e| vec![("topk_entropy/generated", e)])
+            .collect::<Vec<_>>(),
     );
     let mine = fired(&firings, "generated-entropy-rise");
-    assert_eq!(mine.len(), 2, "{firings:#?}");
-    assert_eq!((mine[1].step, stop_keep(mine[1])), (80, Some(20)));
+    assert_eq!(mine.len(), 1, "{firings:#?}");
+    assert_eq!(
+        (mine[0].step, &mine[0].action, mine[0].severity),
+        (80, &Action::Alert, crate::rules::Severity::Warning)
+    );
 }
 
 /// The shipped regulator on a held-out chosen likelihood shaped like the study's over-optimising
