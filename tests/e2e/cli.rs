@@ -336,8 +336,12 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         ["presets", "regulate"]
     );
     assert!(terminate(&mut child).await.success());
+}
 
-    // A folder that is not an earlier demo's is left alone.
+/// A folder that is not an earlier demo's is left alone.
+#[tokio::test]
+async fn demo_leaves_a_folder_that_is_not_its_own_alone() {
+    let cwd = tempfile::tempdir().unwrap();
     std::fs::create_dir(cwd.path().join("mine")).unwrap();
     std::fs::write(cwd.path().join("mine/notes.txt"), "keep").unwrap();
     let refused = redline(cwd.path())
