@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use redline_core::rules::{PRESETS_NAME, REGULATE_NAME};
+use redline_core::rules::{LABEL_FREE_NAME, REGULATE_NAME, RuleSet, label_free, presets};
 use redline_server::startup::shutdown_signal;
 use redline_server::store::DatabaseUrl;
 use redline_server::{Server, ServerConfig};
@@ -179,9 +179,10 @@ pub(crate) fn prepare(
     })
 }
 
-/// The supervised warm-up, then DPO from its result twice: once with the presets watching (it
-/// over-optimises and a preset stops it), once with the `regulate` set steering its NLL weight as
-/// well (it stays healthy). A short report of both.
+/// The supervised warm-up, then DPO from its result twice: once with the label-free presets
+/// watching (it over-optimises and one of them stops it), once with the `regulate` set steering
+/// its NLL weight as well (it stays healthy). A short report of both, with the gold score rule
+/// replayed on the first as a cross-check.
 fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> {
     let Prepared { common, warmed, .. } = prepare(
         &args.task,
@@ -193,7 +194,8 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
         false,
     )?;
 
-    // DPO set to over-optimise: high learning rate, low β, no NLL term; the presets watch it.
+    // DPO set to over-optimise: high learning rate, low β, no NLL term; the label-free presets
+    // watch it (the score rule, which reads gold answers, is replayed afterwards as a cross-check).
     let dpo_dir = dir.join("runs/dpo");
     let dpo = TrainArgs {
         model: Some(warmed),
@@ -207,6 +209,7 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
         run_id: Some("demo-dpo".into()),
         run_name: Some("2. DPO, set to over-optimise".into()),
         tags: Some(vec!["dpo".into(), "over-optimising".into()]),
+        rules: Some(vec![LABEL_FREE_NAME.into()]),
         ..common
     };
     // The same run with the regulator raising the NLL weight whenever the held-out chosen
@@ -217,16 +220,43 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
         run_id: Some("demo-dpo-regulated".into()),
         run_name: Some("3. DPO, the same, with the regulate set".into()),
         tags: Some(vec!["dpo".into(), "regulated".into()]),
-        rules: Some(vec![PRESETS_NAME.into(), REGULATE_NAME.into()]),
+        rules: Some(vec![LABEL_FREE_NAME.into(), REGULATE_NAME.into()]),
         ..dpo.clone()
     };
     let dpo_outcome = train(dpo)?;
     let regulated_outcome = train(regulated)?;
     Ok(format!(
-        "DPO: {}\nDPO with the regulate set: {}\nBoth, overlaid: {url}/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score",
+        "DPO: {}\n  {}\nDPO with the regulate set: {}\nBoth, overlaid: {url}/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score",
         report(&dpo_outcome, &scores(&dpo_dir)?, &dpo_dir),
+        cross_check(&dpo_dir)?,
         report(&regulated_outcome, &scores(&regulated_dir)?, &regulated_dir)
     ))
+}
+
+/// What the presets' gold rule (the held-out score against gold answers) says of the run in `run`,
+/// replayed on its log: a cross-check of the label-free stop.
+fn cross_check(run: &Path) -> anyhow::Result<String> {
+    let log = RunLog::read(&run.join("metrics.jsonl"))?;
+    let gold = RuleSet {
+        rules: presets()
+            .rules
+            .into_iter()
+            .filter(|r| !label_free().rules.iter().any(|f| f.name == r.name))
+            .collect(),
+    };
+    let names: Vec<String> = gold.rules.iter().map(|r| r.name.clone()).collect();
+    let start = log.series("eval/score").first().map_or(0.0, |s| s.1);
+    Ok(match crate::study::analysis::stop_by(&log, start, gold) {
+        Some(s) => format!(
+            "Cross-check with the gold answers: {} would have stopped it at step {}, keeping step {} ({:.3}).",
+            s.by, s.step, s.kept_step, s.kept_score
+        ),
+        None => format!(
+            "Cross-check with the gold answers: {} would not have stopped it by step {}.",
+            names.join(", "),
+            log.steps.last().map_or(0, |s| s.0)
+        ),
+    })
 }
 
 /// The log of a run written to `out` that reached `steps`, if there is one: what `--reuse` keeps.

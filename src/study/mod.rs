@@ -9,7 +9,7 @@
 //! the shipped `regulate` set steering it through a live server (arm f). Writes a markdown report
 //! with plots (`report`).
 
-mod analysis;
+pub(crate) mod analysis;
 mod report;
 
 use std::path::Path;

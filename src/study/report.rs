@@ -10,9 +10,7 @@ use redline_core::rules::{RuleKind, RuleSet, regulate};
 use redline_core::series::Bucket;
 use redline_server::charts::{Chart, Line, Marker, MarkerKind, render};
 
-use super::analysis::{
-    Arm, CLOSE_TO_PEAK, OVER_OPTIMISED, label_free_presets, shipped_setting, stop_by, variant,
-};
+use super::analysis::{Arm, CLOSE_TO_PEAK, OVER_OPTIMISED, shipped_setting, stop_by, variant};
 use super::{Group, Seed, StudyRun, summary};
 use crate::cli::StudyArgs;
 
@@ -102,7 +100,7 @@ fn intro(args: &StudyArgs, seeds: &[Seed], command: &str, took: std::time::Durat
         seed_list(seeds, Group::Tuning),
         seed_list(seeds, Group::HeldOut)
     );
-    let free: Vec<String> = label_free_presets()
+    let free: Vec<String> = redline_core::rules::label_free()
         .rules
         .iter()
         .map(|r| format!("`{}`", r.name))

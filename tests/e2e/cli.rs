@@ -288,6 +288,10 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
     let printed = printed.join("\n");
     assert!(printed.contains("held-out exact match peaked"), "{printed}");
     assert!(
+        printed.contains("Cross-check with the gold answers: held-out-score-drop"),
+        "{printed}"
+    );
+    assert!(
         printed.contains("/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score"),
         "{printed}"
     );
@@ -328,12 +332,12 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
     assert_eq!(steps, [0, 3, 6], "{score}");
     assert_eq!(
         rule_sets(&url, "demo-dpo").await,
-        ["presets"],
-        "the presets watch the DPO run"
+        ["label-free"],
+        "the label-free presets watch the DPO run"
     );
     assert_eq!(
         rule_sets(&url, "demo-dpo-regulated").await,
-        ["presets", "regulate"]
+        ["label-free", "regulate"]
     );
     assert!(terminate(&mut child).await.success());
 }

@@ -46,7 +46,10 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 pub use eval::{Action, Evaluator, Firing};
-pub use presets::{PRESETS_NAME, REGULATE_NAME, presets, presets_source, regulate, shipped};
+pub use presets::{
+    LABEL_FREE_NAME, PRESETS_NAME, REGULATE_NAME, label_free, presets, presets_source, regulate,
+    shipped,
+};
 
 /// A parsed, validated rule file.
 #[derive(Debug, Clone, PartialEq, Default)]
