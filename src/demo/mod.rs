@@ -294,7 +294,7 @@ fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run:
         ("stopped", Some(k), Some(s)) => {
             let _ = write!(
                 out,
-                "\n  Redline {} It kept the checkpoint of step {k} (score {s:.3}, {:.3} below the peak).",
+                "\n  Redline {}. It kept the checkpoint of step {k} (score {s:.3}, {:.3} below the peak).",
                 outcome.message,
                 peak - s
             );
