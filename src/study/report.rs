@@ -92,6 +92,13 @@ fn intro(args: &StudyArgs, seeds: &[Seed], command: &str, took: std::time::Durat
         args.steps,
         args.eval_every
     );
+    if args.reuse {
+        let _ = writeln!(
+            md,
+            "With `--reuse` this invocation read back the runs earlier invocations had trained into the \
+             same folder and trained only the missing ones; its time is not the study's.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "**Seeds.** Tuning seeds (their runs were read to choose the new presets' thresholds and the \
