@@ -113,6 +113,14 @@ pub struct TaskArgs {
     pub warmup_steps: usize,
     #[arg(long, default_value_t = 3e-3)]
     pub warmup_lr: f64,
+    /// The model to warm up and train: a folder in Hugging Face format or a GGUF file (e.g.
+    /// `target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) [default: the trainer's tiny Llama,
+    /// written fresh]. Lower --warmup-lr and --batch-size for a real model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Preference pairs per step, in the warm-up and every run.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
 }
 
 /// The detection-quality study (docs/study.md).
@@ -143,8 +151,9 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 3)]
     pub patience: usize,
     /// Seeds whose runs may be read to choose a preset's thresholds (the report's sweep table
-    /// uses only these). Each seed is a fresh task, warm-up and batch order.
-    #[arg(long, value_delimiter = ',', default_value = "7,8,9")]
+    /// uses only these). Each seed is a fresh task, warm-up and batch order. Give the flag with no
+    /// value for none (a study that only reports, e.g. on another model).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "7,8,9")]
     pub tuning_seeds: Vec<u64>,
     /// Seeds never used to choose a threshold: the report judges the targets on these.
     #[arg(long, value_delimiter = ',', default_value = "10,11,12")]

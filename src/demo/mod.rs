@@ -124,8 +124,15 @@ pub(crate) fn prepare(
 ) -> anyhow::Result<Prepared> {
     let data = dir.join("data");
     task::write_data(&data, task.train_pairs, task.eval_prompts, seed)?;
-    let start = dir.join("model");
-    task::write_model(&start)?;
+    // The tiny Llama unless the user brought a model (a folder or a GGUF file, e.g. SmolLM2).
+    let start = match &task.model {
+        Some(model) => model.clone(),
+        None => {
+            let tiny = dir.join("model");
+            task::write_model(&tiny)?;
+            tiny
+        }
+    };
     let common = TrainArgs {
         train_data: Some(data.join("train.jsonl")),
         eval_data: Some(data.join("eval.jsonl")),
@@ -134,7 +141,7 @@ pub(crate) fn prepare(
         // Greedy decoding: the score is the model's answer, not a sample's luck.
         gen_temperature: Some(0.0),
         gen_max_tokens: Some(24),
-        batch_size: Some(16),
+        batch_size: Some(task.batch_size),
         schedule: Some("constant".into()),
         warmup_steps: Some(0),
         seed: Some(seed),

@@ -111,8 +111,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
 }
 
 fn check_seeds(args: &StudyArgs) -> anyhow::Result<()> {
-    if args.tuning_seeds.is_empty() || args.held_out_seeds.is_empty() {
-        bail!("--tuning-seeds and --held-out-seeds each need at least one seed");
+    if args.held_out_seeds.is_empty() {
+        bail!("--held-out-seeds needs at least one seed: the targets are judged on them");
     }
     if let Some(s) = args
         .held_out_seeds

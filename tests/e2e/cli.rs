@@ -384,34 +384,29 @@ async fn rule_sets(url: &str, run: &str) -> Vec<String> {
 #[tokio::test]
 async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     let cwd = tempfile::tempdir().unwrap();
+    // The tiny grid, with `extra` added; a flag in `extra` replaces the default of that flag.
     let study = |extra: &[&str]| {
+        let defaults = [
+            ("--train-pairs", "64"),
+            ("--eval-prompts", "4"),
+            ("--warmup-steps", "4"),
+            ("--losses", "sigmoid,hinge"),
+            ("--betas", "0.1"),
+            ("--lrs", "1e-4"),
+            ("--steps", "4"),
+            ("--eval-every", "2"),
+            ("--tuning-seeds", "1"),
+            ("--held-out-seeds", "2"),
+            ("--report", "out/study.md"),
+        ];
         let mut cmd = redline(cwd.path());
-        cmd.args([
-            "study",
-            "--train-pairs",
-            "64",
-            "--eval-prompts",
-            "4",
-            "--warmup-steps",
-            "4",
-            "--losses",
-            "sigmoid,hinge",
-            "--betas",
-            "0.1",
-            "--lrs",
-            "1e-4",
-            "--steps",
-            "4",
-            "--eval-every",
-            "2",
-            "--tuning-seeds",
-            "1",
-            "--held-out-seeds",
-            "2",
-            "--report",
-            "out/study.md",
-        ])
-        .args(extra);
+        cmd.arg("study");
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(extra);
         cmd
     };
     succeeded(&mut study(&[])).await;
@@ -450,7 +445,29 @@ async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     succeeded(&mut study(&["--reuse"])).await;
     assert_eq!(std::fs::metadata(&log).unwrap().modified().unwrap(), before);
 
-    let refused = study(&["--held-out-seeds", "1"]).output().await.unwrap();
+    // A model of one's own (here the trainer's test fixture) and no tuning seeds: a report only.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/trainer/tests/fixtures/tiny-llama"
+    );
+    succeeded(&mut study(&[
+        "--model",
+        fixture,
+        "--dir",
+        "other",
+        "--tuning-seeds",
+        "--report",
+        "out/other.md",
+    ]))
+    .await;
+    let other = std::fs::read_to_string(cwd.path().join("out/other.md")).unwrap();
+    assert!(other.contains("This study has no tuning seeds"), "{other}");
+    assert!(other.contains(fixture), "{other}");
+
+    let refused = study(&["--tuning-seeds", "1", "--held-out-seeds", "1"])
+        .output()
+        .await
+        .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
