@@ -125,13 +125,12 @@ pub(crate) fn prepare(
     let data = dir.join("data");
     task::write_data(&data, task.train_pairs, task.eval_prompts, seed)?;
     // The tiny Llama unless the user brought a model (a folder or a GGUF file, e.g. SmolLM2).
-    let start = match &task.model {
-        Some(model) => model.clone(),
-        None => {
-            let tiny = dir.join("model");
-            task::write_model(&tiny)?;
-            tiny
-        }
+    let start = if let Some(model) = &task.model {
+        model.clone()
+    } else {
+        let tiny = dir.join("model");
+        task::write_model(&tiny)?;
+        tiny
     };
     let common = TrainArgs {
         train_data: Some(data.join("train.jsonl")),
