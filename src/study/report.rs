@@ -34,7 +34,8 @@ fn of(n: usize, total: usize) -> String {
     if total == 0 {
         return "0 of 0".into();
     }
-    format!("{n} of {total} ({:.0}%)", 100.0 * n as f64 / total as f64)
+    // Rounded down, so that a figure just short of a target never reads as meeting it.
+    format!("{n} of {total} ({}%)", 100 * n / total)
 }
 
 pub fn write(
@@ -426,10 +427,8 @@ fn moved_after_peak(runs: &[&StudyRun], metric: &str) -> (usize, usize) {
 fn other_indicators(md: &mut String, held_out: &[&StudyRun], tuning: &[&StudyRun]) {
     let _ = writeln!(
         md,
-        "## Other indicators, measured (from the score's peak to the end of each over-optimising run)
-
-         | indicator | metric | seeds | rose | fell |
-|---|---|---|---:|---:|"
+        "## Other indicators, measured (from the score's peak to the end of each over-optimising run)\n\n\
+         | indicator | metric | seeds | rose | fell |\n|---|---|---|---:|---:|"
     );
     let rows = [
         (
@@ -458,9 +457,8 @@ fn other_indicators(md: &mut String, held_out: &[&StudyRun], tuning: &[&StudyRun
     }
     let _ = writeln!(
         md,
-        "
-Squeezing predicts a rise of `eval/top1_prob/rejected`; a fall means these runs did not squeeze          (their rejected completions grew flatter instead), so no stop is shipped on it.
-"
+        "\nSqueezing predicts a rise of `eval/top1_prob/rejected`; a fall means these runs did not \
+         squeeze (their rejected completions grew flatter instead), so no stop is shipped on it.\n"
     );
 }
 
