@@ -108,7 +108,7 @@ pub struct TaskArgs {
     /// score: with few, the score moves by noise as much as by training).
     #[arg(long, default_value_t = 256)]
     pub eval_prompts: usize,
-    /// Supervised warm-up steps.
+    /// Supervised warm-up steps; 0 for none (a model that already knows the task's format).
     #[arg(long, default_value_t = 450)]
     pub warmup_steps: usize,
     #[arg(long, default_value_t = 3e-3)]

@@ -106,8 +106,9 @@ pub(crate) struct Prepared {
     /// The settings every run on the task shares (data, evaluation, batch, schedule, seed).
     pub common: TrainArgs,
     pub warmed: PathBuf,
-    /// The warmed-up model's held-out score.
-    pub start_score: f64,
+    /// The warmed-up model's held-out score; `None` without a warm-up (each run then evaluates
+    /// its starting model itself, at step 0).
+    pub start_score: Option<f64>,
 }
 
 /// Writes the task and the starting model under `dir`, and warms the model up with supervised
@@ -165,6 +166,13 @@ pub(crate) fn prepare(
         rules: Some(vec!["none".into()]),
         ..common.clone()
     };
+    if task.warmup_steps == 0 {
+        return Ok(Prepared {
+            common,
+            warmed: start,
+            start_score: None,
+        });
+    }
     let warmed = dir.join("warmed-model");
     let warmed_before = reuse
         && finished_log(&sft_dir, task.warmup_steps).is_some()
@@ -177,7 +185,7 @@ pub(crate) fn prepare(
             &warmed,
         )?;
     }
-    let start_score = scores(&sft_dir)?.last().map_or(0.0, |s| s.1);
+    let start_score = scores(&sft_dir)?.last().map(|s| s.1);
     Ok(Prepared {
         common,
         warmed,

@@ -153,6 +153,8 @@ fn study_seed(
         args.reuse,
     )?;
     let mut runs = Vec::new();
+    // Without a warm-up the start is the first run's own step-0 evaluation.
+    let mut start_score = prepared.start_score;
     for loss in &args.losses {
         for &beta in &args.betas {
             for &lr in &args.lrs {
@@ -178,7 +180,13 @@ fn study_seed(
                         ..setting.clone()
                     },
                 )?;
-                let analysis = analyse(&log, prepared.start_score, args.patience);
+                let start = *start_score.get_or_insert_with(|| {
+                    log.series("eval/score")
+                        .first()
+                        .filter(|s| s.0 == 0)
+                        .map_or(0.0, |s| s.1)
+                });
+                let analysis = analyse(&log, start, args.patience);
                 println!("  {label}: {}", summary(&analysis));
                 let regulated = match server {
                     Some(url) if analysis.over_optimised => {
@@ -196,7 +204,7 @@ fn study_seed(
                                 ..setting
                             },
                         )?;
-                        let r = Regulated::of(&log, prepared.start_score);
+                        let r = Regulated::of(&log, start);
                         println!(
                             "  {label}, regulated: peak {:.3} at {}, final {:.3}",
                             r.peak, r.peak_step, r.final_score
@@ -217,7 +225,7 @@ fn study_seed(
             }
         }
     }
-    Ok((prepared.start_score, runs))
+    Ok((start_score.unwrap_or(0.0), runs))
 }
 
 /// Trains one run into `out`, or with `--reuse` takes the log an earlier study left there.

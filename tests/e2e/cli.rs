@@ -445,7 +445,8 @@ async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     succeeded(&mut study(&["--reuse"])).await;
     assert_eq!(std::fs::metadata(&log).unwrap().modified().unwrap(), before);
 
-    // A model of one's own (here the trainer's test fixture) and no tuning seeds: a report only.
+    // A model of one's own (here the trainer's test fixture), no warm-up and no tuning seeds: a
+    // report only, each run's own step-0 evaluation as its start.
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/trainer/tests/fixtures/tiny-llama"
@@ -453,6 +454,8 @@ async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     succeeded(&mut study(&[
         "--model",
         fixture,
+        "--warmup-steps",
+        "0",
         "--dir",
         "other",
         "--tuning-seeds",
@@ -462,7 +465,14 @@ async fn study_writes_a_report_with_a_row_and_a_plot_per_run() {
     .await;
     let other = std::fs::read_to_string(cwd.path().join("out/other.md")).unwrap();
     assert!(other.contains("This study has no tuning seeds"), "{other}");
-    assert!(other.contains(fixture), "{other}");
+    assert!(
+        other.contains(&format!("no warm-up of `{fixture}`")),
+        "{other}"
+    );
+    assert!(
+        !cwd.path().join("other/seed-2/runs/warmup").exists(),
+        "no warm-up run"
+    );
 
     let refused = study(&["--tuning-seeds", "1", "--held-out-seeds", "1"])
         .output()
