@@ -41,7 +41,9 @@ pub fn write(
     let mut md = intro(args, seeds, command, took);
     targets(&mut md, &held_out);
     for (g, runs) in [(Group::HeldOut, &held_out), (Group::Tuning, &tuning)] {
-        arms(&mut md, args, g, runs);
+        if !runs.is_empty() {
+            arms(&mut md, args, g, runs);
+        }
     }
     for (g, runs) in [(Group::HeldOut, &held_out), (Group::Tuning, &tuning)] {
         evidence::leads(&mut md, g, runs);
@@ -60,8 +62,8 @@ fn seed_list(seeds: &[Seed], g: Group) -> String {
         .iter()
         .filter(|s| s.group == g)
         .map(|s| format!("{} (start {:.3})", s.number, s.start_score))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .reduce(|a, b| format!("{a}, {b}"))
+        .unwrap_or_else(|| "none".to_owned())
 }
 
 fn intro(args: &StudyArgs, seeds: &[Seed], command: &str, took: std::time::Duration) -> String {
