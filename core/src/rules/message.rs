@@ -44,25 +44,46 @@ impl ConditionState {
                 let (change, base, _) = s.change(t).unwrap_or((f64::NAN, f64::NAN, false));
                 values.push((format!("{metric}:baseline"), base));
                 values.push((format!("{metric}:change"), change));
-                let what = match (t.baseline, s.max, s.min) {
-                    (Baseline::Max, Some((_, at)), _) => {
-                        format!("its peak {} at step {at}", num(base))
-                    }
-                    (Baseline::Min, _, Some((_, at))) => {
-                        format!("its low {} at step {at}", num(base))
-                    }
-                    _ => format!("its start {}", num(base)),
+                let at = match t.baseline {
+                    Baseline::Max => s.max.map(|m| m.1),
+                    Baseline::Min => s.min.map(|m| m.1),
+                    Baseline::First => None,
                 };
-                let side = if change < 0.0 { "below" } else { "above" };
-                let amount = if t.relative {
-                    format!("{}%", num(change.abs() * 100.0))
-                } else {
-                    num(change.abs())
-                };
-                format!("{name} {} is {amount} {side} {what}", num(smoothed))
+                change_phrase(&name, smoothed, change, base, t.baseline, t.relative, at)
             }
         })
     }
+}
+
+/// "`name` `smoothed` is `change` below/above its peak/low/start `base`", the change in percent
+/// when `relative`, with " at step `at`" when the baseline's step is known: how a condition and a
+/// regulator with a baseline word a change.
+pub(super) fn change_phrase(
+    name: &str,
+    smoothed: f64,
+    change: f64,
+    base: f64,
+    baseline: Baseline,
+    relative: bool,
+    at: Option<i64>,
+) -> String {
+    let amount = if relative {
+        format!("{}%", num(change.abs() * 100.0))
+    } else {
+        num(change.abs())
+    };
+    let side = if change < 0.0 { "below" } else { "above" };
+    let of = match baseline {
+        Baseline::Max => "peak",
+        Baseline::Min => "low",
+        Baseline::First => "start",
+    };
+    let at = at.map(|a| format!(" at step {a}")).unwrap_or_default();
+    format!(
+        "{name} {} is {amount} {side} its {of} {}{at}",
+        num(smoothed),
+        num(base)
+    )
 }
 
 /// A number for people: about three significant digits, no trailing zeros.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::condition::Series;
 use super::eval::{Action, Fired, within};
-use super::message::num;
-use super::{Baseline, Direction, Regulator, Severity};
+use super::message::{change_phrase, num};
+use super::{Direction, Regulator, Severity};
 
 /// Changes smaller than this are rounding, not a decision worth a signal.
 const MIN_CHANGE: f64 = 1e-12;
@@ -76,7 +76,7 @@ impl RegulatorState {
         let (value, base) = match reg.baseline {
             Some(b) => {
                 let (change, base) = s.change_from(b.baseline, b.relative)?;
-                (change, Some((b.baseline, base)))
+                (change, Some(base))
             }
             None => (smoothed, None),
         };
@@ -107,25 +107,13 @@ impl RegulatorState {
         } else {
             metric.clone()
         };
-        let measured = match base {
-            Some((kind, base)) => {
-                let amount = match reg.baseline {
-                    Some(b) if b.relative => format!("{}%", num(value.abs() * 100.0)),
-                    _ => num(value.abs()),
-                };
-                let dir = if value < 0.0 { "below" } else { "above" };
-                let of = match kind {
-                    Baseline::First => "start",
-                    Baseline::Max => "peak",
-                    Baseline::Min => "low",
-                };
-                format!(
-                    "{name} {} is {amount} {dir} its {of} {} (change",
-                    num(smoothed),
-                    num(base)
-                ) + &format!(" {})", num(value))
+        let measured = match (reg.baseline, base) {
+            (Some(b), Some(base)) => {
+                let phrase =
+                    change_phrase(&name, smoothed, value, base, b.baseline, b.relative, None);
+                format!("{phrase} (change {})", num(value))
             }
-            None => format!("{name} {}", num(smoothed)),
+            _ => format!("{name} {}", num(smoothed)),
         };
         let message = format!(
             "{measured} {side} band [{}, {}]: {} {} → {}",
@@ -141,7 +129,7 @@ impl RegulatorState {
             (format!("{}:old", reg.hparam), current),
             (format!("{}:new", reg.hparam), new),
         ]);
-        if let Some((_, base)) = base {
+        if let Some(base) = base {
             values.insert(format!("{metric}:baseline"), base);
             values.insert(format!("{metric}:change"), value);
         }
