@@ -19,6 +19,7 @@ use redline_trainer::train::Checkpoints;
 
 use crate::cli::{DemoArgs, TaskArgs};
 use crate::run_log::RunLog;
+use crate::study::analysis;
 
 /// Runs the demo; returns when the user presses Ctrl-C after it finished.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -259,8 +260,8 @@ fn cross_check(run: &Path) -> anyhow::Result<String> {
             .collect(),
     };
     let names: Vec<String> = gold.rules.iter().map(|r| r.name.clone()).collect();
-    let start = log.series("eval/score").first().map_or(0.0, |s| s.1);
-    Ok(match crate::study::analysis::stop_by(&log, start, gold) {
+    let start = analysis::logged_start(&log).unwrap_or(0.0);
+    Ok(match analysis::stop_by(&log, start, gold) {
         Some(s) => format!(
             "Cross-check with the gold answers: {} would have stopped it at step {}, keeping step {} ({:.3}).",
             s.by, s.step, s.kept_step, s.kept_score

@@ -102,7 +102,7 @@ impl Analysis {
 /// their starting model log it themselves, else it is `start_score`.
 fn scores(log: &RunLog, start_score: f64) -> Vec<(i64, f64)> {
     let logged = log.series(GOLD_METRIC);
-    let mut scores = if logged.first().is_some_and(|s| s.0 == 0) {
+    let mut scores = if logged_start(log).is_some() {
         Vec::new()
     } else {
         vec![(0, start_score)]
@@ -111,12 +111,23 @@ fn scores(log: &RunLog, start_score: f64) -> Vec<(i64, f64)> {
     scores
 }
 
-/// (step, score) of the best evaluation; the earliest on a tie.
-fn peak(scores: &[(i64, f64)]) -> (i64, f64) {
-    scores.iter().copied().fold(
-        (0, f64::NEG_INFINITY),
-        |best, s| if s.1 > best.1 { s } else { best },
-    )
+/// The held-out score the run logged for its starting model (its step-0 evaluation), if it did.
+pub fn logged_start(log: &RunLog) -> Option<f64> {
+    log.series(GOLD_METRIC)
+        .first()
+        .filter(|s| s.0 == 0)
+        .map(|s| s.1)
+}
+
+/// The highest (step, value) of a series; the earliest on a tie. `None` for an empty series.
+pub fn peak(points: &[(i64, f64)]) -> Option<(i64, f64)> {
+    points.iter().copied().fold(None, |best, p| {
+        if best.is_none_or(|b: (i64, f64)| p.1 > b.1) {
+            Some(p)
+        } else {
+            best
+        }
+    })
 }
 
 /// Arm (f): a run trained with the `regulate` set steering it.
@@ -134,7 +145,7 @@ pub struct Regulated {
 impl Regulated {
     pub fn of(log: &RunLog, start_score: f64) -> Self {
         let scores = scores(log, start_score);
-        let (peak_step, peak) = peak(&scores);
+        let (peak_step, peak) = peak(&scores).unwrap_or((0, start_score));
         Self {
             peak_step,
             peak,
@@ -195,7 +206,7 @@ pub fn shipped_setting(name: &str) -> Option<(f64, u64)> {
 /// Analyses a run whose starting model scored `start_score` (step 0).
 pub fn analyse(log: &RunLog, start_score: f64, patience: usize) -> Analysis {
     let scores = scores(log, start_score);
-    let (peak_step, peak) = peak(&scores);
+    let (peak_step, peak) = peak(&scores).unwrap_or((0, start_score));
     let final_score = scores.last().map_or(start_score, |s| s.1);
     let score_at_or_before = |step: i64| at_or_before(&scores, step, start_score);
     let rule_stop = |replay: &Replay| stop_of(&scores, start_score, replay);

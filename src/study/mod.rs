@@ -18,7 +18,7 @@ use anyhow::bail;
 use redline_core::rules::REGULATE_NAME;
 use redline_trainer::config::TrainArgs;
 
-use self::analysis::{Analysis, Regulated, analyse};
+use self::analysis::{Analysis, Regulated, analyse, logged_start};
 use crate::cli::StudyArgs;
 use crate::demo::{LocalServer, finished_log, fresh_dir, prepare, train};
 use crate::run_log::RunLog;
@@ -180,12 +180,7 @@ fn study_seed(
                         ..setting.clone()
                     },
                 )?;
-                let start = *start_score.get_or_insert_with(|| {
-                    log.series("eval/score")
-                        .first()
-                        .filter(|s| s.0 == 0)
-                        .map_or(0.0, |s| s.1)
-                });
+                let start = *start_score.get_or_insert_with(|| logged_start(&log).unwrap_or(0.0));
                 let analysis = analyse(&log, start, args.patience);
                 println!("  {label}: {}", summary(&analysis));
                 let regulated = match server {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use redline_core::rules::RuleSet;
 
-use super::super::analysis::{Arm, CLOSE_TO_PEAK, shipped_setting, stop_by, variant};
+use super::super::analysis::{Arm, CLOSE_TO_PEAK, peak, shipped_setting, stop_by, variant};
 use super::super::{Group, Seed, StudyRun, summary};
 use super::{close, of};
 
@@ -230,17 +230,7 @@ pub(super) fn failures(md: &mut String, held_out: &[&StudyRun]) {
             .iter()
             .filter_map(|(rule, s)| Some(format!("{rule} at {}", (*s)?)))
             .collect();
-        let likelihood_peak = r
-            .log
-            .series("eval/logps_mean/chosen")
-            .into_iter()
-            .fold(None, |best: Option<(i64, f64)>, p| {
-                if best.is_none_or(|b| p.1 > b.1) {
-                    Some(p)
-                } else {
-                    best
-                }
-            })
+        let likelihood_peak = peak(&r.log.series("eval/logps_mean/chosen"))
             .map_or("—".to_owned(), |p| p.0.to_string());
         let _ = writeln!(
             md,
