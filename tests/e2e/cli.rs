@@ -296,12 +296,7 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         "{printed}"
     );
 
-    let runs: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs = get_json(format!("{url}/api/v1/runs")).await;
     let mut ids: Vec<&str> = runs["runs"]
         .as_array()
         .unwrap()
@@ -314,14 +309,10 @@ async fn demo_trains_on_its_own_server_and_serves_until_sigterm() {
         ["demo-dpo", "demo-dpo-regulated", "demo-warmup"],
         "{runs}"
     );
-    let score: serde_json::Value = reqwest::get(format!(
+    let score = get_json(format!(
         "{url}/api/v1/runs/demo-dpo/series?metric=eval/score"
     ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     // The starting model (step 0), then every 3 steps.
     let steps: Vec<i64> = score["points"]
         .as_array()
@@ -362,14 +353,14 @@ async fn demo_leaves_a_folder_that_is_not_its_own_alone() {
     assert!(cwd.path().join("mine/notes.txt").is_file());
 }
 
+/// The JSON body a GET of `url` answers (the demo's own server, not the harness's).
+async fn get_json(url: String) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// The names of the rule sets that watch `run`, in order.
 async fn rule_sets(url: &str, run: &str) -> Vec<String> {
-    let rules: serde_json::Value = reqwest::get(format!("{url}/api/v1/runs/{run}/rules"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = get_json(format!("{url}/api/v1/runs/{run}/rules")).await;
     rules["rule_sets"]
         .as_array()
         .unwrap()
