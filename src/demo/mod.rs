@@ -150,6 +150,13 @@ pub(crate) fn prepare(
         project: Some(project.into()),
         ..TrainArgs::default()
     };
+    if task.warmup_steps == 0 {
+        return Ok(Prepared {
+            common,
+            warmed: start,
+            start_score: None,
+        });
+    }
     let sft_dir = dir.join("runs/warmup");
     let sft = TrainArgs {
         model: Some(start.clone()),
@@ -167,13 +174,6 @@ pub(crate) fn prepare(
         rules: Some(vec!["none".into()]),
         ..common.clone()
     };
-    if task.warmup_steps == 0 {
-        return Ok(Prepared {
-            common,
-            warmed: start,
-            start_score: None,
-        });
-    }
     let warmed = dir.join("warmed-model");
     let warmed_before = reuse
         && finished_log(&sft_dir, task.warmup_steps).is_some()
