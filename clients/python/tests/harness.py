@@ -49,6 +49,7 @@ class Server:
         """Gone at once, as a crash: no graceful shutdown."""
         self.proc.kill()
         self.proc.wait()
+        self.proc.stdout.close()
 
     def restart(self) -> None:
         self.start(self.port)
@@ -57,6 +58,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait()
+            self.proc.stdout.close()
         self.data.cleanup()
 
     def get(self, path: str, token: str | None = None):
@@ -76,8 +78,8 @@ class Server:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read() or b"null")
 
-    def series(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+    def series(self, run_id: str, metric: str, token: str | None = None) -> list[tuple[int, float]]:
         from urllib.parse import quote
 
-        got = self.get(f"/runs/{run_id}/series?metric={quote(metric, safe='')}")
+        got = self.get(f"/runs/{run_id}/series?metric={quote(metric, safe='')}", token)
         return [(p["step"], p["value"]) for p in got["points"]]

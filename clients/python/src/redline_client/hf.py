@@ -75,6 +75,7 @@ class RedlineCallback(TrainerCallback):
         self.run: Run | None = None
         self.stop_signal: Signal | None = None
         self._base_lrs = None
+        self._lr_scale = 1.0
         # The step being gathered: Redline's rules read a step once, when it first arrives, so
         # a step's training metrics, its logs and its evaluation travel as one record.
         self._step: int | None = None
@@ -150,6 +151,8 @@ class RedlineCallback(TrainerCallback):
             return
         take = getattr(self.trainer, "redline_take_step_metrics", None)
         step_metrics = take() if take else {}
+        # The settings this step trained with (the mixin adds beta and nll_alpha).
+        step_metrics["lr_scale"] = self._lr_scale
         self._add(state.global_step, step_metrics)
         for signal in self.run.pending_signals():
             self._apply(signal, args, state, control, kw.get("lr_scheduler"))
@@ -212,6 +215,7 @@ class RedlineCallback(TrainerCallback):
                 self._base_lrs = list(scheduler.base_lrs)
             before = list(scheduler.base_lrs)
             scheduler.base_lrs = [b * s.value for b in self._base_lrs]
+            self._lr_scale = s.value
             for group, old, new in zip(scheduler.optimizer.param_groups, before, scheduler.base_lrs):
                 group["lr"] = group["lr"] * (new / old) if old else new
         else:
