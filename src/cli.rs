@@ -508,6 +508,26 @@ pub enum BenchCommand {
     /// What idle and slow clients cost a `redline serve` process in memory, and whether its
     /// timeouts give it back (docs/security.md).
     Connections(BenchConnectionsArgs),
+    /// What the Python client's over-optimisation metrics (`RedlineDPOTrainer`) add to a TRL
+    /// step: TRL's `DPOTrainer` and the Redline one take turns on the same model and batches.
+    TrlMetrics(BenchTrlMetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrlMetricsArgs {
+    /// Timed steps per training (3 more run first, untimed).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Trainings per side, taken in turns.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Threads for torch [default: the cores available].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Python virtual environment with torch, transformers and TRL (`scripts/python-env.sh`
+    /// prints the path of one it builds; ../shared/peers/setup.sh makes one too).
+    #[arg(long, env = "REDLINE_PEERS_VENV", default_value = ".peers-venv")]
+    pub peers_venv: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -47,7 +47,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Push(_)
         | Command::Demo(_)
         | Command::Study(_)
-        | Command::Bench(BenchCommand::Train(_) | BenchCommand::Generate(_)) => {
+        | Command::Bench(
+            BenchCommand::Train(_) | BenchCommand::Generate(_) | BenchCommand::TrlMetrics(_),
+        ) => {
             unreachable!("training runs outside the async runtime")
         }
     }

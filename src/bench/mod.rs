@@ -9,6 +9,7 @@ mod mlflow;
 pub mod read;
 pub mod signals;
 pub mod train;
+pub mod trl_metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;

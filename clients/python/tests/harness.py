@@ -61,6 +61,11 @@ class Server:
             self.proc.stdout.close()
         self.data.cleanup()
 
+    def page(self, path: str) -> str:
+        """A dashboard page or chart (not under /api/v1), as text."""
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as resp:
+            return resp.read().decode()
+
     def get(self, path: str, token: str | None = None):
         req = urllib.request.Request(f"{self.url}/api/v1{path}")
         if token:

@@ -135,6 +135,12 @@ class TrlTest(unittest.TestCase):
             self.assertEqual([s for s, _ in server.series("trl-stop", name)], steps, name)
         evals = [s for s, _ in server.series("trl-stop", "eval/logps_mean/chosen")]
         self.assertEqual(evals, list(range(5, t.state.global_step + 1, 5)))
+        # The run page draws the charts a Redline run gets, and the stop is marked on them.
+        page = server.page("/runs/trl-stop")
+        for chart in ("loss", "rewards", "logps_mean", "topk_entropy", "topk_mass", "top1_prob", "kl", "beta",
+                      "nll_alpha", "eval/logps_mean/chosen"):
+            self.assertIn("<svg", server.page(f"/runs/trl-stop/chart.svg?chart={chart}"), chart)
+        self.assertIn("held-out-likelihood-drop", page)
 
     def test_signals_steer_beta_and_the_nll_weight_and_a_restarted_server_loses_nothing(self):
         server = Server()
