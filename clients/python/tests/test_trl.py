@@ -142,7 +142,7 @@ class TrlTest(unittest.TestCase):
             self.assertIn("<svg", server.page(f"/runs/trl-stop/chart.svg?chart={chart}"), chart)
         self.assertIn("held-out-likelihood-drop", page)
 
-    def test_signals_steer_beta_and_the_nll_weight_and_a_restarted_server_loses_nothing(self):
+    def test_signals_steer_beta_the_nll_weight_and_the_rate_and_a_restarted_server_loses_nothing(self):
         server = Server()
         self.addCleanup(server.close)
         steer = lambda name, value: server.post(  # noqa: E731
@@ -150,7 +150,7 @@ class TrlTest(unittest.TestCase):
         )
         callback = RedlineCallback(server.url, "trl-steer")
         t = trainer(self.out, 40, 1e-3, [callback, At({
-            4: lambda: (steer("beta", 0.3), steer("nll_alpha", 0.5)),
+            4: lambda: (steer("beta", 0.3), steer("nll_alpha", 0.5), steer("lr_scale", 0.5)),
             12: server.kill,
             20: server.restart,
         })])
@@ -158,8 +158,10 @@ class TrlTest(unittest.TestCase):
         self.assertEqual(server.get("/runs/trl-steer")["status"], "completed")
         self.assertEqual((t.beta, t.loss_types, t.loss_weights), (0.3, ["sigmoid", "sft"], [1.0, 0.5]))
         signals = {s["name"]: s for s in server.get("/runs/trl-steer/signals?pending=false")["signals"]}
-        for name, before, after in (("beta", 0.1, 0.3), ("nll_alpha", 0.0, 0.5)):
-            applied = signals[name]["applied_step"]
+        for name, before, after in (
+            ("beta", 0.1, 0.3), ("nll_alpha", 0.0, 0.5), ("lr_scale", 1.0, 0.5), ("learning_rate", 1e-3, 5e-4)
+        ):
+            applied = signals[name if name != "learning_rate" else "lr_scale"]["applied_step"]
             self.assertGreater(applied, 4)
             expected = [(s, before if s < applied else after) for s in range(1, 41)]
             self.assertEqual(server.series("trl-steer", name), expected, name)

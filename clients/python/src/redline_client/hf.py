@@ -218,6 +218,8 @@ class RedlineCallback(TrainerCallback):
             self._lr_scale = s.value
             for group, old, new in zip(scheduler.optimizer.param_groups, before, scheduler.base_lrs):
                 group["lr"] = group["lr"] * (new / old) if old else new
+            # What `get_last_lr` answers, and so what the Trainer logs as the next step's rate.
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         else:
             raise ValueError(f"{s.name!r} is not a hyperparameter this callback steers (beta, nll_alpha, lr_scale)")
 
