@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use redline_server::config::{ApiToken, ConnectionLimits};
 use redline_server::http::parse_public_host;
 
+use crate::demo::task::Task;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "redline",
@@ -101,7 +103,11 @@ pub struct DemoArgs {
 /// The synthetic task of the demo and the study, and the warm-up before preference training.
 #[derive(Debug, Clone, Args)]
 pub struct TaskArgs {
-    /// Training pairs of two-digit addition.
+    /// The task: `sums` for the tiny model (warmed up first), `chat-sums` for a chat model such
+    /// as SmolLM2-Instruct (with `--model` and `--warmup-steps 0`).
+    #[arg(long, value_enum, default_value = "sums")]
+    pub task: Task,
+    /// Training pairs.
     #[arg(long, default_value_t = 4000)]
     pub train_pairs: usize,
     /// Held-out problems scored by exact match at each evaluation (one problem is 1/N of the

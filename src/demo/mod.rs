@@ -125,7 +125,7 @@ pub(crate) fn prepare(
     reuse: bool,
 ) -> anyhow::Result<Prepared> {
     let data = dir.join("data");
-    task::write_data(&data, task.train_pairs, task.eval_prompts, seed)?;
+    task::write_data(task.task, &data, task.train_pairs, task.eval_prompts, seed)?;
     // The tiny Llama unless the user brought a model (a folder or a GGUF file, e.g. SmolLM2).
     let start = if let Some(model) = &task.model {
         model.clone()

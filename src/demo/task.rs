@@ -1,6 +1,7 @@
-//! The demo's synthetic task: two-digit addition with a short chain of thought and a gold answer
-//! per prompt, as preference pairs (the right answer against the carry mishandled), and the
-//! small model that learns it.
+//! The synthetic tasks of the demo and the study, as preference pairs with a gold answer per
+//! prompt: two-digit addition with a short chain of thought (the right answer against the carry
+//! mishandled) for the tiny model the demo warms up, and one-digit sums asked in ChatML for a chat
+//! model such as SmolLM2-Instruct; and the tiny model itself.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -78,13 +79,72 @@ impl Problem {
     }
 }
 
+/// One-digit sums asked in the ChatML template chat models are tuned on
+/// (`<|im_start|>user\nWhat is 3+5?<|im_end|>…`); the chosen answer is the bare sum ("3+5=8."),
+/// the rejected one is off by one or two. SmolLM2-135M-Instruct answers them at length and gets
+/// about a quarter right within 24 tokens: DPO has something to teach (the short answer, the
+/// right sum) and something to break.
+fn chat_sum_json(p: Problem, rng: &mut SplitMix64) -> String {
+    let sum = p.a + p.b;
+    let off = [1, 2][(rng.next_u64() % 2) as usize];
+    let wrong = if sum >= off && rng.next_u64() % 2 == 0 {
+        sum - off
+    } else {
+        sum + off
+    };
+    serde_json::json!({
+        "prompt": format!(
+            "<|im_start|>user\nWhat is {}+{}?<|im_end|>\n<|im_start|>assistant\n",
+            p.a, p.b
+        ),
+        "chosen": format!("{}+{}={sum}.", p.a, p.b),
+        "rejected": format!("{}+{}={wrong}.", p.a, p.b),
+        "answer": sum.to_string(),
+    })
+    .to_string()
+}
+
+/// Which task the demo or the study trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    /// Two-digit addition with a short chain of thought (10,000 problems): the demo's, for the
+    /// tiny model it warms up.
+    Sums,
+    /// One-digit sums asked in ChatML (100 problems; training pairs cycle through those not held
+    /// out, each time with a fresh wrong answer): for a chat model such as SmolLM2-Instruct.
+    ChatSums,
+}
+
+impl Task {
+    /// For reports: what the task is.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Sums => "two-digit addition with a short chain of thought",
+            Self::ChatSums => {
+                "one-digit sums asked in ChatML, answered as `a+b=s.` (the rejected answer off by \
+                 one or two)"
+            }
+        }
+    }
+}
+
 /// Writes `train.jsonl` (`train` pairs) and `eval.jsonl` (`eval` held-out problems, none of
-/// which is in the training set) for two-digit addition.
-pub fn write_data(dir: &Path, train: usize, eval: usize, seed: u64) -> anyhow::Result<()> {
+/// which is in the training set) for `task`.
+pub fn write_data(
+    task: Task,
+    dir: &Path,
+    train: usize,
+    eval: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = SplitMix64(seed);
-    let mut all: Vec<Problem> = (0..100)
-        .flat_map(|a| (0..100).map(move |b| Problem { a, b }))
+    let digits = match task {
+        Task::Sums => 100,
+        Task::ChatSums => 10,
+    };
+    let mut all: Vec<Problem> = (0..digits)
+        .flat_map(|a| (0..digits).map(move |b| Problem { a, b }))
         .collect();
     // Fisher–Yates, seeded: the same split on every machine.
     for i in (1..all.len()).rev() {
@@ -92,18 +152,26 @@ pub fn write_data(dir: &Path, train: usize, eval: usize, seed: u64) -> anyhow::R
         all.swap(i, j);
     }
     anyhow::ensure!(
-        train + eval <= all.len(),
-        "the task has {} problems",
+        eval < all.len() && (task == Task::ChatSums || train + eval <= all.len()),
+        "the task has {} problems: {eval} held out and {train} to train on do not fit",
         all.len()
     );
     let (held_out, rest) = all.split_at(eval);
-    for (name, problems) in [("eval.jsonl", held_out), ("train.jsonl", &rest[..train])] {
+    let train_problems: Vec<Problem> = rest.iter().copied().cycle().take(train).collect();
+    for (name, problems) in [
+        ("eval.jsonl", held_out),
+        ("train.jsonl", &train_problems[..]),
+    ] {
         let path = dir.join(name);
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
         );
-        for p in problems {
-            writeln!(out, "{}", p.json())?;
+        for &p in problems {
+            let line = match task {
+                Task::Sums => p.json(),
+                Task::ChatSums => chat_sum_json(p, &mut rng),
+            };
+            writeln!(out, "{line}")?;
         }
         out.flush()?;
     }
