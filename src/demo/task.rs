@@ -87,7 +87,7 @@ impl Problem {
 fn chat_sum_json(p: Problem, rng: &mut SplitMix64) -> String {
     let sum = p.a + p.b;
     let off = [1, 2][(rng.next_u64() % 2) as usize];
-    let wrong = if sum >= off && rng.next_u64() % 2 == 0 {
+    let wrong = if sum >= off && rng.next_u64().is_multiple_of(2) {
         sum - off
     } else {
         sum + off
@@ -176,4 +176,41 @@ pub fn write_data(
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Task, write_data};
+
+    fn rows(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn chat_sums_hold_out_problems_never_trained_on_and_cycle_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        write_data(Task::ChatSums, dir.path(), 150, 32, 7).unwrap();
+        let (eval, train) = (
+            rows(&dir.path().join("eval.jsonl")),
+            rows(&dir.path().join("train.jsonl")),
+        );
+        assert_eq!((eval.len(), train.len()), (32, 150));
+        let held: std::collections::HashSet<_> =
+            eval.iter().map(|r| r["prompt"].clone()).collect();
+        assert!(train.iter().all(|r| !held.contains(&r["prompt"])));
+        for r in eval.iter().chain(&train) {
+            let answer = r["answer"].as_str().unwrap();
+            assert!(r["prompt"].as_str().unwrap().starts_with("<|im_start|>user\nWhat is "));
+            assert!(r["chosen"].as_str().unwrap().ends_with(&format!("={answer}.")), "{r}");
+            assert_ne!(r["chosen"], r["rejected"], "{r}");
+        }
+        // The 68 problems left are taken in turn: the 69th pair repeats the first problem.
+        assert_eq!(train[68]["prompt"], train[0]["prompt"]);
+        // Two-digit sums keep their limit: no problem is trained on twice.
+        assert!(write_data(Task::Sums, dir.path(), 9_990, 32, 7).is_err());
+    }
 }
