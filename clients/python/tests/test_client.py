@@ -14,6 +14,7 @@ import unittest
 from pathlib import Path
 
 import redline_client
+from redline_client._api import MAX_RETRY_AFTER, CallError, _retry_after
 from redline_client.push import main as push_main
 from redline_client.run import Run, RefusedError
 
@@ -168,6 +169,16 @@ class ClientTest(unittest.TestCase):
         signals = {s["id"]: s for s in self.server.get("/runs/c-sig/signals?pending=false")["signals"]}
         self.assertEqual((signals[stop["id"]]["applied_step"], signals[stop["id"]]["refused"]), (2, None))
         self.assertEqual(signals[beta["id"]]["refused"], "this trainer has no beta")
+
+    def test_retry_after_is_honoured_up_to_the_cap_and_final_refusals_are_not_retried(self):
+        self.assertEqual(_retry_after(" 7 "), 7.0)
+        self.assertEqual(_retry_after("3600"), MAX_RETRY_AFTER)
+        self.assertIsNone(_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"))
+        self.assertIsNone(_retry_after("-1"))
+        for status in (None, 408, 429, 500, 503):
+            self.assertTrue(CallError(status, "x").retryable, status)
+        for status in (400, 401, 403, 404, 409, 422):
+            self.assertFalse(CallError(status, "x").retryable, status)
 
     def test_it_installs_offline_from_the_checkout(self):
         with tempfile.TemporaryDirectory() as venv:
