@@ -60,10 +60,11 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // The bound address, not the configured one: with port 0 only the listener knows the port.
+        let bound = listener.local_addr().unwrap_or(config.listen);
         match (auth.enabled, auth.public_read) {
             (false, _) => tracing::warn!(
-                "auth is off: no tokens are configured, so anyone who can reach {} may write",
-                config.listen
+                "auth is off: no tokens are configured, so anyone who can reach {bound} may write"
             ),
             (true, true) => tracing::info!("auth is on for writes; reads are public"),
             (true, false) => tracing::info!("auth is on for reads and writes"),
