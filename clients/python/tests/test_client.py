@@ -192,6 +192,18 @@ class ClientTest(unittest.TestCase):
             self.assertTrue((target / "redline_client" / "run.py").is_file())
             self.assertTrue(list(target.glob("redline_client-*.dist-info/entry_points.txt")))
 
+    def test_the_build_backend_reads_pyproject_on_python_3_10_as_tomllib_does(self):
+        import tomllib
+
+        root = Path(__file__).resolve().parents[1]
+        sys.path.insert(0, str(root / "_build"))
+        try:
+            import redline_build
+        finally:
+            sys.path.pop(0)
+        text = (root / "pyproject.toml").read_text()
+        self.assertEqual(redline_build._read_project_table(text), tomllib.loads(text)["project"])
+
 
 if __name__ == "__main__":
     unittest.main()
