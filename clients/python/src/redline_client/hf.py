@@ -157,6 +157,13 @@ class RedlineCallback(TrainerCallback):
         for signal in self.run.pending_signals():
             self._apply(signal, args, state, control, kw.get("lr_scheduler"))
 
+    def on_evaluate(self, args, state, control, **kw):
+        if self.run is None:
+            return
+        take = getattr(self.trainer, "redline_take_eval_metrics", None)
+        if take:
+            self._add(state.global_step, take())
+
     def on_save(self, args, state, control, **kw):
         if self.run is None or self.stop_signal is None:
             return

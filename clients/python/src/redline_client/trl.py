@@ -8,7 +8,11 @@ trainer computes them (REFERENCE.md, "Per-step metrics"):
   largest alone, averaged over the side's completion tokens;
 - `kl/chosen`: Σ (log π − log π_ref) over the chosen tokens, per token (an estimate: the tokens
   are not sampled from the policy);
-- `beta`, `nll_alpha`: the settings the step trained with, which the regulator steers.
+- `beta`, `nll_alpha`: the settings the step trained with, which the regulator steers;
+- at each evaluation, on the policy's own samples for the first `redline_gen_prompts` held-out
+  prompts (temperature 0.5, top-p 0.75, as arXiv 2410.11677 samples): `topk_entropy/generated`,
+  `topk_mass/generated`, `top1_prob/generated` over the generated positions, `eval/generated_tokens`
+  and, when the eval rows carry an `answer`, `eval/score` (exact match of the last number).
 
 TRL 1.x scores tokens with a fused LM head that never builds the logits, so the metrics project
 the policy's last hidden states (taken by a forward hook, detached) through its LM head again, for
@@ -25,6 +29,7 @@ evaluation they join TRL's own eval metrics (`eval/logps_mean/chosen`, ...).
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import torch
@@ -61,15 +66,9 @@ def overoptimisation_metrics(
     top1 = torch.empty_like(token_logp)
     for start in range(0, n, ROWS):
         end = min(start + ROWS, n)
-        logp = torch.log_softmax(lm_head(rows[start:end]).float(), dim=-1)
-        token_logp[start:end] = logp.gather(1, labels[start:end, None]).squeeze(1)
-        top = logp.topk(min(top_k, logp.shape[-1]), dim=-1).values.exp()
-        m = top.sum(-1)
-        q = top / m[:, None]
-        # 0·log 0 = 0: the clamp keeps the log finite where a probability underflowed to zero.
-        entropy[start:end] = -(q * q.clamp_min(1e-30).log2()).sum(-1)
-        mass[start:end] = m
-        top1[start:end] = top[:, 0]
+        logits = lm_head(rows[start:end])
+        token_logp[start:end] = torch.log_softmax(logits.float(), dim=-1).gather(1, labels[start:end, None]).squeeze(1)
+        mass[start:end], entropy[start:end], top1[start:end] = _topk(logits, top_k)
     pairs = input_ids.shape[0] // 2
     per_seq = torch.zeros(2 * pairs, dtype=torch.float32, device=rows.device).index_add_(0, seq, token_logp)
     lengths = mask.sum(1).clamp_min(1).float()
@@ -85,6 +84,69 @@ def overoptimisation_metrics(
         chosen_tokens = mask[:pairs].sum().clamp_min(1).float()
         out["kl/chosen"] = ((per_seq[:pairs].sum() - ref_chosen_sum.float().sum()) / chosen_tokens).item()
     return out
+
+
+def _topk(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of `logits (n, v)`: the top-k mass, the entropy (bits) of the renormalised top k
+    and the top-1 probability."""
+    top = torch.log_softmax(logits.float(), dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1).values.exp()
+    mass = top.sum(-1)
+    q = top / mass[:, None]
+    # 0·log 0 = 0: the clamp keeps the log finite where a probability underflowed to zero.
+    return mass, -(q * q.clamp_min(1e-30).log2()).sum(-1), top[:, 0]
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_answer(text: str) -> str:
+    """The last number in `text` (" 146." gives "146"), else the trimmed text: how Redline's trainer
+    scores a sample against its gold answer."""
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else text.strip()
+
+
+@torch.no_grad()
+def generation_metrics(model, tokenizer, prompts: list[list[int]], answers, max_new_tokens: int, top_k: int,
+                       seed: int, temperature: float = 0.5, top_p: float = 0.75) -> dict[str, float]:
+    """Samples one completion per prompt (left-padded, one batch) and measures the policy's
+    next-token distributions at every generated position (before the sampling's temperature)."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    # Sampling must not move the training's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
+            top_k=0, max_new_tokens=max_new_tokens, pad_token_id=pad, output_logits=True,
+            return_dict_in_generate=True,
+        )
+    generated = out.sequences[:, width:]
+    eos = tokenizer.eos_token_id
+    # A row is live at a position up to and including its first EOS.
+    ended = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    live = []
+    for t in range(generated.shape[1]):
+        live.append(~ended)
+        if eos is not None:
+            ended = ended | (generated[:, t] == eos)
+    live = torch.stack(live, 1)
+    logits = torch.stack(out.logits, 1)[live]
+    mass, entropy, top1 = _topk(logits, top_k)
+    result = {
+        "topk_mass/generated": mass.mean().item(),
+        "topk_entropy/generated": entropy.mean().item(),
+        "top1_prob/generated": top1.mean().item(),
+        "eval/generated_tokens": live.sum(1).float().mean().item(),
+    }
+    if answers and all(a is not None for a in answers):
+        texts = tokenizer.batch_decode([row[row_live] for row, row_live in zip(generated, live)],
+                                       skip_special_tokens=True)
+        result["eval/score"] = sum(final_answer(t) == final_answer(str(a)) for t, a in zip(texts, answers)) / len(texts)
+    return result
 
 
 def nll_alpha(trainer) -> float:
@@ -144,6 +206,31 @@ class RedlineMetricsMixin:
     """Adds the metrics above to a TRL DPO-style trainer (put it before the trainer class)."""
 
     redline_top_k = TOP_K
+    #: Held-out prompts sampled at each evaluation (0: none), and their new-token limit.
+    redline_gen_prompts = 16
+    redline_gen_max_tokens = 32
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        data = self.eval_dataset if eval_dataset is None else eval_dataset
+        if self.redline_gen_prompts and hasattr(data, "column_names") and "prompt_ids" in data.column_names:
+            rows = data.select(range(min(self.redline_gen_prompts, len(data))))
+            model = self.accelerator.unwrap_model(self.model)
+            training = model.training
+            model.eval()
+            try:
+                self._redline_eval_metrics = generation_metrics(
+                    model, self.processing_class, rows["prompt_ids"],
+                    rows["answer"] if "answer" in rows.column_names else None,
+                    self.redline_gen_max_tokens, self.redline_top_k, self.args.seed + self.state.global_step,
+                )
+            finally:
+                model.train(training)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def redline_take_eval_metrics(self) -> dict[str, float]:
+        """The last evaluation's metrics on the policy's own samples; cleared."""
+        taken, self._redline_eval_metrics = getattr(self, "_redline_eval_metrics", {}), {}
+        return taken
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         policy = self.accelerator.unwrap_model(model)
