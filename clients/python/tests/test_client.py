@@ -110,6 +110,18 @@ class ClientTest(unittest.TestCase):
         self.assertEqual([json.loads(x)["step"] for x in lines], list(range(1, 101)))
         self.assertEqual(redline_client.run.Spool(self.folder("c-outage")).undelivered(), 0)
 
+    def test_a_run_resumed_after_a_crash_mid_write_sends_every_whole_step(self):
+        folder = self.folder("c-torn")
+        run = Run(self.server.url, "c-torn", spool_dir=folder)
+        run.log(1, {"loss": 1.0})
+        self.assertTrue(run.finish().complete)
+        with open(folder / "metrics.jsonl", "a") as f:
+            f.write('{"step": 2, "metr')  # the crash
+        resumed = Run(self.server.url, "c-torn", spool_dir=folder)
+        resumed.log(3, {"loss": 0.5})
+        self.assertTrue(resumed.finish().complete)
+        self.assertEqual(self.server.series("c-torn", "loss"), [(1, 1.0), (3, 0.5)])
+
     def test_a_dead_server_leaves_the_steps_in_the_spool_and_push_delivers_them_once(self):
         url = self.server.url
         self.server.kill()

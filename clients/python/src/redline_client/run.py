@@ -170,7 +170,13 @@ class Run:
         created = self._check_server()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spool.write_record({"run_id": run_id, "server": self.server, "create": create, "ended": None})
-        self._file = open(self.spool.log, "a", encoding="utf-8")
+        self._file = open(self.spool.log, "a+", encoding="utf-8")
+        # A process that died mid-write left a torn last line: end it, so the steps appended now
+        # are lines of their own (the torn one is passed over, never sent).
+        if self._file.tell() > 0:
+            self._file.seek(self._file.tell() - 1)
+            if self._file.read(1) != "\n":
+                self._file.write("\n")
         self._sender = self._listener = None
         if self._api is not None:
             self._sender = threading.Thread(target=self._send_loop, args=(created,), name="redline-sender", daemon=True)
