@@ -199,13 +199,23 @@ mod tests {
             rows(&dir.path().join("train.jsonl")),
         );
         assert_eq!((eval.len(), train.len()), (32, 150));
-        let held: std::collections::HashSet<_> =
-            eval.iter().map(|r| r["prompt"].clone()).collect();
+        let held: std::collections::HashSet<_> = eval.iter().map(|r| r["prompt"].clone()).collect();
         assert!(train.iter().all(|r| !held.contains(&r["prompt"])));
         for r in eval.iter().chain(&train) {
             let answer = r["answer"].as_str().unwrap();
-            assert!(r["prompt"].as_str().unwrap().starts_with("<|im_start|>user\nWhat is "));
-            assert!(r["chosen"].as_str().unwrap().ends_with(&format!("={answer}.")), "{r}");
+            assert!(
+                r["prompt"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("<|im_start|>user\nWhat is ")
+            );
+            assert!(
+                r["chosen"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("={answer}.")),
+                "{r}"
+            );
             assert_ne!(r["chosen"], r["rejected"], "{r}");
         }
         // The 68 problems left are taken in turn: the 69th pair repeats the first problem.

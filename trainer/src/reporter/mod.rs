@@ -18,7 +18,7 @@ mod spool;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -88,11 +88,13 @@ impl Reporter {
             );
         }
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        let log = OpenOptions::new()
+        let mut log = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(spool.log())
             .map_err(|e| TrainError::io(spool.log(), e))?;
+        end_torn_line(&mut log).map_err(|e| TrainError::io(spool.log(), e))?;
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, done) = match &target {
@@ -276,6 +278,23 @@ pub fn leftover(delivery: &Delivery, url: &str, dir: &Path, run_id: &str) -> Opt
     })
 }
 
+/// A process that died mid-write left a torn last line: ends it, so the steps appended now are
+/// lines of their own (the torn one is not JSON, so the sender passes over it).
+fn end_torn_line(log: &mut File) -> std::io::Result<()> {
+    let len = log.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    // In append mode a seek moves reads only; writes still go to the end.
+    log.seek(SeekFrom::Start(len - 1))?;
+    log.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        log.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 /// `text` cut to the server's limit on free text, marked with an ellipsis where cut.
 fn fit_text(text: &str) -> String {
     let limit = redline_core::wire::MAX_TEXT;
@@ -297,7 +316,7 @@ pub(crate) fn push_signals(inbox: &Mutex<Vec<Signal>>, signals: Vec<Signal>) {
 mod tests {
     use std::path::Path;
 
-    use super::{Delivery, fit_text, leftover};
+    use super::{Delivery, Reporter, fit_text, leftover};
     use redline_core::wire::MAX_TEXT;
 
     #[test]
@@ -324,6 +343,22 @@ mod tests {
         assert!(said.contains("--token"), "{said}");
         d.problem = None;
         assert_eq!(leftover(&d, "http://h", Path::new("runs/a"), "a"), None);
+    }
+
+    #[test]
+    fn steps_after_a_crash_mid_write_start_a_line_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("metrics.jsonl");
+        std::fs::write(&log, "{\"step\":1,\"metrics\":{}}\n{\"step\":2,\"me").unwrap();
+        let mut reporter = Reporter::start(dir.path(), None).unwrap();
+        reporter
+            .record(3, 0.0, &[("loss".to_owned(), 0.5)].into())
+            .unwrap();
+        drop(reporter);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[2].starts_with("{\"step\":3"), "{text}");
     }
 
     #[test]
