@@ -175,6 +175,10 @@ class TrlTest(unittest.TestCase):
         # Once each, none lost: the steps logged while the server was down came later.
         self.assertEqual([s for s, _ in server.series("trl-steer", "loss")], list(range(1, 41)))
 
+    def test_a_misspelt_callback_option_fails_at_once(self):
+        with self.assertRaisesRegex(TypeError, "rule"):
+            RedlineCallback("http://127.0.0.1:1", "x", rule=["presets"])
+
     def test_trainer_log_keys_become_redline_metric_names(self):
         self.assertEqual(metric_name("eval_rewards/margins"), "eval/rewards/margins")
         self.assertEqual(metric_name("train_runtime"), "train_runtime")

@@ -22,6 +22,7 @@ ranks).
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import logging
 import re
@@ -52,25 +53,15 @@ def metric_name(key: str) -> str | None:
 class RedlineCallback(TrainerCallback):
     redline_wants_trainer = True
 
-    def __init__(
-        self,
-        server: str | None,
-        run_id: str,
-        *,
-        name: str | None = None,
-        project: str | None = None,
-        tags=(),
-        config: dict | None = None,
-        rules=None,
-        token: str | None = None,
-        spool_dir=None,
-        finish_grace: float = 30.0,
-        trainer=None,
-    ):
-        self.options = dict(
-            name=name, project=project, tags=tags, rules=rules, token=token, finish_grace=finish_grace
-        )
-        self.server, self.run_id, self.user_config, self.spool_dir = server, run_id, config, spool_dir
+    def __init__(self, server: str | None, run_id: str, *, trainer=None, **run_options):
+        """`run_options`: the keyword arguments of `redline_client.Run` (name, project, tags,
+        config, rules, token, spool_dir, finish_grace); the spool goes to `OUTPUT_DIR/redline`
+        unless `spool_dir` says otherwise, and `config` is added to the Trainer's arguments."""
+        # Checked now, not when training starts: a misspelt option fails at once.
+        inspect.signature(Run).bind(server, run_id, **run_options)
+        self.server, self.run_id = server, run_id
+        self.user_config = run_options.pop("config", None)
+        self.options = run_options
         self.trainer = trainer
         self.run: Run | None = None
         self.stop_signal: Signal | None = None
@@ -89,13 +80,8 @@ class RedlineCallback(TrainerCallback):
         config = {"trainer": type(self.trainer).__name__ if self.trainer else None, "args": args.to_dict()}
         if self.user_config:
             config.update(self.user_config)
-        self.run = Run(
-            self.server,
-            self.run_id,
-            config=config,
-            spool_dir=self.spool_dir or Path(args.output_dir) / "redline",
-            **self.options,
-        )
+        options = {"spool_dir": Path(args.output_dir) / "redline", **self.options}
+        self.run = Run(self.server, self.run_id, config=config, **options)
         # A process that dies in training leaves a run that says why it stopped reporting.
         atexit.register(self._exit)
 
