@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reqs=clients/python/requirements-test.txt
-cache=${REDLINE_CACHE:-$HOME/.cache/redline}
+cache=${REDLINE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/redline}
 venv=$cache/py-$(sha256sum "$reqs" | cut -c1-16)
 if [ ! -f "$venv/.complete" ]; then
     rm -rf "$venv"
