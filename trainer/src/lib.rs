@@ -10,6 +10,7 @@
     reason = "candle's convention: modules are built with `new(cfg, vb: VarBuilder)`"
 )]
 
+mod atomic;
 pub mod config;
 pub mod cut;
 pub mod data;

@@ -136,9 +136,10 @@ impl Checkpoints {
             serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
         std::fs::write(dir.join("trainer_state.json"), json)
             .map_err(|e| TrainError::io(&dir, e))?;
-        // Written last: a checkpoint is only "latest" once it is complete.
+        // Written last, and atomically: a checkpoint is only "latest" once it is complete, and a
+        // crash while writing the pointer must not lose the previous one.
         let latest = self.dir.join("latest.json");
-        std::fs::write(
+        crate::atomic::write(
             &latest,
             serde_json::json!({ "step": state.step }).to_string(),
         )
@@ -175,23 +176,28 @@ impl Checkpoints {
         Ok(state)
     }
 
-    /// The newest checkpoint at or before `step`, recorded as the one to keep.
-    fn mark_best(&self, step: usize) -> Option<usize> {
-        let best = std::fs::read_dir(&self.dir)
-            .ok()?
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("step-")?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .filter(|s| *s <= step)
-            .max()?;
+    /// The newest checkpoint at or before `step`, recorded as the one to keep; `None` when
+    /// there is none. An I/O error is an error, not "no checkpoint": the caller would otherwise
+    /// report the starting model as the best.
+    fn mark_best(&self, step: usize) -> Result<Option<usize>> {
+        let io = |e| TrainError::io(&self.dir, e);
+        let mut best = None;
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if let Some(s) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|s| *s <= step)
+            {
+                best = best.max(Some(s));
+            }
+        }
+        let Some(best) = best else { return Ok(None) };
+        let path = self.dir.join("best.json");
         let json = serde_json::json!({ "step": best, "path": self.step_dir(best) }).to_string();
-        std::fs::write(self.dir.join("best.json"), json).ok()?;
-        Some(best)
+        crate::atomic::write(&path, json).map_err(|e| TrainError::io(&path, e))?;
+        Ok(Some(best))
     }
 }
 
@@ -602,7 +608,10 @@ impl Run<'_> {
         };
         self.checkpoints
             .save(&self.varmap, &self.opt, &self.state(last))?;
-        let kept = keep.and_then(|k| self.checkpoints.mark_best(k as usize));
+        let kept = match keep {
+            Some(k) => self.checkpoints.mark_best(k as usize)?,
+            None => None,
+        };
         let best = match (keep, kept) {
             (Some(k), Some(b)) => {
                 format!("; checkpoint of step {b} kept as best (asked for step {k})")

@@ -30,11 +30,9 @@ impl RunRecord {
     /// Written to a temp file and renamed, so a crash leaves the old record or the new one.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = Self::path(dir);
-        let tmp = dir.join(format!("{}.tmp", Self::FILE));
         let json =
             serde_json::to_string_pretty(self).map_err(|e| TrainError::Data(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+        crate::atomic::write(&path, json).map_err(|e| TrainError::io(&path, e))
     }
 
     pub fn read(dir: &Path) -> Result<Self> {

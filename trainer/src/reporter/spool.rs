@@ -43,9 +43,7 @@ impl Spool {
 
     /// Written to a temp file and renamed, so a crash never leaves a torn offset.
     pub fn save_offset(&self, offset: u64) -> std::io::Result<()> {
-        let tmp = self.log.with_file_name("metrics.jsonl.sent.tmp");
-        std::fs::write(&tmp, offset.to_string())?;
-        std::fs::rename(tmp, self.offset_path())
+        crate::atomic::write(&self.offset_path(), offset.to_string())
     }
 
     /// Complete lines after `offset`, at most `BATCH_STEPS`, and the offset after them. Lines that
