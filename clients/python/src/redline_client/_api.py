@@ -53,10 +53,6 @@ def encode_value(v: float) -> float | str:
     return v
 
 
-def decode_value(v) -> float:
-    return float({"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}.get(v, v)) if isinstance(v, str) else float(v)
-
-
 class Api:
     """The run endpoints of one server, as one client (`url`, optional bearer `token`)."""
 

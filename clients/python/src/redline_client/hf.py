@@ -31,10 +31,12 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .run import Run, Signal
+from .spool import replace_file
 
 log = logging.getLogger("redline_client")
 
 _INVALID = re.compile(r"[^A-Za-z0-9_./-]")
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 #: What the server refuses as a hyperparameter anyway (core/src/hparams.rs): checked here too, for
 #: an older server.
 _LIMIT = 1000.0
@@ -101,10 +103,15 @@ class RedlineCallback(TrainerCallback):
             self._flush()
             self.run.finish("failed", "the process exited before training ended")
 
-    def _add(self, step: int, metrics: dict[str, float]) -> None:
+    def _add(self, step: int, metrics: dict[str, float], *, averaged: bool = False) -> None:
+        """Gathers `metrics` into `step`'s record. `averaged`: the Trainer's logs, which average
+        over the logging window; where the step's own measurement of a metric is already in (the
+        mixin's, at `on_step_end`), it is kept."""
         if step != self._step:
             self._flush()
             self._step = step
+        if averaged:
+            metrics = {k: v for k, v in metrics.items() if k not in self._metrics}
         self._metrics.update(metrics)
 
     def _flush(self) -> None:
@@ -117,15 +124,14 @@ class RedlineCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if self.run is None or not logs:
             return
-        per_step = getattr(self.trainer, "redline_step_metric_names", frozenset())
         metrics = {}
         for key, value in logs.items():
-            if key in per_step or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             name = metric_name(key)
             if name:
                 metrics[name] = float(value)
-        self._add(state.global_step, metrics)
+        self._add(state.global_step, metrics, averaged=True)
 
     def on_step_begin(self, args, state, control, **kw):
         # Everything of the previous step (its logs, its evaluation, its checkpoint) is in.
@@ -221,12 +227,8 @@ class RedlineCallback(TrainerCallback):
         s = self.stop_signal
         out = Path(args.output_dir)
         keep = s.keep_step if s.keep_step is not None else state.global_step
-        saved = sorted(
-            (int(p.name.split("-")[1]), p)
-            for p in out.glob("checkpoint-*")
-            if p.name.split("-")[1].isdigit() and int(p.name.split("-")[1]) <= keep
-        )
-        kept = saved[-1] if saved else None
+        steps = ((_CHECKPOINT.fullmatch(p.name), p) for p in out.glob("checkpoint-*"))
+        kept = max(((int(m[1]), p) for m, p in steps if m and int(m[1]) <= keep), default=None)
         if kept is None:
             log.warning(
                 "redline: no checkpoint at or before step %d is on disk (save more often: save_steps); keeping none",
@@ -245,6 +247,4 @@ class RedlineCallback(TrainerCallback):
             "kept_step": kept[0] if kept else None,
             "kept_checkpoint": str(kept[1]) if kept else None,
         }
-        tmp = out / "redline-stop.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(out / "redline-stop.json")
+        replace_file(out / "redline-stop.json", json.dumps(record, indent=2))

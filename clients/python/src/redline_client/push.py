@@ -8,7 +8,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 
 from .run import FINISH_GRACE, Delivery, RefusedError, Run, leftover
 from .spool import Spool

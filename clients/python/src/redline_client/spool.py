@@ -17,7 +17,7 @@ RECORD = "server-run.json"
 BATCH_STEPS = 1000
 
 
-def _replace(path: Path, text: str) -> None:
+def replace_file(path: Path, text: str) -> None:
     """Written to a temp file and renamed: a crash leaves the old content or the new, never a torn
     one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -37,7 +37,7 @@ class Spool:
             return 0
 
     def save_offset(self, offset: int) -> None:
-        _replace(self.dir / OFFSET, str(offset))
+        replace_file(self.dir / OFFSET, str(offset))
 
     def pending(self, offset: int, most: int = BATCH_STEPS) -> tuple[list[dict], int]:
         """Complete lines after `offset` (at most `most`) and the offset after them. A line still
@@ -75,4 +75,4 @@ class Spool:
 
     def write_record(self, record: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _replace(self.dir / RECORD, json.dumps(record, indent=2))
+        replace_file(self.dir / RECORD, json.dumps(record, indent=2))

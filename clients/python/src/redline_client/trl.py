@@ -278,13 +278,6 @@ class RedlineMetricsMixin:
             taken["nll_alpha"] = nll_alpha(self)
         return taken
 
-    #: Names sent per step by `redline_take_step_metrics`, which the callback leaves out of
-    #: TRL's window-averaged logs.
-    redline_step_metric_names = frozenset(
-        [f"{m}/{s}" for m in ("logps_mean", "topk_mass", "topk_entropy", "top1_prob") for s in SIDES]
-        + ["kl/chosen", "beta", "nll_alpha"]
-    )
-
 
 class RedlineDPOTrainer(RedlineMetricsMixin, DPOTrainer):
     """TRL's `DPOTrainer` with Redline's over-optimisation metrics; a `RedlineCallback` among
