@@ -122,16 +122,12 @@ fn rerun_with_threads(threads: usize) -> anyhow::Result<()> {
 }
 
 fn check_inputs(args: &BenchGenerateArgs) -> anyhow::Result<()> {
-    if !Path::new(SCRIPT).is_file() {
-        bail!("run this from the repository root: {SCRIPT} is not here");
-    }
-    if !args.peers_venv.join("bin/python").is_file() {
-        bail!(
-            "no peers venv at {}: run ../shared/peers/setup.sh {0} and {0}/bin/pip install gguf first \
-             (transformers is the other side of this benchmark)",
-            args.peers_venv.display()
-        );
-    }
+    super::peer_python(
+        &args.peers_venv,
+        SCRIPT,
+        "run ../shared/peers/setup.sh on it and pip install gguf there first (transformers is the \
+         other side of this benchmark)",
+    )?;
     if !args.model.is_file() {
         bail!(
             "no model at {}: scripts/fetch-smollm2.sh fetches SmolLM2-135M-Instruct",

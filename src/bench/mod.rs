@@ -12,6 +12,7 @@ pub mod train;
 pub mod trl_metrics;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,20 @@ use redline_server::{Server, ServerConfig};
 use tokio_util::sync::DropGuard;
 
 use crate::cli::{BenchStore, BenchTargets};
+
+/// The Python of the venv a benchmark's peer side runs in, once `script` (run from the
+/// repository root) and the venv are both there; else why not, with `setup` saying how to make
+/// the venv.
+pub fn peer_python(venv: &Path, script: &str, setup: &str) -> anyhow::Result<PathBuf> {
+    if !Path::new(script).is_file() {
+        anyhow::bail!("run this from the repository root: {script} is not here");
+    }
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        anyhow::bail!("no Python venv at {}: {setup}", venv.display());
+    }
+    Ok(python)
+}
 
 /// Where benchmark databases come from; a throwaway cluster is started on first use.
 pub struct Databases {

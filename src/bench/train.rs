@@ -123,15 +123,11 @@ fn fixture(size: &str, args: &BenchTrainArgs, scratch: &Path) -> anyhow::Result<
 const F32_WRAPPER: &str = "trainer/tests/fixtures/trl_reference.py";
 
 pub fn run(args: &BenchTrainArgs) -> anyhow::Result<()> {
-    if !Path::new(F32_WRAPPER).is_file() {
-        bail!("run this from the repository root: {F32_WRAPPER} is not here");
-    }
-    if !args.peers_venv.join("bin/python").is_file() {
-        bail!(
-            "no peers venv at {}: run ../shared/peers/setup.sh {0} first (TRL is the other side of this benchmark)",
-            args.peers_venv.display()
-        );
-    }
+    super::peer_python(
+        &args.peers_venv,
+        F32_WRAPPER,
+        "run ../shared/peers/setup.sh on it first (TRL is the other side of this benchmark)",
+    )?;
     let scratch = tempfile::tempdir()?;
     println!(
         "| fixture | batch | max length | steps | Redline steps/s | TRL steps/s (bf16 autocast, as the peer script runs) \

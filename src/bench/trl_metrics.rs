@@ -3,7 +3,6 @@
 //! `DPOTrainer` and the Redline one take turns on the same model and batches); this prints its
 //! figures as a table for docs/benchmarks.md.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -14,17 +13,12 @@ use crate::cli::BenchTrlMetricsArgs;
 const SCRIPT: &str = "clients/python/bench/trl_metrics.py";
 
 pub fn run(args: &BenchTrlMetricsArgs) -> anyhow::Result<()> {
-    let python = args.peers_venv.join("bin/python");
-    if !Path::new(SCRIPT).is_file() {
-        bail!("run this from the repository root: {SCRIPT} is not here");
-    }
-    if !python.is_file() {
-        bail!(
-            "no Python venv at {}: `scripts/python-env.sh` builds one (and prints its path, for \
-             --peers-venv), or ../shared/peers/setup.sh {0}",
-            args.peers_venv.display()
-        );
-    }
+    let python = super::peer_python(
+        &args.peers_venv,
+        SCRIPT,
+        "`scripts/python-env.sh` builds one and prints its path, for --peers-venv (or run \
+         ../shared/peers/setup.sh on it)",
+    )?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
