@@ -70,6 +70,16 @@ pub enum Command {
     /// Measure ingest and read throughput over real HTTP on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The metric catalogue: every metric Redline reports, its unit, chart and meaning. Rules may
+    /// also read `eval/<name>` (the held-out twin) and any metric a run reports itself.
+    Metrics(MetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Print the catalogue as JSON (metrics, charts, the held-out prefix).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,8 @@ use crate::bench;
 use redline_trainer::reporter::Delivery;
 
 use crate::cli::{
-    BenchCommand, Command, LogFormat, PushArgs, ServeArgs, StoreArgs, TokenCommand, TrainCommand,
+    BenchCommand, Command, LogFormat, MetricsArgs, PushArgs, ServeArgs, StoreArgs, TokenCommand,
+    TrainCommand,
 };
 
 pub fn init_logging(filter: &str, format: LogFormat) {
@@ -47,6 +48,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Push(_)
         | Command::Demo(_)
         | Command::Study(_)
+        | Command::Metrics(_)
         | Command::Bench(
             BenchCommand::Train(_) | BenchCommand::Generate(_) | BenchCommand::TrlMetrics(_),
         ) => {
@@ -232,4 +234,42 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `redline metrics`: the catalogue, as a table or as JSON.
+pub fn metrics(args: &MetricsArgs) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+
+    use redline_core::catalogue;
+    let mut out = String::new();
+    if args.json {
+        out = serde_json::to_string_pretty(&catalogue::listing())? + "\n";
+    } else {
+        writeln!(out, "{:<28} {:<12} {:<14} about", "metric", "unit", "chart")?;
+        for m in catalogue::all() {
+            let steer = if m.steerable().is_some() {
+                " (steerable)"
+            } else {
+                ""
+            };
+            let (unit, chart) = (m.unit.label().unwrap_or("-"), m.chart.unwrap_or("-"));
+            writeln!(
+                out,
+                "{:<28} {unit:<12} {chart:<14} {}{steer}",
+                m.name, m.about
+            )?;
+        }
+        writeln!(
+            out,
+            "\n{}<metric>: the metric on the held-out pairs. Rules may read any other metric a run \
+             reports.",
+            catalogue::EVAL_PREFIX
+        )?;
+    }
+    // `redline metrics | head` closes the pipe early: that is not an error.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         // The trainer runs on this thread; the demo keeps its own runtime for the server.
         cli::Command::Demo(args) => demo::run(&args)?,
         cli::Command::Study(args) => study::run(&args)?,
+        cli::Command::Metrics(args) => commands::metrics(&args)?,
         cli::Command::Bench(cli::BenchCommand::Train(args)) => bench::train::run(&args)?,
         cli::Command::Bench(cli::BenchCommand::Generate(args)) => bench::generate::run(&args)?,
         cli::Command::Bench(cli::BenchCommand::TrlMetrics(args)) => bench::trl_metrics::run(&args)?,

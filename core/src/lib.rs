@@ -3,6 +3,7 @@
 //! presets, the per-step evaluator and the regulator). No I/O lives here, so the server, the
 //! trainer and the CLI can all depend on it.
 
+pub mod catalogue;
 pub mod hparams;
 pub mod names;
 pub mod rules;

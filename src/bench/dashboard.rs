@@ -3,47 +3,63 @@
 
 use std::time::{Duration, Instant};
 
+use redline_core::catalogue::{
+    BETA, ENTROPY, EVAL_PREFIX, EVAL_SCORE, GRAD_NORM, KL_CHOSEN, LEARNING_RATE, LOGPS, LOGPS_MEAN,
+    LOSS, NLL_ALPHA, REWARD_ACCURACY, REWARD_CHOSEN, REWARD_MARGIN, REWARD_REJECTED, Side,
+    TOPK_ENTROPY, TOPK_MASS,
+};
+
 use super::{Databases, Running, client, create_run, post_batch};
 use crate::cli::BenchDashboardArgs;
 
 /// The series of a trainer run that the run page charts: 13 groups and 7 `eval/` charts.
-const METRICS: &[&str] = &[
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "logps_mean/chosen",
-    "logps_mean/rejected",
-    "topk_entropy/chosen",
-    "topk_entropy/rejected",
-    "topk_entropy/generated",
-    "topk_mass/chosen",
-    "topk_mass/rejected",
-    "topk_mass/generated",
-    "entropy",
-    "kl/chosen",
-    "grad_norm",
-    "learning_rate",
-    "beta",
-    "nll_alpha",
-    "eval/loss",
-    "eval/score",
-    "eval/rewards/margins",
-    "eval/logps/chosen",
-    "eval/topk_entropy/chosen",
-    "eval/topk_mass/chosen",
-    "eval/kl/chosen",
-];
+fn metrics() -> Vec<String> {
+    let trained = [
+        LOSS.name,
+        REWARD_CHOSEN.name,
+        REWARD_REJECTED.name,
+        REWARD_MARGIN.name,
+        REWARD_ACCURACY.name,
+        LOGPS.on(Side::Chosen).name,
+        LOGPS.on(Side::Rejected).name,
+        LOGPS_MEAN.on(Side::Chosen).name,
+        LOGPS_MEAN.on(Side::Rejected).name,
+        TOPK_ENTROPY.on(Side::Chosen).name,
+        TOPK_ENTROPY.on(Side::Rejected).name,
+        TOPK_ENTROPY.on(Side::Generated).name,
+        TOPK_MASS.on(Side::Chosen).name,
+        TOPK_MASS.on(Side::Rejected).name,
+        TOPK_MASS.on(Side::Generated).name,
+        ENTROPY.name,
+        KL_CHOSEN.name,
+        GRAD_NORM.name,
+        LEARNING_RATE.name,
+        BETA.name,
+        NLL_ALPHA.name,
+    ];
+    let held_out = [
+        LOSS.name,
+        REWARD_MARGIN.name,
+        LOGPS.on(Side::Chosen).name,
+        TOPK_ENTROPY.on(Side::Chosen).name,
+        TOPK_MASS.on(Side::Chosen).name,
+        KL_CHOSEN.name,
+    ];
+    let twins = held_out.iter().map(|n| format!("{EVAL_PREFIX}{n}"));
+    trained
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain(twins)
+        .chain([EVAL_SCORE.name.to_owned()])
+        .collect()
+}
 const CHARTS: usize = 20;
 const INGEST_STEPS: usize = 4_000;
 
 fn body(first: usize, n: usize) -> bytes::Bytes {
     let steps: Vec<serde_json::Value> = (first..first + n)
         .map(|s| {
-            let metrics: serde_json::Map<String, serde_json::Value> = METRICS
+            let metrics: serde_json::Map<String, serde_json::Value> = metrics()
                 .iter()
                 .enumerate()
                 .map(|(i, m)| ((*m).to_owned(), ((s as f64 * 1e-4 + i as f64).sin()).into()))
@@ -88,11 +104,11 @@ pub async fn run(args: BenchDashboardArgs) -> anyhow::Result<()> {
             "{}: writing {} steps × {} series…",
             server.backend,
             args.steps,
-            METRICS.len()
+            metrics().len()
         );
         for first in (0..args.steps).step_by(INGEST_STEPS) {
             let n = INGEST_STEPS.min(args.steps - first);
-            post_batch(&http, &url, body(first, n), (n * METRICS.len()) as u64).await?;
+            post_batch(&http, &url, body(first, n), (n * metrics().len()) as u64).await?;
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let row = |what: &str, (times, bytes, _): &(Vec<Duration>, usize, String)| {
@@ -100,7 +116,7 @@ pub async fn run(args: BenchDashboardArgs) -> anyhow::Result<()> {
                 "| redline {} | {} | {} | {what} | {} | {:.1} | {:.1} | {bytes} |",
                 server.backend,
                 args.steps,
-                METRICS.len(),
+                metrics().len(),
                 times.len(),
                 ms(times[times.len() / 2]),
                 ms(times[(times.len() * 9 / 10).min(times.len() - 1)]),

@@ -5,21 +5,26 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use redline_core::catalogue::{
+    GRAD_NORM, LOGPS, LOSS, REWARD_ACCURACY, REWARD_CHOSEN, REWARD_MARGIN, REWARD_REJECTED, Side,
+    TOPK_ENTROPY, TOPK_MASS,
+};
+
 use super::{Databases, Running, client, create_run_with, fmt_rate, mlflow, post_batch};
 use crate::cli::{BenchIngestArgs, BenchRules, BenchStore};
 
 /// The metric names of a DPO step, as the MLflow peer script uses them.
 const NAMES: [&str; 10] = [
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "topk_entropy/chosen",
-    "topk_mass/chosen",
-    "grad_norm",
+    LOSS.name,
+    REWARD_CHOSEN.name,
+    REWARD_REJECTED.name,
+    REWARD_MARGIN.name,
+    REWARD_ACCURACY.name,
+    LOGPS.on(Side::Chosen).name,
+    LOGPS.on(Side::Rejected).name,
+    TOPK_ENTROPY.on(Side::Chosen).name,
+    TOPK_MASS.on(Side::Chosen).name,
+    GRAD_NORM.name,
 ];
 
 struct Row {

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{D, Device, Result, Tensor};
+use redline_core::catalogue::{
+    CUT_INAPPROPRIATE_SHARE, CUT_NLL, CUT_UL, ENTROPY, LOGPS_MEAN, LOSS, Side,
+};
 use serde::Deserialize;
 
 use crate::data::{PairTokenizer, read_jsonl};
@@ -201,30 +204,27 @@ pub fn cut_forward(
     };
 
     let mut m = BTreeMap::new();
-    m.insert("loss".into(), f64::from(loss.to_scalar::<f32>()?));
+    m.insert(LOSS.name.into(), f64::from(loss.to_scalar::<f32>()?));
     if let Some(n) = nll {
-        m.insert("cut/nll".into(), f64::from(n.to_scalar::<f32>()?));
+        m.insert(CUT_NLL.name.into(), f64::from(n.to_scalar::<f32>()?));
     }
     if let Some(u) = ul {
-        m.insert("cut/ul".into(), f64::from(u.to_scalar::<f32>()?));
+        m.insert(CUT_UL.name.into(), f64::from(u.to_scalar::<f32>()?));
         m.insert(
-            "cut/inappropriate_share".into(),
+            CUT_INAPPROPRIATE_SHARE.name.into(),
             flagged as f64 / judged_tokens.max(1) as f64,
         );
     }
     let tokens = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
     m.insert(
-        "logps_mean/response".into(),
+        LOGPS_MEAN.on(Side::Response).name.into(),
         f64::from((logp.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? / tokens),
     );
     let logits = logits.detach();
     if top_k > 0 {
-        let top = topk_stats(&logits, &mask, top_k)?;
-        m.insert("topk_mass/response".into(), top.mass);
-        m.insert("topk_entropy/response".into(), top.entropy);
-        m.insert("top1_prob/response".into(), top.top1);
+        topk_stats(&logits, &mask, top_k)?.record(Side::Response, &mut m);
     }
-    m.insert("entropy".into(), entropy(&logits, &mask)?);
+    m.insert(ENTROPY.name.into(), entropy(&logits, &mask)?);
     Ok(StepResult { loss, metrics: m })
 }
 

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
+use redline_core::catalogue::{EVAL_GENERATED_TOKENS, EVAL_SCORE, Side};
 
 use crate::data::{Pair, PairTokenizer};
 use crate::error::Result;
@@ -271,17 +272,13 @@ pub fn generation_metrics(
         let rows = Tensor::cat(&seen, 0)?;
         topk_stats_rows(&rows, &Tensor::ones(positions, DType::F32, device)?, top_k)?
     };
-    let mut out = BTreeMap::from([
-        ("topk_mass/generated".to_owned(), top.mass),
-        ("topk_entropy/generated".to_owned(), top.entropy),
-        ("top1_prob/generated".to_owned(), top.top1),
-        (
-            "eval/generated_tokens".to_owned(),
-            positions as f64 / prompts.len().max(1) as f64,
-        ),
-    ]);
+    let mut out = BTreeMap::from([(
+        EVAL_GENERATED_TOKENS.name.to_owned(),
+        positions as f64 / prompts.len().max(1) as f64,
+    )]);
+    top.record(Side::Generated, &mut out);
     if scored > 0 {
-        out.insert("eval/score".into(), correct as f64 / scored as f64);
+        out.insert(EVAL_SCORE.name.into(), correct as f64 / scored as f64);
     }
     Ok(out)
 }

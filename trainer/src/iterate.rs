@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use candle_core::Device;
+use redline_core::catalogue;
 
 use crate::config::{TrainArgs, TrainConfig};
 use crate::data::{PairTokenizer, load_pairs};
@@ -243,7 +244,7 @@ impl Policy {
             cfg.seed,
             &self.device,
         )?;
-        m.get("eval/score").copied().ok_or_else(|| {
+        m.get(catalogue::EVAL_SCORE.name).copied().ok_or_else(|| {
             TrainError::Data(format!(
                 "{}: the held-out rows need an `answer` to be scored",
                 eval_data.display()

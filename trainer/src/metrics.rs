@@ -2,7 +2,10 @@
 //! mass and top-k entropy (arXiv 2410.11677 §4.1), full-vocabulary entropy. Everything but the
 //! log-probabilities is computed detached: metrics must not add to the gradient graph.
 
+use std::collections::BTreeMap;
+
 use candle_core::{D, DType, Result, Tensor};
+use redline_core::catalogue::{Side, TOP1_PROB, TOPK_ENTROPY, TOPK_MASS};
 
 use crate::model::{fused, log_softmax};
 
@@ -41,6 +44,15 @@ pub struct TopK {
     /// "squeezing effect" of Ren & Sutherland (arXiv 2407.10490): the negative gradient on an
     /// unlikely sequence pushes mass onto whatever token is already most likely.
     pub top1: f64,
+}
+
+impl TopK {
+    /// Adds the three metrics to `m` under their catalogue names for `side`.
+    pub fn record(&self, side: Side, m: &mut BTreeMap<String, f64>) {
+        m.insert(TOPK_MASS.on(side).name.into(), self.mass);
+        m.insert(TOPK_ENTROPY.on(side).name.into(), self.entropy);
+        m.insert(TOP1_PROB.on(side).name.into(), self.top1);
+    }
 }
 
 /// [`TopK`] of the next-token distributions at the positions where `mask (b, t-1)` is 1,

@@ -4,6 +4,10 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, Result, Tensor};
+use redline_core::catalogue::{
+    BETA, ENTROPY, KL_CHOSEN, LOGPS, LOGPS_MEAN, LOSS, NLL_ALPHA, REWARD_ACCURACY, REWARD_CHOSEN,
+    REWARD_MARGIN, REWARD_REJECTED, Side, TOPK_SECONDS,
+};
 
 use crate::data::Batch;
 use crate::losses::{LossKind, PairLogps, objective};
@@ -82,53 +86,52 @@ pub fn forward(
     let loss = objective(s.loss, &p, s.beta, s.nll_alpha)?;
 
     let mut m = BTreeMap::new();
-    m.insert("loss".into(), f64::from(loss.to_scalar::<f32>()?));
+    m.insert(LOSS.name.into(), f64::from(loss.to_scalar::<f32>()?));
     let reward_w = ((p.chosen.detach() - &p.ref_chosen)? * s.beta)?;
     let reward_l = ((p.rejected.detach() - &p.ref_rejected)? * s.beta)?;
-    m.insert("rewards/chosen".into(), mean(&reward_w)?);
-    m.insert("rewards/rejected".into(), mean(&reward_l)?);
-    m.insert("rewards/margins".into(), mean(&(&reward_w - &reward_l)?)?);
+    m.insert(REWARD_CHOSEN.name.into(), mean(&reward_w)?);
+    m.insert(REWARD_REJECTED.name.into(), mean(&reward_l)?);
+    m.insert(REWARD_MARGIN.name.into(), mean(&(&reward_w - &reward_l)?)?);
     m.insert(
-        "rewards/accuracies".into(),
+        REWARD_ACCURACY.name.into(),
         mean(&reward_w.gt(&reward_l)?.to_dtype(reward_w.dtype())?)?,
     );
-    m.insert("logps/chosen".into(), mean(&p.chosen.detach())?);
-    m.insert("logps/rejected".into(), mean(&p.rejected.detach())?);
     m.insert(
-        "logps_mean/chosen".into(),
+        LOGPS.on(Side::Chosen).name.into(),
+        mean(&p.chosen.detach())?,
+    );
+    m.insert(
+        LOGPS.on(Side::Rejected).name.into(),
+        mean(&p.rejected.detach())?,
+    );
+    m.insert(
+        LOGPS_MEAN.on(Side::Chosen).name.into(),
         mean(&(p.chosen.detach() / &p.chosen_len)?)?,
     );
     m.insert(
-        "logps_mean/rejected".into(),
+        LOGPS_MEAN.on(Side::Rejected).name.into(),
         mean(&(p.rejected.detach() / &p.rejected_len)?)?,
     );
     let logits = logits.detach();
     let topk_started = std::time::Instant::now();
-    for (i, side) in ["chosen", "rejected"]
-        .iter()
-        .enumerate()
-        .filter(|_| s.top_k > 0)
-    {
-        let top = topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?;
-        m.insert(format!("topk_mass/{side}"), top.mass);
-        m.insert(format!("topk_entropy/{side}"), top.entropy);
-        m.insert(format!("top1_prob/{side}"), top.top1);
+    for (i, side) in Side::PAIR.into_iter().enumerate().filter(|_| s.top_k > 0) {
+        topk_stats(&half(&logits, i)?, &half(mask, i)?, s.top_k)?.record(side, &mut m);
     }
     // What the over-optimisation metrics cost, visible beside them.
     m.insert(
-        "time/topk_seconds".into(),
+        TOPK_SECONDS.name.into(),
         topk_started.elapsed().as_secs_f64(),
     );
-    m.insert("entropy".into(), entropy(&logits, mask)?);
+    m.insert(ENTROPY.name.into(), entropy(&logits, mask)?);
     // Per-token log-ratio on chosen completions: an estimate of KL (the tokens are not sampled
     // from the policy). Σ log π − Σ log π_ref over all chosen tokens, per token.
     let chosen_tokens = p.chosen_len.sum_all()?.to_scalar::<f32>()?.max(1.0);
     let log_ratio = (p.chosen.detach() - &p.ref_chosen)?.sum_all()?;
     m.insert(
-        "kl/chosen".into(),
+        KL_CHOSEN.name.into(),
         f64::from(log_ratio.to_scalar::<f32>()? / chosen_tokens),
     );
-    m.insert("beta".into(), s.beta);
-    m.insert("nll_alpha".into(), s.nll_alpha);
+    m.insert(BETA.name.into(), s.beta);
+    m.insert(NLL_ALPHA.name.into(), s.nll_alpha);
     Ok(StepResult { loss, metrics: m })
 }

@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
+use redline_core::catalogue::{
+    ENTROPY, GRAD_NORM, LOGPS, LOSS, REWARD_CHOSEN, REWARD_MARGIN, REWARD_REJECTED, Side,
+};
+
 use crate::data::{PairTokenizer, collate, load_pairs};
 use crate::losses::LossKind;
 use crate::model::{load_weights, reference_model, trainable_model};
@@ -15,14 +19,14 @@ use crate::optim::{AdamW, clip_coefficient, grad_norm};
 use crate::step::{Reference, StepSettings, forward};
 
 const COMPARED: [&str; 8] = [
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "entropy",
-    "grad_norm",
+    LOSS.name,
+    REWARD_CHOSEN.name,
+    REWARD_REJECTED.name,
+    REWARD_MARGIN.name,
+    LOGPS.on(Side::Chosen).name,
+    LOGPS.on(Side::Rejected).name,
+    ENTROPY.name,
+    GRAD_NORM.name,
 ];
 
 fn fixture(arch: &str) -> PathBuf {
@@ -71,7 +75,7 @@ fn run(
         let mut result = forward(&policy, Reference::Model(&reference), &batch, &settings).unwrap();
         let grads = result.loss.backward().unwrap();
         let norm = grad_norm(&grads, &vars).unwrap();
-        result.metrics.insert("grad_norm".into(), norm);
+        result.metrics.insert(GRAD_NORM.name.into(), norm);
         opt.step(&grads, 1e-3, clip_coefficient(norm, 1.0)).unwrap();
         out.push((want, result.metrics));
     }

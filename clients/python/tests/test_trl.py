@@ -20,7 +20,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig
 
 from redline_client.hf import RedlineCallback, metric_name
-from redline_client.trl import RedlineDPOTrainer
+from redline_client.trl import RedlineDPOTrainer, generation_metrics, overoptimisation_metrics
 
 from harness import BIN, ROOT, Server
 
@@ -174,6 +174,24 @@ class TrlTest(unittest.TestCase):
             self.assertEqual(server.series("trl-steer", name), expected, name)
         # Once each, none lost: the steps logged while the server was down came later.
         self.assertEqual([s for s, _ in server.series("trl-steer", "loss")], list(range(1, 41)))
+
+    def test_the_mixins_metric_names_are_in_redlines_catalogue(self):
+        listing = json.loads(subprocess.run([str(BIN), "metrics", "--json"], check=True, capture_output=True).stdout)
+        known = {m["name"] for m in listing["metrics"]}
+
+        def outside(names):
+            return sorted(n for n in names if n not in known and n.removeprefix(listing["eval_prefix"]) not in known)
+
+        torch.manual_seed(0)
+        ids = torch.randint(0, 32, (4, 6))
+        mask = torch.tensor([[0, 0, 1, 1, 1, 0]] * 4)
+        step = overoptimisation_metrics(torch.randn(4, 6, 8), torch.nn.Linear(8, 32), ids, mask, torch.randn(2))
+        model = AutoModelForCausalLM.from_pretrained(FIXTURE)
+        tok = AutoTokenizer.from_pretrained(FIXTURE)
+        generated = generation_metrics(model, tok, [tok("1+1=")["input_ids"]], ["2"], 4, 10, seed=1)
+        self.assertEqual(outside([*step, *generated, "beta", "nll_alpha", "lr_scale"]), [])
+        self.assertIn("eval/score", generated)
+        self.assertEqual(outside(["topk_entropy/chosn"]), ["topk_entropy/chosn"], "the check can fail")
 
     def test_a_misspelt_callback_option_fails_at_once(self):
         with self.assertRaisesRegex(TypeError, "rule"):

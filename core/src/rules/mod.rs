@@ -81,6 +81,15 @@ impl RuleSet {
         }
         out
     }
+
+    /// The metrics a rule reads that are neither in the metric catalogue nor a held-out twin of
+    /// one (`eval/<name>`): user metrics, or typos. Shipped rule sets must have none.
+    pub fn outside_catalogue(&self) -> Vec<String> {
+        self.metrics()
+            .into_iter()
+            .filter(|m| crate::catalogue::lookup(m).is_none())
+            .collect()
+    }
 }
 
 /// Where a rule file is wrong: 1-based line and column of the offending value, key or table.

@@ -5,92 +5,13 @@
 mod render;
 
 use futures::future::try_join_all;
+use redline_core::catalogue::{self, CHARTS, EVAL_PREFIX};
 use redline_core::wire::{MetricSummary, Run, Signal, SignalKind};
 use redline_core::{MetricName, RunId};
 
 pub use render::{Chart, Line, Marker, MarkerKind, format_value, render};
 
 use crate::store::{Store, StoreError, StoreResult, downsampled};
-
-/// A chart of related metrics drawn together.
-#[derive(Debug)]
-pub struct Group {
-    pub slug: &'static str,
-    pub title: &'static str,
-    pub metrics: &'static [&'static str],
-    pub log_y: bool,
-}
-
-const fn group(slug: &'static str, title: &'static str, metrics: &'static [&'static str]) -> Group {
-    Group {
-        slug,
-        title,
-        metrics,
-        log_y: false,
-    }
-}
-
-/// The run page's charts, in order; a group shows when the run has any of its metrics.
-pub const GROUPS: &[Group] = &[
-    group("loss", "loss", &["loss"]),
-    group(
-        "rewards",
-        "rewards",
-        &["rewards/chosen", "rewards/rejected", "rewards/margins"],
-    ),
-    group("accuracies", "reward accuracy", &["rewards/accuracies"]),
-    group(
-        "logps",
-        "log-likelihood, summed",
-        &["logps/chosen", "logps/rejected"],
-    ),
-    group(
-        "logps_mean",
-        "log-likelihood per token",
-        &["logps_mean/chosen", "logps_mean/rejected"],
-    ),
-    group(
-        "topk_entropy",
-        "top-k entropy (bits)",
-        &[
-            "topk_entropy/chosen",
-            "topk_entropy/rejected",
-            "topk_entropy/generated",
-            "topk_entropy/response",
-        ],
-    ),
-    group(
-        "topk_mass",
-        "top-k probability mass",
-        &[
-            "topk_mass/chosen",
-            "topk_mass/rejected",
-            "topk_mass/generated",
-            "topk_mass/response",
-        ],
-    ),
-    group(
-        "top1_prob",
-        "top-1 probability (squeezing)",
-        &[
-            "top1_prob/chosen",
-            "top1_prob/rejected",
-            "top1_prob/generated",
-            "top1_prob/response",
-        ],
-    ),
-    group("entropy", "entropy, full vocabulary (nats)", &["entropy"]),
-    group("kl", "KL estimate, chosen", &["kl/chosen"]),
-    Group {
-        slug: "grad_norm",
-        title: "gradient norm",
-        metrics: &["grad_norm"],
-        log_y: true,
-    },
-    group("learning_rate", "learning rate", &["learning_rate"]),
-    group("beta", "β", &["beta"]),
-    group("nll_alpha", "NLL α", &["nll_alpha"]),
-];
 
 /// One chart of a page: a group, or a single metric (every `eval/` series gets one).
 #[derive(Debug, Clone, PartialEq)]
@@ -103,33 +24,33 @@ pub struct ChartKey {
 }
 
 impl ChartKey {
-    fn of_group(g: &Group, stored: &[&str]) -> Option<Self> {
+    fn of_group(g: &catalogue::Chart, stored: &[&str]) -> Option<Self> {
         let metrics: Vec<MetricName> = g
-            .metrics
-            .iter()
-            .filter(|m| stored.contains(m))
-            .filter_map(|m| MetricName::parse(*m).ok())
+            .metrics()
+            .filter(|m| stored.contains(&m.name))
+            .filter_map(|m| MetricName::parse(m.name).ok())
             .collect();
         (!metrics.is_empty()).then(|| Self {
             slug: g.slug.to_owned(),
-            title: g.title.to_owned(),
+            title: g.heading(),
             metrics,
             log_y: g.log_y,
         })
     }
 
+    /// One series' chart, titled with its unit when the catalogue knows the metric.
     pub fn of_metric(metric: MetricName) -> Self {
+        let unit = catalogue::lookup(metric.as_str()).and_then(|m| m.unit.label());
         Self {
             slug: metric.to_string(),
-            title: metric.to_string(),
+            title: unit.map_or_else(|| metric.to_string(), |u| format!("{metric} ({u})")),
             metrics: vec![metric],
             log_y: false,
         }
     }
 }
 
-/// The trainer's held-out exact-match score.
-const HELD_OUT_SCORE: &str = "eval/score";
+const HELD_OUT_SCORE: &str = catalogue::EVAL_SCORE.name;
 
 /// The charts a run with these series shows, and the series no chart shows.
 pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
@@ -142,12 +63,12 @@ pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
         .map(ChartKey::of_metric);
     let mut charts: Vec<ChartKey> = score
         .into_iter()
-        .chain(GROUPS.iter().filter_map(|g| ChartKey::of_group(g, &stored)))
+        .chain(CHARTS.iter().filter_map(|g| ChartKey::of_group(g, &stored)))
         .collect();
     charts.extend(
         stored
             .iter()
-            .filter(|m| m.starts_with("eval/") && **m != HELD_OUT_SCORE)
+            .filter(|m| m.starts_with(EVAL_PREFIX) && **m != HELD_OUT_SCORE)
             .filter_map(|m| MetricName::parse(*m).ok())
             .map(ChartKey::of_metric),
     );
@@ -167,7 +88,7 @@ pub fn page_charts(metrics: &[MetricSummary]) -> (Vec<ChartKey>, Vec<String>) {
 /// The chart a URL names: a group of the run's series, or one series.
 pub fn resolve(slug: &str, metrics: &[MetricSummary]) -> Option<ChartKey> {
     let stored: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-    if let Some(g) = GROUPS.iter().find(|g| g.slug == slug) {
+    if let Some(g) = CHARTS.iter().find(|g| g.slug == slug) {
         return ChartKey::of_group(g, &stored);
     }
     let metric = MetricName::parse_readable(slug).ok()?;

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use super::{feed, noise};
-use crate::rules::{Action, Evaluator, Firing, PRESETS_NAME, RuleKind, presets, presets_source};
+use crate::rules::{
+    Action, Evaluator, Firing, PRESETS_NAME, RuleKind, RuleSet, label_free, presets,
+    presets_source, regulate,
+};
 
 fn preset_evaluator() -> Evaluator {
     Evaluator::new(&[(PRESETS_NAME.to_owned(), presets())])
@@ -44,6 +47,24 @@ fn stop_keep(f: &Firing) -> Option<i64> {
         Action::Stop { keep_step } => keep_step,
         _ => panic!("not a stop: {f:?}"),
     }
+}
+
+#[test]
+fn shipped_rules_read_only_catalogue_metrics() {
+    for (name, set) in [
+        (PRESETS_NAME, presets()),
+        ("label-free", label_free()),
+        ("regulate", regulate()),
+    ] {
+        assert_eq!(set.outside_catalogue(), Vec::<String>::new(), "{name}");
+    }
+    // The check itself: a misspelt metric and a user metric are outside; twins are inside.
+    let set = RuleSet::parse(
+        "[[rules]]\nname = \"r\"\nactions = [\"alert\"]\n[[rules.when]]\n\
+         metric = [\"topk_entropy/chosn\", \"val/bleu\", \"eval/kl/chosen\"]\nabove = 1.0\n",
+    )
+    .unwrap();
+    assert_eq!(set.outside_catalogue(), ["topk_entropy/chosn", "val/bleu"]);
 }
 
 #[test]

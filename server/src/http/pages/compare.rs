@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, Response};
 use futures::future::try_join_all;
+use redline_core::catalogue;
 use redline_core::wire::{FieldError, Run};
 use redline_core::{MetricName, RunId};
 
@@ -111,8 +112,9 @@ pub async fn compare_page(
     metrics.sort();
     metrics.dedup();
     let metric = metric.or_else(|| {
-        MetricName::parse(if metrics.iter().any(|m| m == "loss") {
-            "loss"
+        let loss = catalogue::LOSS.name;
+        MetricName::parse(if metrics.iter().any(|m| m == loss) {
+            loss
         } else {
             metrics.first()?.as_str()
         })

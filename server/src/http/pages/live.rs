@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use redline_core::RunId;
+use redline_core::catalogue;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -98,8 +99,8 @@ impl Watch {
             )?;
             serde_json::to_string(&RunSnapshot {
                 last_step: v.run.last_step,
-                loss: v.last("loss"),
-                margin: v.last("rewards/margins"),
+                loss: v.last(catalogue::LOSS.name),
+                margin: v.last(catalogue::REWARD_MARGIN.name),
                 status: v.run.status.as_str(),
                 signals: v.signals.len(),
                 acked: v.signals.iter().filter(|s| s.acked_at.is_some()).count(),

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures::future::try_join_all;
+use redline_core::catalogue;
 use redline_core::wire::{FieldError, RuleEvent, Run, Signal, SignalKind};
 
 use super::error::PageError;
@@ -132,10 +133,10 @@ pub async fn run_page(
         can_write: viewer.can_write,
         health: v.health(),
         loss_type: view::config_value(&v.run, "loss"),
-        beta: v.last("beta"),
+        beta: v.last(catalogue::BETA.name),
         nll_alpha: v.last("nll_alpha"),
-        loss: v.last("loss"),
-        margin: v.last("rewards/margins"),
+        loss: v.last(catalogue::LOSS.name),
+        margin: v.last(catalogue::REWARD_MARGIN.name),
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, chrono::Utc::now()),
         best_step: v.signals.iter().rev().find_map(|s| s.keep_step),

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Html;
 use futures::future::try_join_all;
+use redline_core::catalogue;
 use redline_core::wire::{Run, RunStatus};
 
 use super::error::PageError;
@@ -51,8 +52,8 @@ async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) ->
         health: v.health(),
         loss_type: view::config_value(&v.run, "loss"),
         beta: view::config_value(&v.run, "beta"),
-        loss: v.last("loss"),
-        margin: v.last("rewards/margins"),
+        loss: v.last(catalogue::LOSS.name),
+        margin: v.last(catalogue::REWARD_MARGIN.name),
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, now),
         run: v.run,
