@@ -67,23 +67,14 @@ pub fn render(chart: &Chart) -> String {
     if let Err(e) = drawn {
         tracing::warn!(error = %e, title = %chart.title, "chart could not be drawn");
     }
-    let alt = format!(
-        r#"<svg role="img" aria-label="{}" preserveAspectRatio="xMidYMid meet" "#,
-        escape_attr(&chart.title)
-    );
-    // Let the page size the chart: keep the viewBox, drop the fixed width and height.
-    let fixed = format!(
-        r#"<svg width="{}" height="{}" "#,
-        chart.size.0, chart.size.1
-    );
-    svg.replacen(&fixed, &alt, 1)
-}
-
-fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    // plotters draws at a fixed size; an outer document with the same viewBox and no size of its
+    // own lets the page scale it, and carries the accessible name.
+    let (w, h) = chart.size;
+    let title = askama::filters::escape(&chart.title, askama::filters::Html)
+        .map_or_else(|e| match e {}, |t| t.to_string());
+    format!(
+        r#"<svg role="img" aria-label="{title}" viewBox="0 0 {w} {h}" preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">{svg}</svg>"#
+    )
 }
 
 /// The y coordinate of a value: log10 on a log axis (dropping values ≤ 0), None when not finite.

@@ -1,8 +1,5 @@
 //! Extractors that turn malformed requests into [`AppError`]s naming the field at fault.
 
-use std::collections::HashMap;
-use std::fmt::Display;
-use std::str::FromStr;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -11,6 +8,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use redline_core::wire::FieldError;
 use serde::de::DeserializeOwned;
+use utoipa::openapi::path::Parameter;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, Number};
 
 use super::media::MediaType;
 use crate::error::AppError;
@@ -103,132 +103,117 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     Ok(value)
 }
 
-/// Query parameters, read field by field so an error names the parameter, and an unknown
-/// parameter (a typo) is refused instead of ignored.
+/// Query parameters deserialised into `T`. `T`'s `IntoParams` derive is also what the OpenAPI
+/// document shows, so the parser and the document read one struct. Beyond the types:
+/// - a parameter `T` does not declare (a typo) is refused instead of ignored, naming the known ones;
+/// - only array parameters may be repeated;
+/// - an empty value (`?project=`, what an empty form field sends) is the parameter left out;
+/// - a NUL is refused: no store can look it up (PostgreSQL refuses it in text).
 #[derive(Debug)]
-pub struct QueryParams(HashMap<String, Vec<String>>);
+pub struct Query<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for Query<T> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        let query = parts.uri.query().unwrap_or_default();
-        for (k, v) in url_pairs(query) {
-            map.entry(k).or_default().push(v);
-        }
-        Ok(Self(map))
+        parse_query(parts.uri.query().unwrap_or_default()).map(Query)
     }
 }
 
-pub fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
+/// The query string as `T`, under [`Query`]'s rules.
+pub fn parse_query<T: DeserializeOwned + IntoParams>(query: &str) -> Result<T, AppError> {
+    from_pairs(&checked_pairs(query, &T::into_params(|| None))?)
 }
 
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
-            .flatten();
-        match (bytes[i], escaped) {
-            (_, Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, None) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl QueryParams {
-    /// Refuses parameters outside `known`, and any given more than once.
-    pub fn only(&self, known: &[&str]) -> Result<(), AppError> {
-        self.only_repeating(known, &[])
-    }
-
-    /// As [`Self::only`], but the parameters in `repeatable` may be given several times.
-    pub fn only_repeating(&self, known: &[&str], repeatable: &[&str]) -> Result<(), AppError> {
-        for (k, values) in &self.0 {
-            // No store can look a NUL up (PostgreSQL refuses it in text): say so, for both.
-            if values.iter().any(|v| v.contains('\0')) {
-                return Err(FieldError::new(k.clone(), "must not contain a NUL character").into());
-            }
-            if !known.contains(&k.as_str()) {
-                let message = format!("is not a parameter here; known are {}", known.join(", "));
-                return Err(FieldError::new(k.clone(), message).into());
-            }
-            if values.len() > 1 && !repeatable.contains(&k.as_str()) {
-                return Err(FieldError::new(k.clone(), "is given more than once").into());
-            }
-        }
-        Ok(())
-    }
-
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.first()).map(String::as_str)
-    }
-
-    /// Every value of a repeatable parameter, in order.
-    pub fn all(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.0.get(name).into_iter().flatten().map(String::as_str)
-    }
-
-    /// Parses an optional parameter, which must lie in `range` when given.
-    pub fn parse<T>(
-        &self,
-        name: &str,
-        range: std::ops::RangeInclusive<T>,
-    ) -> Result<Option<T>, AppError>
-    where
-        T: FromStr + PartialOrd + Display + Copy,
-    {
-        let Some(raw) = self.str(name) else {
-            return Ok(None);
+/// The query's pairs, decoded, each one `declared`, under [`Query`]'s rules; empty values left out.
+pub fn checked_pairs(
+    query: &str,
+    declared: &[Parameter],
+) -> Result<Vec<(String, String)>, AppError> {
+    let mut given: Vec<(String, String)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let Some(p) = declared.iter().find(|p| p.name == k) else {
+            let known: Vec<&str> = declared.iter().map(|p| p.name.as_str()).collect();
+            let message = format!("is not a parameter here; known are {}", known.join(", "));
+            return Err(FieldError::new(k, message).into());
         };
-        let v: T = raw
-            .parse()
-            .map_err(|_| FieldError::new(name, format!("must be a whole number, got {raw:?}")))?;
-        if !range.contains(&v) {
-            return Err(FieldError::new(
-                name,
-                format!(
-                    "must be between {} and {}, got {v}",
-                    range.start(),
-                    range.end()
-                ),
-            )
-            .into());
+        if v.contains('\0') {
+            return Err(FieldError::new(k, "must not contain a NUL character").into());
         }
-        Ok(Some(v))
+        let repeatable = matches!(&p.schema, Some(RefOr::T(Schema::Array(_))));
+        if !repeatable && seen.iter().any(|g| *g == k) {
+            return Err(FieldError::new(k, "is given more than once").into());
+        }
+        seen.push(k.clone().into_owned());
+        if !v.is_empty() {
+            check_bounds(p, &v)?;
+            given.push((k.into_owned(), v.into_owned()));
+        }
     }
+    Ok(given)
+}
 
-    pub fn flag(&self, name: &str) -> Result<Option<bool>, AppError> {
-        match self.str(name) {
-            None => Ok(None),
-            Some("true" | "1") => Ok(Some(true)),
-            Some("false" | "0") => Ok(Some(false)),
-            Some(other) => {
-                Err(FieldError::new(name, format!("must be true or false, got {other:?}")).into())
-            }
+/// `T` from checked pairs; a type error names the parameter.
+pub fn from_pairs<T: DeserializeOwned>(pairs: &[(String, String)]) -> Result<T, AppError> {
+    let encoded = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    let de = serde_html_form::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // A missing parameter is reported at the top level, by serde: name it.
+        match inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+        {
+            Some((name, _)) => FieldError::new(name, "is required").into(),
+            None => FieldError::new(path, readable(inner)).into(),
         }
+    })
+}
+
+/// The standard library's number-parsing messages say what went wrong, not what was wanted.
+fn readable(message: String) -> String {
+    match message.as_str() {
+        "invalid digit found in string"
+        | "number too large to fit in target type"
+        | "number too small to fit in target type" => format!("must be a whole number ({message})"),
+        "invalid float literal" => format!("must be a number ({message})"),
+        _ => message,
     }
+}
+
+/// The bounds a parameter's schema documents (`#[param(minimum = 1, maximum = 1000)]`) are the
+/// bounds enforced: the document cannot promise a range the server does not keep.
+fn check_bounds(param: &Parameter, raw: &str) -> Result<(), AppError> {
+    let Some(RefOr::T(Schema::Object(schema))) = &param.schema else {
+        return Ok(());
+    };
+    let Ok(value) = raw.parse::<f64>() else {
+        return Ok(()); // not a number: deserialising says so, naming the expected type
+    };
+    let bound = |n: Option<&Number>| {
+        n.map(|n| match *n {
+            Number::Int(i) => i as f64,
+            Number::UInt(u) => u as f64,
+            Number::Float(f) => f,
+        })
+    };
+    let (low, high) = (
+        bound(schema.minimum.as_ref()),
+        bound(schema.maximum.as_ref()),
+    );
+    if low.is_some_and(|l| value < l) || high.is_some_and(|h| value > h) {
+        let range = match (low, high) {
+            (Some(l), Some(h)) => format!("between {l} and {h}"),
+            (Some(l), None) => format!("at least {l}"),
+            (None, Some(h)) => format!("at most {h}"),
+            (None, None) => unreachable!("a bound was crossed"),
+        };
+        let message = format!("must be {range}, got {raw}");
+        return Err(FieldError::new(param.name.clone(), message).into());
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use url::Url;
 
 use super::media::MediaType;
 use crate::error::AppError;
@@ -103,11 +104,8 @@ fn cross_site(headers: &HeaderMap, authority: Option<&str>) -> Option<String> {
         }
     }
     let origin = headers.get(header::ORIGIN).map(text)?;
-    let from = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/').to_ascii_lowercase());
-    match (from, authority) {
-        (Some(from), Some(here)) if same_authority(&from, &origin, here) => None,
+    match authority {
+        Some(here) if is_same_origin(&origin, here) => None,
         _ => Some(format!(
             "it comes from Origin {origin}, not from this server ({})",
             authority.unwrap_or("no Host")
@@ -115,22 +113,18 @@ fn cross_site(headers: &HeaderMap, authority: Option<&str>) -> Option<String> {
     }
 }
 
-/// Whether an Origin's `host[:port]` names this server's authority; default ports may be left out
-/// on either side.
-fn same_authority(from: &str, origin: &str, here: &str) -> bool {
-    let default_port = if origin.starts_with("https://") {
-        "443"
-    } else {
-        "80"
+/// Whether `origin` (an Origin or a Referer) names the server reached as `host` (the Host
+/// header): the same host and port, a port left out being its scheme's default. Parsed as URLs,
+/// so case, trailing slashes and default ports compare as browsers mean them; `null` and
+/// anything unparsable are another origin.
+pub(crate) fn is_same_origin(origin: &str, host: &str) -> bool {
+    let Ok(from) = Url::parse(origin) else {
+        return false;
     };
-    let with_port = |a: &str| {
-        if host_of(a) == a {
-            format!("{a}:{default_port}")
-        } else {
-            a.to_owned()
-        }
+    let Ok(here) = Url::parse(&format!("{}://{host}", from.scheme())) else {
+        return false;
     };
-    with_port(from) == with_port(here)
+    from.host() == here.host() && from.port_or_known_default() == here.port_or_known_default()
 }
 
 fn is_write(method: &Method) -> bool {

@@ -23,6 +23,8 @@ use axum::response::Response;
 use redline_core::RunId;
 use redline_core::wire::FieldError;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use extract::BodyRules;
 pub use guard::{HostPolicy, LOOPBACK_HOSTS, parse_public_host};
@@ -36,7 +38,7 @@ use crate::telemetry;
 /// The whole application. Tests call this directly and serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let body = state.body;
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(runs::router())
         .merge(steps::router())
         .merge(series::router())
@@ -48,11 +50,14 @@ pub fn app(state: AppState) -> Router {
             auth::require_token,
         ))
         .layer(middleware::from_fn(guard::require_api_media_type));
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .split_for_parts();
     // Layers run bottom first: trace everything, add the security headers to every answer
     // (refusals included), then refuse what the guard refuses before any handler reads a byte.
     Router::new()
-        .nest("/api/v1", api)
-        .merge(openapi::router())
+        .merge(api)
+        .merge(openapi::router(doc))
         .merge(health::router())
         .merge(pages::router())
         .merge(metrics::router(&state))

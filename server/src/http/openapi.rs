@@ -1,4 +1,7 @@
-//! The OpenAPI document, generated from the handlers and wire types so it cannot drift.
+//! The OpenAPI document's frame: title, security, shared schemas. The paths come from the API
+//! routes themselves: each feature's `router()` registers its handlers through utoipa-axum's
+//! `routes!`, which routes a handler and documents it in one step (its `#[utoipa::path]` and its
+//! query-parameter struct), so a route cannot exist undocumented.
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,31 +18,6 @@ use crate::state::AppState;
             Non-finite metric values are encoded as the strings \"NaN\", \"Infinity\" and \"-Infinity\". \
             Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`. \
             When the server has tokens, send `Authorization: Bearer <token>`."
-    ),
-    paths(
-        super::runs::create_or_resume,
-        super::runs::get_run,
-        super::runs::list_runs,
-        super::runs::finish,
-        super::runs::update_run,
-        super::runs::delete_run,
-        super::steps::append_steps,
-        super::series::list_metrics,
-        super::series::read_series,
-        super::signals::create_signal,
-        super::signals::list_signals,
-        super::signals::ack_signal,
-        super::signals::stream_signals,
-        super::rules::list_rule_sets,
-        super::rules::get_rule_set,
-        super::rules::put_rule_set,
-        super::rules::run_rule_sets,
-        super::rules::run_events,
-        super::webhooks::create_webhook,
-        super::webhooks::list_webhooks,
-        super::webhooks::delete_webhook,
-        super::webhooks::test_webhook,
-        super::webhooks::deliveries,
     ),
     components(schemas(
         redline_core::wire::DownsampledSeries,
@@ -64,9 +42,8 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/openapi.json",
-        get(|| async { Json(ApiDoc::openapi()) }),
-    )
+/// Serves the document assembled with the routes.
+pub fn router(doc: utoipa::openapi::OpenApi) -> Router<AppState> {
+    let doc = Json(doc);
+    Router::new().route("/api/v1/openapi.json", get(move || async move { doc }))
 }

@@ -1,27 +1,29 @@
 //! Rule sets (versioned TOML files, docs/rules.md) and what rules did to a run.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use redline_core::RuleSetName;
 use redline_core::rules::RuleSet;
 use redline_core::wire::{FieldError, RuleEventList, RuleSetList, RuleSetVersion};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{QueryParams, TomlBody};
+use super::extract::{Query, TomlBody};
 use super::run_id;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
 use crate::store::alerts::StoredRuleSet;
+use serde::Deserialize;
 
 /// The largest rule file accepted.
 const MAX_RULE_FILE_BYTES: usize = 256 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/rule-sets", get(list_rule_sets))
-        .route("/rule-sets/{name}", get(get_rule_set).put(put_rule_set))
-        .route("/runs/{run_id}/rules", get(run_rule_sets))
-        .route("/runs/{run_id}/events", get(run_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rule_sets))
+        .routes(routes!(get_rule_set, put_rule_set))
+        .routes(routes!(run_rule_sets))
+        .routes(routes!(run_events))
 }
 
 pub(crate) fn rule_set_name(raw: String) -> Result<RuleSetName> {
@@ -48,7 +50,7 @@ fn version(s: StoredRuleSet) -> Result<RuleSetVersion> {
 }
 
 /// The newest version of every rule set.
-#[utoipa::path(get, path = "/api/v1/rule-sets", tag = "rules",
+#[utoipa::path(get, path = "/rule-sets", tag = "rules",
     responses((status = 200, body = RuleSetList)))]
 async fn list_rule_sets(State(state): State<AppState>) -> Result<Json<RuleSetList>> {
     let rule_sets = state
@@ -61,25 +63,34 @@ async fn list_rule_sets(State(state): State<AppState>) -> Result<Json<RuleSetLis
     Ok(Json(RuleSetList { rule_sets }))
 }
 
+/// Which version of a rule set, API or page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WhichVersion {
+    /// The version; the newest when left out.
+    #[param(minimum = 1, maximum = 2_147_483_647)]
+    pub version: Option<i32>,
+}
+
 /// One rule set: the newest version, or `?version=N`.
-#[utoipa::path(get, path = "/api/v1/rule-sets/{name}", tag = "rules",
-    params(("name" = String, Path), ("version" = Option<i32>, Query)),
+#[utoipa::path(get, path = "/rule-sets/{name}", tag = "rules",
+    params(("name" = String, Path), WhichVersion),
     responses((status = 200, body = RuleSetVersion), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn get_rule_set(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    q: QueryParams,
+    Query(q): Query<WhichVersion>,
 ) -> Result<Json<RuleSetVersion>> {
-    q.only(&["version"])?;
     let name = rule_set_name(name)?;
-    let v = q.parse("version", 1..=i32::MAX)?;
-    Ok(Json(version(state.store.rule_set(&name, v).await?)?))
+    Ok(Json(version(
+        state.store.rule_set(&name, q.version).await?,
+    )?))
 }
 
 /// Stores a rule file (the body, TOML) as the rule set's next version. Runs created from now on
 /// use it; running runs keep the version they started with. An invalid file stores nothing and
 /// the error names its line.
-#[utoipa::path(put, path = "/api/v1/rule-sets/{name}", tag = "rules",
+#[utoipa::path(put, path = "/rule-sets/{name}", tag = "rules",
     params(("name" = String, Path)),
     request_body(content = String, content_type = "application/toml"),
     responses(
@@ -114,7 +125,7 @@ pub(crate) async fn store_rule_file(
 }
 
 /// The rule-set versions watching a run, in order.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/rules", tag = "rules",
+#[utoipa::path(get, path = "/runs/{run_id}/rules", tag = "rules",
     params(("run_id" = String, Path)),
     responses((status = 200, body = RuleSetList), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn run_rule_sets(
@@ -129,7 +140,7 @@ async fn run_rule_sets(
 
 /// Everything the run's rules did (alerts, stops, checkpoints, regulation), oldest first, with
 /// the values that tripped each.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/events", tag = "rules",
+#[utoipa::path(get, path = "/runs/{run_id}/events", tag = "rules",
     params(("run_id" = String, Path)),
     responses((status = 200, body = RuleEventList), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn run_events(

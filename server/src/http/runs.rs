@@ -1,33 +1,29 @@
 //! Run lifecycle: create or resume, read, list, rename and retag, finish, delete.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use redline_core::RunId;
 use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus, UpdateRun};
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, Query};
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
 use crate::store::{RunFilter, RunSort};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs", get(list_runs))
-        .route(
-            "/runs/{run_id}",
-            put(create_or_resume)
-                .get(get_run)
-                .patch(update_run)
-                .delete(delete_run),
-        )
-        .route("/runs/{run_id}/finish", post(finish))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs))
+        .routes(routes!(create_or_resume, get_run, update_run, delete_run))
+        .routes(routes!(finish))
 }
 
 /// Creates the run with this id, or resumes it if it exists (a retry never makes two runs).
-#[utoipa::path(put, path = "/api/v1/runs/{run_id}", tag = "runs",
+#[utoipa::path(put, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path, description = "Client-chosen id: 1-64 of [A-Za-z0-9_.-]")),
     request_body = CreateRun,
     responses(
@@ -59,68 +55,72 @@ async fn create_or_resume(
     Ok((status, Json(run)))
 }
 
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
+#[utoipa::path(get, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path)),
     responses((status = 200, body = Run), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Run>> {
     Ok(Json(state.store.run(&run_id(id)?).await?))
 }
 
+/// Which runs a list shows, in the API and on the runs page. Empty values mean "any".
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListRuns {
+    pub project: Option<String>,
+    #[param(inline)]
+    pub status: Option<RunStatus>,
+    /// Only runs with this tag.
+    pub tag: Option<String>,
+    /// newest (default), oldest, name, updated or step.
+    pub sort: Option<String>,
+    /// How many runs (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+impl ListRuns {
+    /// The store's filter; `limit` when the request names none.
+    pub(super) fn filter(&self, limit: u32) -> Result<RunFilter> {
+        let sort = self
+            .sort
+            .as_deref()
+            .map(|s| {
+                RunSort::parse(s).ok_or_else(|| {
+                    let names: Vec<_> = RunSort::ALL.iter().map(|v| v.as_str()).collect();
+                    FieldError::new(
+                        "sort",
+                        format!("must be one of {}, got {s:?}", names.join(", ")),
+                    )
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(RunFilter {
+            project: self.project.clone(),
+            status: self.status,
+            tag: self.tag.clone(),
+            sort,
+            limit: self.limit.unwrap_or(limit),
+            offset: self.offset.unwrap_or(0),
+        })
+    }
+}
+
 /// Lists runs, newest first.
-#[utoipa::path(get, path = "/api/v1/runs", tag = "runs",
-    params(
-        ("project" = Option<String>, Query),
-        ("status" = Option<RunStatus>, Query),
-        ("tag" = Option<String>, Query, description = "Only runs with this tag"),
-        ("sort" = Option<String>, Query, description = "newest (default), oldest, name, updated or step"),
-        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
-        ("offset" = Option<u32>, Query),
-    ),
+#[utoipa::path(get, path = "/runs", tag = "runs", params(ListRuns),
     responses((status = 200, body = RunList), (status = 400, body = redline_core::wire::ErrorBody)))]
-async fn list_runs(State(state): State<AppState>, q: QueryParams) -> Result<Json<RunList>> {
-    q.only(&["project", "status", "tag", "sort", "limit", "offset"])?;
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<ListRuns>,
+) -> Result<Json<RunList>> {
     Ok(Json(RunList {
-        runs: state.store.list_runs(&run_filter(&q)?).await?,
+        runs: state.store.list_runs(&q.filter(100)?).await?,
     }))
 }
 
-/// The run filter of a list request, API or page. Empty values mean "any".
-pub(super) fn run_filter(q: &QueryParams) -> Result<RunFilter> {
-    let given = |name| q.str(name).filter(|s| !s.is_empty());
-    let status = given("status")
-        .map(|s| {
-            RunStatus::parse(s).ok_or_else(|| {
-                FieldError::new(
-                    "status",
-                    format!("must be running, completed, failed or stopped, got {s:?}"),
-                )
-            })
-        })
-        .transpose()?;
-    let sort = given("sort")
-        .map(|s| {
-            RunSort::parse(s).ok_or_else(|| {
-                let names: Vec<_> = RunSort::ALL.iter().map(|v| v.as_str()).collect();
-                FieldError::new(
-                    "sort",
-                    format!("must be one of {}, got {s:?}", names.join(", ")),
-                )
-            })
-        })
-        .transpose()?
-        .unwrap_or_default();
-    Ok(RunFilter {
-        project: given("project").map(str::to_owned),
-        status,
-        tag: given("tag").map(str::to_owned),
-        sort,
-        limit: q.parse("limit", 1..=1000)?.unwrap_or(100),
-        offset: q.parse("offset", 0..=u32::MAX)?.unwrap_or(0),
-    })
-}
-
 /// Ends the run. Finishing again with the same status is a no-op.
-#[utoipa::path(post, path = "/api/v1/runs/{run_id}/finish", tag = "runs",
+#[utoipa::path(post, path = "/runs/{run_id}/finish", tag = "runs",
     params(("run_id" = String, Path)),
     request_body = FinishRun,
     responses(
@@ -143,7 +143,7 @@ async fn finish(
 }
 
 /// Renames the run, replaces its tags, or both; what is left out stays as it is.
-#[utoipa::path(patch, path = "/api/v1/runs/{run_id}", tag = "runs",
+#[utoipa::path(patch, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path)),
     request_body = UpdateRun,
     responses(
@@ -172,7 +172,7 @@ pub(super) async fn edit(state: &AppState, id: &RunId, req: &UpdateRun) -> Resul
 
 /// Deletes the run with its series, signals, rule events and its alerts' deliveries, in one
 /// transaction. A trainer still reporting to it gets 404 from then on.
-#[utoipa::path(delete, path = "/api/v1/runs/{run_id}", tag = "runs",
+#[utoipa::path(delete, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),

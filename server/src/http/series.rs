@@ -2,35 +2,36 @@
 
 use std::fmt::Write;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use redline_core::wire::{
     DownsampledSeries, FieldError, MAX_STEP, MetricList, RawSeries, SeriesPoint,
 };
 use redline_core::{MetricName, MetricValue};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::QueryParams;
+use super::extract::Query;
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
 use crate::store::downsampled;
+use serde::Deserialize;
+use utoipa::ToSchema;
 
 /// Points a raw read returns when no `limit` is given.
 const DEFAULT_RAW_LIMIT: usize = 100_000;
-const MAX_RAW_LIMIT: usize = 1_000_000;
-const MAX_BUCKETS: u32 = 10_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs/{run_id}/metrics", get(list_metrics))
-        .route("/runs/{run_id}/series", get(read_series))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_metrics))
+        .routes(routes!(read_series))
 }
 
 /// The series of a run, with point counts and last values.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/metrics", tag = "series",
+#[utoipa::path(get, path = "/runs/{run_id}/metrics", tag = "series",
     params(("run_id" = String, Path)),
     responses((status = 200, body = MetricList), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn list_metrics(
@@ -42,26 +43,44 @@ async fn list_metrics(
     }))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 enum Format {
+    #[default]
     Json,
     Csv,
+}
+
+/// Which part of a series to read, and how.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReadSeries {
+    /// Series name; `_time` holds step wall-clock times.
+    metric: String,
+    /// First step, inclusive.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    // MAX_STEP (a test holds them equal)
+    from: Option<i64>,
+    /// Last step, inclusive.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    to: Option<i64>,
+    /// Downsample to at most this many buckets.
+    #[param(minimum = 1, maximum = 10_000)]
+    buckets: Option<u32>,
+    /// Raw reads: most points returned (default 100000).
+    #[param(minimum = 1, maximum = 1_000_000)]
+    limit: Option<usize>,
+    /// json (default) or csv.
+    #[param(inline)]
+    format: Option<Format>,
 }
 
 /// One series: raw points in a step range (at most `limit`, with `next_from` to page on), or,
 /// with `buckets`, downsampled to step buckets keeping min, max and last. Buckets have equal
 /// widths; over wide ranges they are whole multiples of the 1,024-step storage chunk, aligned
 /// to it, so the first and last may be cut short by the range.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/series", tag = "series",
-    params(
-        ("run_id" = String, Path),
-        ("metric" = String, Query, description = "Series name; `_time` holds step wall-clock times"),
-        ("from" = Option<i64>, Query, description = "First step, inclusive"),
-        ("to" = Option<i64>, Query, description = "Last step, inclusive"),
-        ("buckets" = Option<u32>, Query, description = "Downsample to at most this many buckets (1-10000)"),
-        ("limit" = Option<u32>, Query, description = "Raw reads: most points returned (default 100000, at most 1000000)"),
-        ("format" = Option<String>, Query, description = "json (default) or csv"),
-    ),
+#[utoipa::path(get, path = "/runs/{run_id}/series", tag = "series",
+    params(("run_id" = String, Path), ReadSeries),
     responses(
         (status = 200, description = "RawSeries, or DownsampledSeries with `buckets`; text/csv with format=csv", body = RawSeries),
         (status = 400, body = redline_core::wire::ErrorBody),
@@ -70,35 +89,21 @@ enum Format {
 async fn read_series(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    q: QueryParams,
+    Query(q): Query<ReadSeries>,
 ) -> Result<Response> {
-    q.only(&["metric", "from", "to", "buckets", "limit", "format"])?;
     let id = run_id(id)?;
-    let metric = q
-        .str("metric")
-        .ok_or_else(|| FieldError::new("metric", "is required"))?;
-    let metric = MetricName::parse_readable(metric)
+    let metric = MetricName::parse_readable(q.metric)
         .map_err(|e| FieldError::new("metric", format!("metric name {e}")))?;
-    let from = q.parse("from", 0..=MAX_STEP)?;
-    let to = q.parse("to", 0..=MAX_STEP)?;
+    let (from, to, format) = (q.from, q.to, q.format.unwrap_or_default());
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
         let message = format!("must not be below from ({f}), got {t}");
         return Err(FieldError::new("to", message).into());
     }
-    let format = match q.str("format") {
-        None | Some("json") => Format::Json,
-        Some("csv") => Format::Csv,
-        Some(other) => {
-            return Err(
-                FieldError::new("format", format!("must be json or csv, got {other:?}")).into(),
-            );
-        }
-    };
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
-    if let Some(buckets) = q.parse("buckets", 1..=MAX_BUCKETS)? {
-        if q.str("limit").is_some() {
+    if let Some(buckets) = q.buckets {
+        if q.limit.is_some() {
             return Err(
                 FieldError::new("limit", "applies to raw reads only, not with buckets").into(),
             );
@@ -109,9 +114,7 @@ async fn read_series(
             Format::Csv => csv(&downsampled_csv(&series)),
         });
     }
-    let limit = q
-        .parse("limit", 1..=MAX_RAW_LIMIT)?
-        .unwrap_or(DEFAULT_RAW_LIMIT);
+    let limit = q.limit.unwrap_or(DEFAULT_RAW_LIMIT);
     let mut points = state
         .store
         .read_series(&id, &metric, lo, hi, limit + 1)
@@ -168,4 +171,29 @@ fn downsampled_csv(s: &DownsampledSeries) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use redline_core::wire::MAX_STEP;
+    use utoipa::openapi::{RefOr, Schema};
+
+    #[test]
+    fn the_documented_step_bounds_are_max_step() {
+        let params = <super::ReadSeries as utoipa::IntoParams>::into_params(|| None);
+        for p in params
+            .iter()
+            .filter(|p| ["from", "to"].contains(&p.name.as_str()))
+        {
+            let Some(RefOr::T(Schema::Object(o))) = &p.schema else {
+                panic!("{} has no schema", p.name)
+            };
+            let max = match o.maximum {
+                Some(utoipa::Number::Int(i)) => i as i64,
+                Some(utoipa::Number::UInt(u)) => u as i64,
+                _ => panic!("{}: no whole-number maximum", p.name),
+            };
+            assert_eq!(max, MAX_STEP, "{}", p.name);
+        }
+    }
 }

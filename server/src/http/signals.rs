@@ -4,35 +4,34 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use redline_core::RunId;
 use redline_core::wire::{AckSignal, FieldError, NewSignal, Signal, SignalList};
 use tokio::sync::broadcast::{self, error::RecvError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, Query};
 use super::run_id;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
 use crate::store::Store;
 use crate::telemetry::{OpenStream, StreamKind};
+use serde::Deserialize;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/runs/{run_id}/signals",
-            post(create_signal).get(list_signals),
-        )
-        .route("/runs/{run_id}/signals/stream", get(stream_signals))
-        .route("/runs/{run_id}/signals/{signal_id}/ack", post(ack_signal))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_signal, list_signals))
+        .routes(routes!(stream_signals))
+        .routes(routes!(ack_signal))
 }
 
 /// Queues a signal for the run's trainer; open streams deliver it at once.
-#[utoipa::path(post, path = "/api/v1/runs/{run_id}/signals", tag = "signals",
+#[utoipa::path(post, path = "/runs/{run_id}/signals", tag = "signals",
     params(("run_id" = String, Path)),
     request_body = NewSignal,
     responses(
@@ -53,23 +52,37 @@ async fn create_signal(
     Ok((StatusCode::CREATED, Json(signal)))
 }
 
+/// Which of a run's signals to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListSignals {
+    /// Only unacknowledged signals (default true).
+    pending: Option<bool>,
+    /// Only signals with a larger id.
+    #[param(minimum = 0)]
+    after: Option<i64>,
+}
+
+/// Where a signal stream starts.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StreamAfter {
+    /// Same as Last-Event-ID, for clients that cannot set headers.
+    #[param(minimum = 0)]
+    after: Option<i64>,
+}
+
 /// The run's signals, oldest first: pending ones only unless `pending=false`.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/signals", tag = "signals",
-    params(
-        ("run_id" = String, Path),
-        ("pending" = Option<bool>, Query, description = "Only unacknowledged signals (default true)"),
-        ("after" = Option<i64>, Query, description = "Only signals with a larger id"),
-    ),
+#[utoipa::path(get, path = "/runs/{run_id}/signals", tag = "signals",
+    params(("run_id" = String, Path), ListSignals),
     responses((status = 200, body = SignalList), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn list_signals(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    q: QueryParams,
+    Query(q): Query<ListSignals>,
 ) -> Result<Json<SignalList>> {
-    q.only(&["pending", "after"])?;
     let id = run_id(id)?;
-    let pending = q.flag("pending")?.unwrap_or(true);
-    let after = q.parse("after", 0..=i64::MAX)?.unwrap_or(0);
+    let (pending, after) = (q.pending.unwrap_or(true), q.after.unwrap_or(0));
     Ok(Json(SignalList {
         signals: state.store.signals(&id, after, pending).await?,
     }))
@@ -77,7 +90,7 @@ async fn list_signals(
 
 /// Records that the trainer applied the signal at `step`, or, with `refused`, that it could not
 /// and why. Repeating the same answer is a no-op; a different one is a conflict.
-#[utoipa::path(post, path = "/api/v1/runs/{run_id}/signals/{signal_id}/ack", tag = "signals",
+#[utoipa::path(post, path = "/runs/{run_id}/signals/{signal_id}/ack", tag = "signals",
     params(("run_id" = String, Path), ("signal_id" = i64, Path)),
     request_body = AckSignal,
     responses(
@@ -115,11 +128,11 @@ async fn ack_signal(
 /// Server-Sent Events: every pending signal of the run as an event `signal` whose id is the
 /// signal id, then each new one as it is created. A reconnecting client sends `Last-Event-ID`
 /// (or `?after=`) and gets only what came after. The stream ends when the server shuts down.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/signals/stream", tag = "signals",
+#[utoipa::path(get, path = "/runs/{run_id}/signals/stream", tag = "signals",
     params(
         ("run_id" = String, Path),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this signal id"),
-        ("after" = Option<i64>, Query, description = "Same as Last-Event-ID, for clients that cannot set headers"),
+        StreamAfter,
     ),
     responses(
         (status = 200, description = "text/event-stream of `signal` events carrying Signal JSON", content_type = "text/event-stream", body = String),
@@ -129,9 +142,8 @@ async fn stream_signals(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    q: QueryParams,
+    Query(q): Query<StreamAfter>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    q.only(&["after"])?;
     let id = run_id(id)?;
     let from_header = headers
         .get("last-event-id")
@@ -144,7 +156,7 @@ async fn stream_signals(
                 })
         })
         .transpose()?;
-    let after = from_header.or(q.parse("after", 0..=i64::MAX)?).unwrap_or(0);
+    let after = from_header.or(q.after).unwrap_or(0);
     // Subscribe before the first read, so a signal created in between is not missed.
     let events = state.store.signal_events();
     state.store.run(&id).await?;

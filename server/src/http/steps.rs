@@ -1,22 +1,23 @@
 //! Ingest: a batch of steps in, the rules run on its new steps, the run's pending signals out.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
 use redline_core::wire::{IngestResult, StepBatch};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::JsonBody;
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/runs/{run_id}/steps", post(append_steps))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(append_steps))
 }
 
 /// Appends a batch of steps. Idempotent on (run, metric, step): points already stored keep
 /// their value, so a resent batch changes nothing. A rejected batch writes nothing.
-#[utoipa::path(post, path = "/api/v1/runs/{run_id}/steps", tag = "steps",
+#[utoipa::path(post, path = "/runs/{run_id}/steps", tag = "steps",
     params(("run_id" = String, Path)),
     request_body = StepBatch,
     responses(

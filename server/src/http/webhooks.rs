@@ -1,25 +1,27 @@
 //! Webhooks: create, list, delete, send a test, read the delivery log.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use redline_core::WebhookName;
 use redline_core::wire::{
     DeliveryAttempt, DeliveryList, FieldError, NewWebhook, Webhook, WebhookList, WebhookSecret,
 };
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, Query};
 use crate::alerts::{deliver_now, sign};
 use crate::error::Result;
 use crate::state::AppState;
+use serde::Deserialize;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks", get(list_webhooks).post(create_webhook))
-        .route("/webhooks/{name}", axum::routing::delete(delete_webhook))
-        .route("/webhooks/{name}/test", post(test_webhook))
-        .route("/webhooks/{name}/deliveries", get(deliveries))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(test_webhook))
+        .routes(routes!(deliveries))
 }
 
 pub(crate) fn webhook_name(raw: String) -> Result<WebhookName> {
@@ -47,7 +49,7 @@ pub(crate) fn redact(mut w: Webhook) -> Webhook {
 
 /// Registers a webhook. Alerts at or above `min_severity` are sent to it from now on. The answer
 /// carries the signing secret; it is not shown again.
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks", tag = "webhooks",
     request_body = NewWebhook,
     responses(
         (status = 201, body = Webhook),
@@ -72,7 +74,7 @@ pub(crate) async fn create(state: &AppState, req: &NewWebhook) -> Result<Webhook
 }
 
 /// Every webhook, URLs shortened to their host.
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/webhooks", tag = "webhooks",
     responses((status = 200, body = WebhookList)))]
 async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList>> {
     let webhooks = state
@@ -86,7 +88,7 @@ async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList
 }
 
 /// Deletes a webhook with its queued messages and delivery log.
-#[utoipa::path(delete, path = "/api/v1/webhooks/{name}", tag = "webhooks",
+#[utoipa::path(delete, path = "/webhooks/{name}", tag = "webhooks",
     params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn delete_webhook(
@@ -100,7 +102,7 @@ async fn delete_webhook(
 }
 
 /// Sends a signed test message now, once, and answers with the attempt (also logged).
-#[utoipa::path(post, path = "/api/v1/webhooks/{name}/test", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/{name}/test", tag = "webhooks",
     params(("name" = String, Path)),
     responses((status = 200, body = DeliveryAttempt), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn test_webhook(
@@ -113,18 +115,26 @@ async fn test_webhook(
     ))
 }
 
+/// How much of a delivery log to read.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListDeliveries {
+    /// Most deliveries returned, newest first (default 100).
+    #[param(minimum = 1, maximum = 10_000)]
+    limit: Option<u32>,
+}
+
 /// The newest delivery attempts (`limit`, default 100), newest first.
-#[utoipa::path(get, path = "/api/v1/webhooks/{name}/deliveries", tag = "webhooks",
-    params(("name" = String, Path), ("limit" = Option<u32>, Query)),
+#[utoipa::path(get, path = "/webhooks/{name}/deliveries", tag = "webhooks",
+    params(("name" = String, Path), ListDeliveries),
     responses((status = 200, body = DeliveryList), (status = 404, body = redline_core::wire::ErrorBody)))]
 async fn deliveries(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    q: QueryParams,
+    Query(q): Query<ListDeliveries>,
 ) -> Result<Json<DeliveryList>> {
-    q.only(&["limit"])?;
     let name = webhook_name(name)?;
-    let limit = q.parse("limit", 1..=10_000)?.unwrap_or(100);
+    let limit = q.limit.unwrap_or(100);
     Ok(Json(DeliveryList {
         deliveries: state.store.deliveries(&name, limit).await?,
     }))

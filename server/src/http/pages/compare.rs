@@ -8,22 +8,30 @@ use futures::future::try_join_all;
 use redline_core::catalogue;
 use redline_core::wire::{FieldError, Run};
 use redline_core::{MetricName, RunId};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::error::PageError;
 use super::run::svg_response;
 use super::session::Viewer;
-use super::view::{self, Chrome};
+use super::view::{self, ChartQuery, Chrome, ViewParams};
 use crate::charts::{self, View};
 use crate::error::AppError;
-use crate::http::extract::QueryParams;
 use crate::state::AppState;
 use crate::store::{RunFilter, Store};
 
 const MAX_COMPARED: usize = 12;
-/// `chart` is what the live script adds to a chart URL; the compare page has one chart.
-const QUERY: &[&str] = &[
-    "runs", "metric", "from", "to", "smooth", "log", "width", "chart",
-];
+/// What to compare.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Compared {
+    /// Run ids: one `runs` per ticked box (a form), or comma-separated (a link).
+    #[serde(default)]
+    runs: Vec<String>,
+    metric: Option<String>,
+    /// What the live script adds to a chart URL; the compare page has one chart.
+    #[expect(dead_code, reason = "accepted and ignored: the page has one chart")]
+    chart: Option<String>,
+}
 
 #[derive(Template)]
 #[template(path = "compare.html")]
@@ -40,11 +48,11 @@ struct ComparePage {
 }
 
 /// The runs named by `runs` (comma-separated ids) and the metric to draw.
-fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppError> {
+fn selection(q: &Compared) -> Result<(Vec<RunId>, Option<MetricName>), AppError> {
     let mut ids = Vec::new();
-    // A form sends one `runs` per ticked box; a link sends them comma-separated.
     for raw in q
-        .all("runs")
+        .runs
+        .iter()
         .flat_map(|v| v.split(','))
         .filter(|s| !s.is_empty())
     {
@@ -62,8 +70,8 @@ fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppErr
         .into());
     }
     let metric = q
-        .str("metric")
-        .filter(|m| !m.is_empty())
+        .metric
+        .as_deref()
         .map(|m| {
             MetricName::parse_readable(m)
                 .map_err(|e| FieldError::new("metric", format!("metric name {e}")))
@@ -73,15 +81,16 @@ fn selection(q: &QueryParams) -> Result<(Vec<RunId>, Option<MetricName>), AppErr
 }
 
 /// The compare page has one chart, drawn wide unless the query sets a width.
-fn wide(q: &QueryParams, view: View) -> View {
-    if q.str("width").is_some() {
-        return view;
+fn wide(q: &ViewParams) -> Result<View, AppError> {
+    let view = q.view()?;
+    if q.width.is_some() {
+        return Ok(view);
     }
-    View {
+    Ok(View {
         width: 1000,
         height: 400,
         ..view
-    }
+    })
 }
 
 async fn runs_of(store: &dyn Store, ids: &[RunId]) -> Result<Vec<Run>, AppError> {
@@ -91,12 +100,11 @@ async fn runs_of(store: &dyn Store, ids: &[RunId]) -> Result<Vec<Run>, AppError>
 pub async fn compare_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: QueryParams,
+    ChartQuery(view, q): ChartQuery<Compared>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/compare").await?;
-    q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
-    let view = wide(&q, view::chart_view(&q)?);
+    let view = wide(&view)?;
     let store: &dyn Store = state.store.as_ref();
     let chosen = runs_of(store, &ids).await?;
     let recent = store
@@ -154,13 +162,12 @@ pub async fn compare_page(
 pub async fn compare_svg(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: QueryParams,
+    ChartQuery(view, q): ChartQuery<Compared>,
 ) -> Result<Response, PageError> {
     Viewer::of(&state, &headers, "/compare").await?;
-    q.only_repeating(QUERY, &["runs"])?;
     let (ids, metric) = selection(&q)?;
     let metric = metric.ok_or_else(|| FieldError::new("metric", "is required"))?;
-    let view = wide(&q, view::chart_view(&q)?);
+    let view = wide(&view)?;
     let runs = runs_of(state.store.as_ref(), &ids).await?;
     let chart = charts::compare_chart(state.store.as_ref(), &runs, &metric, &view).await?;
     let svg = charts::draw(vec![chart]).await?.pop().unwrap_or_default();

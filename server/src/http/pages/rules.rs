@@ -11,7 +11,8 @@ use redline_core::rules::RuleSet;
 use super::error::PageError;
 use super::session::Viewer;
 use super::view::{self, Chrome, Form, form_problem};
-use crate::http::extract::QueryParams;
+use crate::http::extract::Query;
+use crate::http::rules::WhichVersion;
 use crate::http::rules::{rule_set_name, store_rule_file};
 use crate::state::AppState;
 use crate::store::alerts::StoredRuleSet;
@@ -106,7 +107,7 @@ pub async fn rule_set_page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    q: QueryParams,
+    Query(q): Query<WhichVersion>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(
         &state,
@@ -114,9 +115,7 @@ pub async fn rule_set_page(
         &format!("/rules/{}", view::url_encode(&name)),
     )
     .await?;
-    q.only(&["version"])?;
-    let version = q.parse("version", 1..=i32::MAX)?;
-    show(&state, &viewer, &name, version, None, None).await
+    show(&state, &viewer, &name, q.version, None, None).await
 }
 
 async fn show(

@@ -7,14 +7,15 @@ use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures::future::try_join_all;
 use redline_core::catalogue;
-use redline_core::wire::{FieldError, RuleEvent, Run, Signal, SignalKind};
+use redline_core::wire::{RuleEvent, Run, Signal, SignalKind};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::{self, Chrome, RunView};
+use super::view::{self, ChartQuery, Chrome, NoParams, RunView};
 use crate::charts::{self, ChartKey, View, format_value};
 use crate::error::AppError;
-use crate::http::extract::QueryParams;
 use crate::http::run_id;
 use crate::state::AppState;
 use crate::store::Store;
@@ -71,7 +72,12 @@ struct RunPage {
     view_query: String,
 }
 
-const CHART_QUERY: &[&str] = &["from", "to", "smooth", "log", "width"];
+/// `chart.svg`'s own parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WhichChart {
+    /// A group (`rewards`) or a series (`eval/score`).
+    chart: String,
+}
 
 fn describe(s: &Signal) -> String {
     match s.kind {
@@ -102,7 +108,7 @@ pub async fn run_page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    q: QueryParams,
+    ChartQuery(q, NoParams {}): ChartQuery<NoParams>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(
         &state,
@@ -110,9 +116,8 @@ pub async fn run_page(
         &format!("/runs/{}", view::url_encode(&id)),
     )
     .await?;
-    q.only(CHART_QUERY)?;
     let id = run_id(id)?;
-    let view = view::chart_view(&q)?;
+    let view = q.view()?;
     let store: &dyn Store = state.store.as_ref();
     let (v, rules, events_total, events) = futures::try_join!(
         RunView::load(store, &id),
@@ -188,7 +193,7 @@ pub async fn chart_svg(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    q: QueryParams,
+    ChartQuery(q, WhichChart { chart: slug }): ChartQuery<WhichChart>,
 ) -> Result<Response, PageError> {
     Viewer::of(
         &state,
@@ -196,17 +201,11 @@ pub async fn chart_svg(
         &format!("/runs/{}", view::url_encode(&id)),
     )
     .await?;
-    let mut known = CHART_QUERY.to_vec();
-    known.push("chart");
-    q.only(&known)?;
     let id = run_id(id)?;
-    let view = view::chart_view(&q)?;
-    let slug = q
-        .str("chart")
-        .ok_or_else(|| FieldError::new("chart", "is required"))?;
+    let view = q.view()?;
     let store: &dyn Store = state.store.as_ref();
     let v = RunView::load(store, &id).await?;
-    let key = charts::resolve(slug, &v.metrics).ok_or_else(|| {
+    let key = charts::resolve(&slug, &v.metrics).ok_or_else(|| {
         AppError::NotFound(format!("run {id} has no chart or series named {slug:?}"))
     })?;
     let chart = charts::run_chart(store, &v.run, &key, &view, charts::markers(&v.signals)).await?;

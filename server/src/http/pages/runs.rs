@@ -11,8 +11,8 @@ use redline_core::wire::{Run, RunStatus};
 use super::error::PageError;
 use super::session::Viewer;
 use super::view::{self, Chrome, RunView};
-use crate::http::extract::QueryParams;
-use crate::http::runs::run_filter;
+use crate::http::extract::Query;
+use crate::http::runs::ListRuns;
 use crate::state::AppState;
 use crate::store::{RunSort, Store, StoreResult};
 
@@ -63,14 +63,10 @@ async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) ->
 pub async fn runs_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: QueryParams,
+    Query(q): Query<ListRuns>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/").await?;
-    q.only(&["project", "status", "tag", "sort", "limit", "offset"])?;
-    let mut filter = run_filter(&q)?;
-    if q.str("limit").is_none() {
-        filter.limit = 50;
-    }
+    let mut filter = q.filter(50)?;
     let (limit, offset) = (filter.limit, filter.offset);
     // One more than a page tells whether there is a next one.
     filter.limit += 1;
@@ -81,19 +77,27 @@ pub async fn runs_page(
     let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now)))
         .await
         .map_err(PageError::store)?;
-    let text = |name| q.str(name).unwrap_or_default().to_owned();
-    let mut base = Vec::new();
-    for key in ["project", "status", "tag", "sort", "limit"] {
-        if let Some(v) = q.str(key).filter(|v| !v.is_empty()) {
-            base.push(format!("{key}={}", view::url_encode(v)));
+    let status = q.status.map(RunStatus::as_str).unwrap_or_default();
+    let mut base = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [
+        ("project", q.project.as_deref()),
+        ("status", q.status.map(RunStatus::as_str)),
+        ("tag", q.tag.as_deref()),
+        ("sort", q.sort.as_deref()),
+    ] {
+        if let Some(v) = value {
+            base.append_pair(key, v);
         }
+    }
+    if let Some(limit) = q.limit {
+        base.append_pair("limit", &limit.to_string());
     }
     let page = RunsPage {
         chrome: Chrome::new(&state, Some(&viewer)),
         rows,
-        project: text("project"),
-        tag: text("tag"),
-        status: text("status"),
+        project: q.project.clone().unwrap_or_default(),
+        tag: q.tag.clone().unwrap_or_default(),
+        status: status.to_owned(),
         sort: filter.sort.as_str(),
         sorts: RunSort::ALL.iter().map(|s| s.as_str()).collect(),
         statuses: [
@@ -105,7 +109,7 @@ pub async fn runs_page(
         .iter()
         .map(|s| s.as_str())
         .collect(),
-        base_query: base.join("&"),
+        base_query: base.finish(),
         offset,
         prev_offset: (offset > 0).then(|| offset.saturating_sub(limit)),
         next_offset: has_next.then_some(offset + limit),

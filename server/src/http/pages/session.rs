@@ -6,14 +6,19 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use cookie::Cookie;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use super::error::PageError;
 use super::view::{Chrome, Form};
 use crate::error::AppError;
-use crate::http::extract::QueryParams;
+use crate::http::extract::Query;
+use crate::http::guard::is_same_origin;
 use crate::state::AppState;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 const COOKIE: &str = "redline_token";
 
@@ -69,7 +74,7 @@ impl Viewer {
                 "log in with a token to use the run controls",
             ));
         }
-        if !constant_time_eq(csrf.as_bytes(), viewer.csrf.as_bytes()) {
+        if !bool::from(csrf.as_bytes().ct_eq(viewer.csrf.as_bytes())) {
             return Err(AppError::Forbidden(
                 "the form has expired (the server restarted or you logged in again): reload the page".into(),
             ));
@@ -88,10 +93,6 @@ fn csrf_token(state: &AppState, token: Option<&str>) -> String {
     mac.update(b"csrf\0");
     mac.update(token.unwrap_or_default().as_bytes());
     hex::encode(mac.finalize().into_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn require_same_origin(headers: &HeaderMap) -> Result<(), AppError> {
@@ -113,10 +114,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .and_then(|h| h.to_str().ok());
     match (origin, host) {
         (None, _) => true,
-        (Some(o), Some(host)) => {
-            let rest = o.split_once("://").map_or(o, |(_, r)| r);
-            rest.split('/').next() == Some(host)
-        }
+        (Some(o), Some(host)) => is_same_origin(o, host),
         (Some(_), None) => false,
     }
 }
@@ -126,10 +124,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
         .filter(|v| !v.is_empty())
 }
 
@@ -149,14 +147,20 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
+/// The login page's query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LoginParams {
+    /// Where to go after logging in: a path on this server.
+    next: Option<String>,
+}
+
 pub async fn login_page(
     State(state): State<AppState>,
-    q: QueryParams,
+    Query(q): Query<LoginParams>,
 ) -> Result<Html<String>, PageError> {
-    q.only(&["next"])?;
     let page = LoginPage {
         chrome: Chrome::new(&state, None),
-        next: local_path(q.str("next")),
+        next: local_path(q.next.as_deref()),
         error: None,
     };
     super::view::render(&page)

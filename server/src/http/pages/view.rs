@@ -2,21 +2,25 @@
 //! body extractor, and formatting.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 
 use askama::Template;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::Html;
 use chrono::{DateTime, Utc};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use redline_core::RunId;
-use redline_core::wire::{FieldError, MAX_STEP, MetricSummary, Run, RunStatus, Signal};
+use redline_core::wire::{FieldError, MetricSummary, Run, RunStatus, Signal};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
 
 use super::error::PageError;
 use super::session::Viewer;
 use crate::charts::{View, format_value};
 use crate::error::AppError;
-use crate::http::extract::{QueryParams, read_body, url_pairs};
+use crate::http::extract::{checked_pairs, from_pairs, read_body};
 use crate::http::media::MediaType;
 use crate::state::AppState;
 use crate::store::{Store, StoreResult};
@@ -58,64 +62,80 @@ pub fn render(page: &impl Template) -> Result<Html<String>, PageError> {
         .map_err(|e| AppError::Internal(e.into()).into())
 }
 
-/// The chart view of a page's query: step range, smoothing, log axis.
-pub fn chart_view(q: &QueryParams) -> Result<View, AppError> {
-    let given = |name| q.str(name).filter(|s| !s.is_empty());
-    let step = |name| -> Result<Option<i64>, AppError> {
-        given(name)
-            .map(|raw| {
-                raw.parse::<i64>()
-                    .ok()
-                    .filter(|s| (0..=MAX_STEP).contains(s))
-                    .ok_or_else(|| {
-                        FieldError::new(
-                            name,
-                            format!("must be a step from 0 to {MAX_STEP}, got {raw:?}"),
-                        )
-                        .into()
-                    })
-            })
-            .transpose()
-    };
-    let (from, to) = (step("from")?, step("to")?);
-    if let (Some(f), Some(t)) = (from, to)
-        && f > t
-    {
-        return Err(FieldError::new("to", format!("must not be below from ({f}), got {t}")).into());
-    }
-    let smoothing = match given("smooth") {
-        None => 0.0,
-        Some(raw) => raw
-            .parse::<f64>()
-            .ok()
-            .filter(|s| (0.0..1.0).contains(s))
-            .ok_or_else(|| {
-                FieldError::new(
-                    "smooth",
-                    format!("must be a number from 0 up to (not including) 1, got {raw:?}"),
-                )
-            })?,
-    };
-    let log_y = match given("log") {
-        None => None,
-        Some("on" | "true" | "1") => Some(true),
-        Some("off" | "false" | "0") => Some(false),
-        Some(other) => {
-            return Err(FieldError::new("log", format!("must be on or off, got {other:?}")).into());
-        }
-    };
-    let mut view = View {
-        from,
-        to,
-        smoothing,
-        log_y,
-        ..View::default()
-    };
-    if let Some(w) = q.parse("width", 200..=2000)? {
-        view.width = w;
-    }
-    Ok(view)
+/// A chart's view in a page's query: step range, smoothing, log axis, width.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ViewParams {
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_i64)] // MAX_STEP
+    from: Option<i64>,
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
+    to: Option<i64>,
+    /// Exponential smoothing, from 0 up to (not including) 1.
+    smooth: Option<f64>,
+    #[param(inline)]
+    log: Option<Axis>,
+    #[param(minimum = 200, maximum = 2000)]
+    pub width: Option<u32>,
 }
+
+/// `log=on|off` (a checkbox sends `on`).
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Axis {
+    #[serde(alias = "true", alias = "1")]
+    On,
+    #[serde(alias = "false", alias = "0")]
+    Off,
+}
+
+impl ViewParams {
+    pub fn view(&self) -> Result<View, AppError> {
+        if let (Some(f), Some(t)) = (self.from, self.to)
+            && f > t
+        {
+            let message = format!("must not be below from ({f}), got {t}");
+            return Err(FieldError::new("to", message).into());
+        }
+        let smoothing = self.smooth.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&smoothing) {
+            let message =
+                format!("must be a number from 0 up to (not including) 1, got {smoothing}");
+            return Err(FieldError::new("smooth", message).into());
+        }
+        let default = View::default();
+        Ok(View {
+            from: self.from,
+            to: self.to,
+            smoothing,
+            log_y: self.log.map(|a| matches!(a, Axis::On)),
+            width: self.width.unwrap_or(default.width),
+            ..default
+        })
+    }
+}
+
+/// A chart page's query: the [`ViewParams`] and the page's own parameters `T`, both documented
+/// structs, read from one query string (a parameter neither declares is refused).
+#[derive(Debug)]
+pub struct ChartQuery<T>(pub ViewParams, pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for ChartQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, PageError> {
+        let (view, own) = (ViewParams::into_params(|| None), T::into_params(|| None));
+        let declared: Vec<_> = view.iter().chain(&own).cloned().collect();
+        let pairs = checked_pairs(parts.uri.query().unwrap_or_default(), &declared)?;
+        let (v, t): (Vec<_>, Vec<_>) = pairs
+            .into_iter()
+            .partition(|(k, _)| view.iter().any(|p| p.name == *k));
+        Ok(Self(from_pairs(&v)?, from_pairs(&t)?))
+    }
+}
+
+/// No parameters of its own: the run page's.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct NoParams {}
 
 /// The view as query parameters, to carry into chart and export links.
 pub fn view_query(v: &View) -> String {
@@ -135,16 +155,17 @@ pub fn view_query(v: &View) -> String {
     parts.join("&")
 }
 
+/// What [`url_encode`] leaves as it is: RFC 3986's unreserved characters, and `/` (run ids and
+/// metric names go into paths and query values whole, `eval/score` stays readable).
+const KEPT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(s, KEPT).to_string()
 }
 
 /// A run with the series summaries and signals its pages show.
@@ -266,7 +287,6 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     async fn from_request(req: Request, state: &S) -> Result<Self, PageError> {
         MediaType::of(req.headers()).require_one_of(&[MediaType::Form])?;
         let bytes = read_body(req, state).await?;
-        let body = String::from_utf8_lossy(&bytes);
-        Ok(Self(url_pairs(&body).into_iter().collect()))
+        Ok(Self(form_urlencoded::parse(&bytes).into_owned().collect()))
     }
 }
