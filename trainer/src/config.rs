@@ -644,15 +644,20 @@ mod tests {
             .unwrap()
             .to_json()
             .unwrap();
-        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort_unstable();
-        let mut expected = [
-            "model", "reference", "precompute_ref", "train_data", "eval_data", "loss", "beta",
-            "nll_alpha", "lr", "warmup_steps", "schedule", "weight_decay", "max_grad_norm",
-            "batch_size", "grad_accum", "max_length", "max_steps", "epochs", "seed", "shuffle",
-            "top_k", "eval_every", "eval_on_start", "gen_prompts", "gen_temperature", "gen_top_p",
-            "gen_max_tokens", "checkpoint_every", "device",
-        ];
+        let mut expected: Vec<&str> =
+            "model reference precompute_ref train_data eval_data loss beta \
+            nll_alpha lr warmup_steps schedule weight_decay max_grad_norm batch_size grad_accum \
+            max_length max_steps epochs seed shuffle top_k eval_every eval_on_start gen_prompts \
+            gen_temperature gen_top_p gen_max_tokens checkpoint_every device"
+                .split_whitespace()
+                .collect();
         expected.sort_unstable();
         assert_eq!(keys, expected);
         assert_eq!(
@@ -666,7 +671,10 @@ mod tests {
             ..args
         };
         let json = TrainConfig::resolve(cut, 0).unwrap().to_json().unwrap();
-        assert_eq!((&json["cut_threshold"], &json["cut_weight"]), (&1.2.into(), &0.25.into()));
+        assert_eq!(
+            (&json["cut_threshold"], &json["cut_weight"]),
+            (&1.2.into(), &0.25.into())
+        );
     }
 
     #[test]
@@ -679,9 +687,15 @@ mod tests {
         }
         let err = |text: &str| toml::from_str::<TrainArgs>(text).unwrap_err().to_string();
         let device = err("device = \"gpu\"");
-        assert!(device.contains("device") && device.contains("\"gpu\""), "{device}");
+        assert!(
+            device.contains("device") && device.contains("\"gpu\""),
+            "{device}"
+        );
         let schedule = err("schedule = \"cosin\"");
-        assert!(schedule.contains("schedule") && schedule.contains("cosin"), "{schedule}");
+        assert!(
+            schedule.contains("schedule") && schedule.contains("cosin"),
+            "{schedule}"
+        );
     }
 
     #[test]
