@@ -85,12 +85,12 @@ pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<ExitCode> {
         return train_iterative(&args, &cmd.iterative, iterations, now);
     }
     let config = TrainConfig::resolve(args, now)?;
-    eprintln!(
-        "redline: run {} ({}; {}), writing to {}",
-        config.run_id,
-        config.loss_name,
-        config.server.as_deref().unwrap_or("offline"),
-        config.output_dir.display()
+    tracing::info!(
+        run = %config.run_id,
+        loss = %config.loss_name,
+        server = config.server.as_deref().unwrap_or("offline"),
+        output_dir = %config.output_dir.display(),
+        "training"
     );
     let outcome = redline_trainer::train::train(&config)?;
     if let Some(left) = redline_trainer::train::leftover(&config, &outcome) {
