@@ -22,9 +22,11 @@ use crate::demo::task::Task;
         Start here: `redline serve`, then open http://127.0.0.1:8080/api/v1/openapi.json."
 )]
 pub struct Cli {
-    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `redline_server=debug`).
-    #[arg(long, env = "REDLINE_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `redline_server=debug`) [default:
+    /// info; for `demo` and `study`, info,redline_trainer=warn: their own training runs say only
+    /// what goes wrong].
+    #[arg(long, env = "REDLINE_LOG", global = true)]
+    pub log: Option<String>,
     /// Log line format.
     #[arg(long, env = "REDLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -38,6 +40,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+impl Cli {
+    /// The log filter: the one given, else the command's default. The demo and the study train
+    /// several runs of their own and print their own report, so the trainer's progress events
+    /// would only bury it; its warnings still show.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log, &self.command) {
+            (Some(filter), _) => filter,
+            (None, Command::Demo(_) | Command::Study(_)) => "info,redline_trainer=warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ use redline_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench;
+use redline_core::wire::RunStatus;
 use redline_trainer::reporter::Delivery;
 
 use crate::cli::{
@@ -86,14 +87,17 @@ pub fn train(cmd: Box<TrainCommand>) -> anyhow::Result<ExitCode> {
         return train_iterative(&args, &cmd.iterative, iterations, now);
     }
     let config = TrainConfig::resolve(args, now)?;
-    eprintln!(
-        "redline: run {} ({}; {}), writing to {}",
-        config.run_id,
-        config.loss_name,
-        config.server.as_deref().unwrap_or("offline"),
-        config.output_dir.display()
+    tracing::info!(
+        run = %config.run_id,
+        loss = %config.loss_name,
+        server = config.server.as_deref().unwrap_or("offline"),
+        output_dir = %config.output_dir.display(),
+        "training"
     );
     let outcome = redline_trainer::train::train(&config)?;
+    if let Some(left) = redline_trainer::train::leftover(&config, &outcome) {
+        eprintln!("{left}");
+    }
     println!("Run {} {}", config.run_id, outcome.message);
     Ok(delivered(outcome.delivery.as_ref()))
 }
@@ -111,7 +115,7 @@ pub fn push(args: &PushArgs) -> anyhow::Result<ExitCode> {
         return Ok(delivered(Some(&pushed.delivery)));
     }
     let end = match &pushed.ended {
-        Some(end) => format!("the run is {} there", end.status),
+        Some(end) => format!("the run is {} there", RunStatus::from(end.status).as_str()),
         None => "the trainer recorded no end (it was interrupted), so the run stays running there"
             .to_owned(),
     };
@@ -141,12 +145,22 @@ fn train_iterative(
     println!("|---:|---|---:|---:|---|");
     println!("| 0 | (starting model) | | {:.3} | |", report.start_score);
     for i in &report.iterations {
+        if let Some(left) = &i.leftover {
+            eprintln!("{left}");
+        }
+    }
+    for i in &report.iterations {
         println!(
             "| {} | {} | {} | {:.3} | {} |",
-            i.iteration, i.run_id, i.pairs, i.score, i.outcome.status
+            i.iteration,
+            i.run_id,
+            i.pairs,
+            i.score,
+            RunStatus::from(i.outcome.status).as_str()
         );
     }
-    // Each iteration said what it left undelivered; the status tells scripts that something did.
+    // Each iteration's leftover said what it left undelivered; the status tells scripts that
+    // something did.
     let short = report
         .iterations
         .iter()

@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = cli::Cli::parse();
-    commands::init_logging(&cli.log, cli.log_format);
+    commands::init_logging(cli.log_filter(), cli.log_format);
     // Training uses blocking HTTP on its own threads: it runs outside the async runtime.
     match cli.command {
         cli::Command::Train(cmd) => return commands::train(cmd),

@@ -30,7 +30,7 @@ fn redline_rate(
             model: Some(model.to_path_buf()),
             loss: Some("sigmoid".into()),
             lr: Some(1e-3),
-            schedule: Some("constant".into()),
+            schedule: Some(redline_trainer::optim::Schedule::Constant),
             batch_size: Some(args.batch),
             max_length: Some(args.max_length),
             max_steps: Some(args.steps + 1),

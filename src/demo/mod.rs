@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use redline_core::rules::{LABEL_FREE_NAME, REGULATE_NAME, RuleSet, label_free, presets};
+use redline_core::wire::FinalStatus;
 use redline_server::startup::shutdown_signal;
 use redline_server::store::DatabaseUrl;
 use redline_server::{Server, ServerConfig};
 use redline_trainer::config::{TrainArgs, TrainConfig};
 use redline_trainer::model::write_model_folder;
+use redline_trainer::optim::Schedule;
 use redline_trainer::train::Checkpoints;
 
 use crate::cli::{DemoArgs, TaskArgs};
@@ -143,7 +145,7 @@ pub(crate) fn prepare(
         gen_temperature: Some(0.0),
         gen_max_tokens: Some(24),
         batch_size: Some(task.batch_size),
-        schedule: Some("constant".into()),
+        schedule: Some(Schedule::Constant),
         warmup_steps: Some(0),
         seed: Some(seed),
         server: server.map(str::to_owned),
@@ -242,9 +244,9 @@ fn train_both(args: &DemoArgs, dir: &Path, url: &str) -> anyhow::Result<String> 
     let regulated_outcome = train(regulated)?;
     Ok(format!(
         "DPO: {}\n  {}\nDPO with the regulate set: {}\nBoth, overlaid: {url}/compare?runs=demo-dpo,demo-dpo-regulated&metric=eval/score",
-        report(&dpo_outcome, &scores(&dpo_dir)?, &dpo_dir),
+        report(&dpo_outcome, &scores(&dpo_dir)?, &dpo_dir)?,
         cross_check(&dpo_dir)?,
-        report(&regulated_outcome, &scores(&regulated_dir)?, &regulated_dir)
+        report(&regulated_outcome, &scores(&regulated_dir)?, &regulated_dir)?
     ))
 }
 
@@ -294,11 +296,15 @@ fn scores(run: &Path) -> anyhow::Result<Vec<(i64, f64)>> {
     Ok(RunLog::read(&run.join("metrics.jsonl"))?.series("eval/score"))
 }
 
-fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run: &Path) -> String {
+fn report(
+    outcome: &redline_trainer::train::Outcome,
+    scores: &[(i64, f64)],
+    run: &Path,
+) -> anyhow::Result<String> {
     let Some(&(peak_step, peak)) = scores.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
-        return "The DPO run reported no eval/score.".into();
+        return Ok("The DPO run reported no eval/score.".into());
     };
-    let kept = Checkpoints::of_run(run).best().map(|k| k as i64);
+    let kept = Checkpoints::of_run(run).best()?.map(|k| k as i64);
     let kept_score = kept.and_then(|k| scores.iter().find(|s| s.0 == k).map(|s| s.1));
     let last = scores.last().map_or(0.0, |s| s.1);
     let mut out = format!(
@@ -306,7 +312,7 @@ fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run:
         outcome.last_step
     );
     match (outcome.status, kept, kept_score) {
-        ("stopped", Some(k), Some(s)) => {
+        (FinalStatus::Stopped, Some(k), Some(s)) => {
             let _ = write!(
                 out,
                 "\n  Redline {}. It kept the checkpoint of step {k} (score {s:.3}, {:.3} below the peak).",
@@ -314,10 +320,10 @@ fn report(outcome: &redline_trainer::train::Outcome, scores: &[(i64, f64)], run:
                 peak - s
             );
         }
-        ("stopped", _, _) => {
+        (FinalStatus::Stopped, _, _) => {
             let _ = write!(out, "\n  Redline {}", outcome.message);
         }
         _ => out.push_str("\n  No preset stopped this run."),
     }
-    out
+    Ok(out)
 }

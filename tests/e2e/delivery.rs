@@ -313,7 +313,12 @@ async fn a_signal_the_trainer_cannot_apply_is_stored_as_refused() {
         .expect("the trainer stops")
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status, "stopped", "{}", outcome.message);
+    assert_eq!(
+        outcome.status,
+        redline_core::wire::FinalStatus::Stopped,
+        "{}",
+        outcome.message
+    );
 
     let by_id = |id: i64| answered.iter().find(|s| s["id"] == id).unwrap().clone();
     let refused = by_id(beta);

@@ -53,7 +53,7 @@ fn over_optimising(app: &TestApp, run: &str, out: &std::path::Path) -> TrainConf
         lr: Some(0.02),
         beta: Some(0.01),
         nll_alpha: Some(0.0),
-        schedule: Some("constant".into()),
+        schedule: Some(redline_trainer::optim::Schedule::Constant),
         warmup_steps: Some(0),
         max_steps: Some(400),
         checkpoint_every: Some(5),
@@ -77,7 +77,12 @@ async fn an_over_optimising_run_trips_a_preset_alerts_and_stops_keeping_the_best
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status, "stopped", "{}", outcome.message);
+    assert_eq!(
+        outcome.status,
+        redline_core::wire::FinalStatus::Stopped,
+        "{}",
+        outcome.message
+    );
 
     // The preset's stop, with the values that tripped it and the step to keep.
     let (_, events) = app.get("/api/v1/runs/over/events").await;
@@ -158,12 +163,17 @@ async fn a_regulate_rule_raises_nll_alpha_and_the_trainer_applies_each_change() 
     let out = tempfile::tempdir().unwrap();
     let mut config = over_optimising(&app, "steered", out.path());
     config.max_steps = Some(60);
-    config.rules = Some(vec!["steer".into()]);
+    config.rules = Some(vec![redline_core::RuleSetName::parse("steer").unwrap()]);
     let outcome = tokio::task::spawn_blocking(move || redline_trainer::train::train(&config))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status, "completed", "{}", outcome.message);
+    assert_eq!(
+        outcome.status,
+        redline_core::wire::FinalStatus::Completed,
+        "{}",
+        outcome.message
+    );
 
     let (_, rules) = app.get("/api/v1/runs/steered/rules").await;
     assert_eq!(rules["rule_sets"][0]["name"], "steer");

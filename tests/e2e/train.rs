@@ -71,7 +71,12 @@ async fn signals_from_the_api_steer_and_stop_a_training_run() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status, "stopped", "{}", outcome.message);
+    assert_eq!(
+        outcome.status,
+        redline_core::wire::FinalStatus::Stopped,
+        "{}",
+        outcome.message
+    );
     let last = outcome.last_step as i64;
     assert!(last >= applied && last < 100_000);
 
@@ -156,7 +161,10 @@ async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once()
         url: format!("http://{addr}"),
         token: None,
         run_id: "spooled".into(),
-        run: json!({"project": "default"}),
+        run: redline_core::wire::CreateRun {
+            project: Some("default".into()),
+            ..Default::default()
+        },
         finish_grace: redline_trainer::reporter::FINISH_GRACE,
     };
     let record = |r: &mut Reporter, steps: std::ops::RangeInclusive<usize>| {
@@ -182,7 +190,10 @@ async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once()
     std::thread::spawn(move || {
         let mut r = reporter;
         record(&mut r, 51..=100);
-        r.finish("completed", None);
+        r.finish(redline_core::wire::FinishRun {
+            status: redline_core::wire::FinalStatus::Completed,
+            reason: None,
+        });
     });
     let done = eventually("the run to be finished", async || {
         let (_, run) = app.get("/api/v1/runs/spooled").await;
@@ -216,7 +227,10 @@ async fn the_reporter_keeps_steps_while_the_server_is_down_and_sends_each_once()
     std::thread::spawn(move || {
         let mut r = Reporter::start(&again, Some(target)).unwrap();
         record(&mut r, 101..=101);
-        r.finish("completed", None);
+        r.finish(redline_core::wire::FinishRun {
+            status: redline_core::wire::FinalStatus::Completed,
+            reason: None,
+        });
     })
     .join()
     .unwrap();
@@ -249,7 +263,10 @@ async fn a_refused_step_does_not_hold_back_the_others() {
         url: app.base.clone(),
         token: None,
         run_id: "refused".into(),
-        run: json!({"project": "default"}),
+        run: redline_core::wire::CreateRun {
+            project: Some("default".into()),
+            ..Default::default()
+        },
         finish_grace: redline_trainer::reporter::FINISH_GRACE,
     };
     let dir = out.path().to_path_buf();
@@ -257,7 +274,10 @@ async fn a_refused_step_does_not_hold_back_the_others() {
         let mut r = Reporter::start(&dir, Some(target)).unwrap();
         r.record(3, 0.0, &BTreeMap::from([("loss".to_owned(), 3.0)]))
             .unwrap();
-        r.finish("completed", None);
+        r.finish(redline_core::wire::FinishRun {
+            status: redline_core::wire::FinalStatus::Completed,
+            reason: None,
+        });
     })
     .join()
     .unwrap();

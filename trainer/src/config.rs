@@ -1,159 +1,181 @@
 //! The training configuration: a TOML file (`redline train --config run.toml`) whose every field
-//! can also be given as a flag; flags win. [`TrainArgs`] is both shapes; [`TrainConfig`] is the
-//! validated result with defaults filled in.
+//! can also be given as a flag; flags win. [`TrainArgs`] is both shapes, declared once; [`TrainConfig`]
+//! is the validated result with defaults filled in, and serialises as the run's config on the server.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use clap::Args;
-use serde::Deserialize;
+use redline_core::RuleSetName;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 
 use crate::cut::CutSettings;
 use crate::error::{Result, TrainError};
+use crate::generate::Sampling;
+use crate::iterate::Lineage;
 use crate::losses::LossKind;
 use crate::model::is_gguf;
 use crate::optim::Schedule;
 
-/// Every setting, optional, as read from TOML or from flags.
-#[derive(Debug, Clone, Default, Deserialize, Args)]
-#[serde(deny_unknown_fields)]
-pub struct TrainArgs {
+/// Declares the settings struct from one list of fields: each is optional (a file or the flags
+/// may leave any out), and `overlaid_with` covers every field without naming it again.
+macro_rules! settings {
+    (
+        $(#[$struct_meta:meta])*
+        pub struct $name:ident { $($(#[$meta:meta])* $field:ident: $ty:ty,)* }
+    ) => {
+        $(#[$struct_meta])*
+        pub struct $name { $($(#[$meta])* pub $field: Option<$ty>,)* }
+
+        impl $name {
+            /// `self` with every field that `top` sets replaced.
+            #[must_use]
+            pub fn overlaid_with(self, top: Self) -> Self {
+                Self { $($field: top.$field.or(self.$field),)* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Every setting, optional, as read from TOML or from flags.
+    #[derive(Debug, Clone, Default, Deserialize, Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct TrainArgs {
     /// The model to train: a folder in Hugging Face format (config.json, model.safetensors,
     /// tokenizer.json) or a GGUF file of a Llama/Qwen2 model (dequantised to f32, tokenizer inside).
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    model: PathBuf,
     /// Reference model, folder or GGUF file [default: the model].
     #[arg(long)]
-    pub reference: Option<PathBuf>,
+    reference: PathBuf,
     /// Compute the reference log-probs of every training pair once, before the first step,
     /// instead of a reference forward pass in every step [default: false, as TRL].
     #[arg(long)]
-    pub precompute_ref: Option<bool>,
+    precompute_ref: bool,
     /// Training pairs, JSONL {prompt, chosen, rejected} [default: MODEL/train.jsonl].
     #[arg(long)]
-    pub train_data: Option<PathBuf>,
+    train_data: PathBuf,
     /// Held-out pairs for evaluation [default: MODEL/eval.jsonl when it exists].
     #[arg(long)]
-    pub eval_data: Option<PathBuf>,
+    eval_data: PathBuf,
     /// Loss: sigmoid, ipo, hinge, slic, robust, discopop, dbaql, aql, aqfl, padll, cell, pfl, or cut
     /// (learning from judgments, on {prompt, response, judgment, aligned} rows) [default: sigmoid].
     #[arg(long)]
-    pub loss: Option<String>,
+    loss: String,
     /// CUT: λ, how much likelier a token must get with the judgment in context to be trained
     /// down [default: 1.2, the paper's offline value].
     #[arg(long)]
-    pub cut_threshold: Option<f64>,
+    cut_threshold: f64,
     /// CUT: weight of the unlikelihood term [default: 0.5, the paper's offline value].
     #[arg(long)]
-    pub cut_weight: Option<f64>,
+    cut_weight: f64,
     /// β, the strength of the reference constraint [default: 0.1].
     #[arg(long)]
-    pub beta: Option<f64>,
+    beta: f64,
     /// Weight of the NLL (RPO) term on chosen completions [default: 0].
     #[arg(long)]
-    pub nll_alpha: Option<f64>,
+    nll_alpha: f64,
     /// ε of the robust loss [default: 0].
     #[arg(long)]
-    pub label_smoothing: Option<f64>,
+    label_smoothing: f64,
     /// Peak learning rate [default: 1e-6].
     #[arg(long)]
-    pub lr: Option<f64>,
+    lr: f64,
     /// Linear warmup steps [default: 0].
     #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    /// Learning-rate schedule after warmup: constant, linear, cosine [default: linear].
-    #[arg(long)]
-    pub schedule: Option<String>,
+    warmup_steps: usize,
+    /// Learning-rate schedule after warmup [default: linear].
+    #[arg(long, value_enum)]
+    schedule: Schedule,
     /// AdamW weight decay [default: 0].
     #[arg(long)]
-    pub weight_decay: Option<f64>,
+    weight_decay: f64,
     /// Clip gradients to this global L2 norm; 0 disables [default: 1].
     #[arg(long)]
-    pub max_grad_norm: Option<f64>,
+    max_grad_norm: f64,
     /// Pairs per micro-batch [default: 8].
     #[arg(long)]
-    pub batch_size: Option<usize>,
+    batch_size: usize,
     /// Micro-batches per optimizer step [default: 1].
     #[arg(long)]
-    pub grad_accum: Option<usize>,
+    grad_accum: usize,
     /// Tokens kept of each prompt+completion (the start is kept) [default: 512].
     #[arg(long)]
-    pub max_length: Option<usize>,
+    max_length: usize,
     /// Optimizer steps to run [default: all epochs].
     #[arg(long)]
-    pub max_steps: Option<usize>,
+    max_steps: usize,
     /// Passes over the training data, when max_steps is not set [default: 1].
     #[arg(long)]
-    pub epochs: Option<usize>,
+    epochs: usize,
     /// Seed of the data order [default: 42].
     #[arg(long)]
-    pub seed: Option<u64>,
+    seed: u64,
     /// Shuffle the pairs each epoch [default: true].
     #[arg(long)]
-    pub shuffle: Option<bool>,
+    shuffle: bool,
     /// k of the top-k entropy and mass metrics; 0 leaves them out [default: 10].
     #[arg(long)]
-    pub top_k: Option<usize>,
+    top_k: usize,
     /// Evaluate on the held-out pairs every N steps; 0 disables [default: 0].
     #[arg(long)]
-    pub eval_every: Option<usize>,
+    eval_every: usize,
     /// Also evaluate the starting model, as step 0, when evaluation is on: the baseline a score
     /// rule compares with, and the checkpoint a stop can fall back to [default: true].
     #[arg(long)]
-    pub eval_on_start: Option<bool>,
+    eval_on_start: bool,
     /// Eval prompts to generate completions for at each evaluation; 0 disables [default: 8].
     #[arg(long)]
-    pub gen_prompts: Option<usize>,
+    gen_prompts: usize,
     /// Sampling temperature of those generations [default: 0.5].
     #[arg(long)]
-    pub gen_temperature: Option<f64>,
+    gen_temperature: f64,
     /// Nucleus (top-p) of those generations [default: 0.75].
     #[arg(long)]
-    pub gen_top_p: Option<f64>,
+    gen_top_p: f64,
     /// Most tokens generated per prompt [default: 32].
     #[arg(long)]
-    pub gen_max_tokens: Option<usize>,
+    gen_max_tokens: usize,
     /// Write a checkpoint every N steps; 0: only at the end [default: 0].
     #[arg(long)]
-    pub checkpoint_every: Option<usize>,
+    checkpoint_every: usize,
     /// Folder for metrics.jsonl, checkpoints and resume state [default: redline-runs/RUN_ID].
     #[arg(long)]
-    pub output_dir: Option<PathBuf>,
+    output_dir: PathBuf,
     /// cpu, or cuda / cuda:N with the `cuda` feature [default: cpu].
     #[arg(long)]
-    pub device: Option<String>,
+    device: DeviceSpec,
     /// Redline server URL, e.g. http://127.0.0.1:8080; without it the run is offline (metrics.jsonl only).
     #[arg(long, env = "REDLINE_SERVER")]
-    pub server: Option<String>,
+    server: String,
     /// Bearer token for the server.
     #[arg(long, env = "REDLINE_TOKEN", hide_env_values = true)]
     #[serde(skip)]
-    pub token: Option<String>,
+    token: String,
     /// After training, how many seconds to wait for a server that makes no progress before
     /// leaving the undelivered steps in the spool for `redline push` [default: 30].
     #[arg(long, env = "REDLINE_FINISH_GRACE", value_name = "SECONDS")]
-    pub finish_grace: Option<u64>,
+    finish_grace: u64,
     /// Run id on the server (1-64 of [A-Za-z0-9_.-]); reusing one resumes that run [default: RUN_NAME-TIME].
     #[arg(long)]
-    pub run_id: Option<String>,
+    run_id: String,
     /// Display name of the run [default: the run id].
     #[arg(long)]
-    pub run_name: Option<String>,
+    run_name: String,
     /// Project of the run [default: default].
     #[arg(long)]
-    pub project: Option<String>,
+    project: String,
     /// Tags of the run (repeatable).
     #[arg(long = "tag")]
-    pub tags: Option<Vec<String>>,
+    tags: Vec<String>,
     /// Rule sets that watch the run on the server, in order (repeatable; `--rules none` for
     /// none) [default: presets].
     #[arg(long = "rules")]
-    pub rules: Option<Vec<String>>,
-}
-
-macro_rules! overlay {
-    ($base:ident, $top:ident, $($field:ident),*) => {
-        TrainArgs { $($field: $top.$field.or($base.$field)),* }
-    };
+    rules: Vec<String>,
+    }
 }
 
 impl TrainArgs {
@@ -162,56 +184,65 @@ impl TrainArgs {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
     }
+}
 
-    /// `self` with every field that `top` sets replaced.
-    #[must_use]
-    pub fn overlaid_with(self, top: TrainArgs) -> TrainArgs {
-        let base = self;
-        overlay!(
-            base,
-            top,
-            model,
-            reference,
-            precompute_ref,
-            train_data,
-            eval_data,
-            loss,
-            cut_threshold,
-            cut_weight,
-            beta,
-            nll_alpha,
-            label_smoothing,
-            lr,
-            warmup_steps,
-            schedule,
-            weight_decay,
-            max_grad_norm,
-            batch_size,
-            grad_accum,
-            max_length,
-            max_steps,
-            epochs,
-            seed,
-            shuffle,
-            top_k,
-            eval_every,
-            eval_on_start,
-            gen_prompts,
-            gen_temperature,
-            gen_top_p,
-            gen_max_tokens,
-            checkpoint_every,
-            output_dir,
-            device,
-            server,
-            token,
-            finish_grace,
-            run_id,
-            run_name,
-            project,
-            tags,
-            rules
-        )
+/// Where a run trains: `cpu`, or `cuda` / `cuda:N` (N the GPU's number; `cuda` is `cuda:0`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let ordinal = match s {
+            "cpu" => return Ok(Self::Cpu),
+            "cuda" => Some(0),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()),
+        };
+        ordinal
+            .map(Self::Cuda)
+            .ok_or_else(|| format!("must be cpu, cuda or cuda:N, got {s:?}"))
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceSpec {
+    /// The candle device; a GPU needs the `cuda` feature and a machine that has one.
+    pub fn open(self) -> Result<candle_core::Device> {
+        match self {
+            Self::Cpu => Ok(candle_core::Device::Cpu),
+            Self::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+                TrainError::Config(format!(
+                    "device {self}: {e} (build with --features cuda on a machine with a GPU)"
+                ))
+            }),
+        }
     }
 }
 
@@ -224,6 +255,25 @@ pub enum Objective {
     Cut(CutSettings),
 }
 
+/// The objective's own settings, beside `loss` in the run's config: CUT's λ and weight, the
+/// robust loss's ε.
+impl Serialize for Objective {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        match self {
+            Self::Cut(cut) => {
+                map.serialize_entry("cut_threshold", &cut.threshold)?;
+                map.serialize_entry("cut_weight", &cut.weight)?;
+            }
+            Self::Preference(LossKind::Robust { epsilon }) => {
+                map.serialize_entry("label_smoothing", epsilon)?;
+            }
+            Self::Preference(_) => {}
+        }
+        map.end()
+    }
+}
+
 impl Objective {
     pub fn preference(self) -> Option<LossKind> {
         match self {
@@ -233,15 +283,19 @@ impl Objective {
     }
 }
 
-/// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated configuration. Serialised, it is the run's config on the server: the settings
+/// that shape the training; where it reports (output folder, server, run id, name, project, tags,
+/// rules) is left out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub model: PathBuf,
     pub reference: PathBuf,
     pub precompute_ref: bool,
     pub train_data: PathBuf,
     pub eval_data: Option<PathBuf>,
+    #[serde(flatten)]
     pub objective: Objective,
+    #[serde(rename = "loss")]
     pub loss_name: String,
     pub beta: f64,
     pub nll_alpha: f64,
@@ -261,25 +315,37 @@ pub struct TrainConfig {
     pub eval_every: usize,
     pub eval_on_start: bool,
     pub gen_prompts: usize,
-    pub sampling: crate::generate::Sampling,
+    /// Recorded as `gen_temperature`, `gen_top_p` and `gen_max_tokens`, the settings' names.
+    #[serde(flatten)]
+    pub sampling: Sampling,
     pub checkpoint_every: usize,
+    pub device: DeviceSpec,
+    #[serde(skip)]
     pub output_dir: PathBuf,
-    pub device: String,
+    #[serde(skip)]
     pub server: Option<String>,
+    #[serde(skip)]
     pub token: Option<String>,
     /// How long the reporter waits for a server making no progress after training.
+    #[serde(skip)]
     pub finish_grace: std::time::Duration,
+    #[serde(skip)]
     pub run_id: String,
+    #[serde(skip)]
     pub run_name: String,
+    #[serde(skip)]
     pub project: String,
+    #[serde(skip)]
     pub tags: Vec<String>,
     /// The server's default (the presets) when `None`.
-    pub rules: Option<Vec<String>>,
+    #[serde(skip)]
+    pub rules: Option<Vec<RuleSetName>>,
     /// Where the run sits in a series of runs (iterative training), recorded in its config.
-    pub lineage: Option<serde_json::Value>,
+    #[serde(rename = "iterative", skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
 }
 
-fn bad(field: &str, message: impl std::fmt::Display) -> TrainError {
+fn bad(field: &str, message: impl fmt::Display) -> TrainError {
     TrainError::Config(format!("{field}: {message}"))
 }
 
@@ -373,13 +439,13 @@ fn resolve_sampling(
     temperature: Option<f64>,
     top_p: Option<f64>,
     max_tokens: Option<usize>,
-) -> Result<crate::generate::Sampling> {
+) -> Result<Sampling> {
     let temperature = finite_non_negative("gen_temperature", temperature.unwrap_or(0.5))?;
     let top_p = top_p.unwrap_or(0.75);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(bad("gen_top_p", format!("must be in (0, 1], got {top_p}")));
     }
-    Ok(crate::generate::Sampling {
+    Ok(Sampling {
         temperature,
         top_p,
         max_new_tokens: positive("gen_max_tokens", max_tokens.unwrap_or(32))?,
@@ -433,13 +499,6 @@ impl TrainConfig {
                 format!("{loss_name} uses batch statistics: needs at least 2"),
             ));
         }
-        let schedule_name = a.schedule.unwrap_or_else(|| "linear".into());
-        let schedule = Schedule::parse(&schedule_name).ok_or_else(|| {
-            bad(
-                "schedule",
-                format!("must be constant, linear or cosine, got {schedule_name:?}"),
-            )
-        })?;
         let lr = a.lr.unwrap_or(1e-6);
         if !(lr.is_finite() && lr > 0.0) {
             return Err(bad("lr", format!("must be a finite number > 0, got {lr}")));
@@ -459,13 +518,18 @@ impl TrainConfig {
         let eval_data = a
             .eval_data
             .or_else(|| beside_model("eval.jsonl").filter(|p| p.is_file()));
-        let device = a.device.unwrap_or_else(|| "cpu".into());
-        if !(device == "cpu" || device == "cuda" || device.starts_with("cuda:")) {
-            return Err(bad(
-                "device",
-                format!("must be cpu, cuda or cuda:N, got {device:?}"),
-            ));
-        }
+        let rules = a
+            .rules
+            .map(|names| {
+                names
+                    .into_iter()
+                    .filter(|n| n != "none")
+                    .map(|n| {
+                        RuleSetName::parse(n).map_err(|e| bad("rules", format!("rule set {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         Ok(Self {
             reference: a.reference.unwrap_or_else(|| model.clone()),
             precompute_ref: a.precompute_ref.unwrap_or(false),
@@ -481,7 +545,7 @@ impl TrainConfig {
             nll_alpha: finite_non_negative("nll_alpha", a.nll_alpha.unwrap_or(0.0))?,
             lr,
             warmup_steps: a.warmup_steps.unwrap_or(0),
-            schedule,
+            schedule: a.schedule.unwrap_or(Schedule::Linear),
             weight_decay: finite_non_negative("weight_decay", a.weight_decay.unwrap_or(0.0))?,
             max_grad_norm: finite_non_negative("max_grad_norm", a.max_grad_norm.unwrap_or(1.0))?,
             batch_size,
@@ -497,7 +561,7 @@ impl TrainConfig {
             gen_prompts: a.gen_prompts.unwrap_or(8),
             sampling: resolve_sampling(a.gen_temperature, a.gen_top_p, a.gen_max_tokens)?,
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
-            device,
+            device: a.device.unwrap_or_default(),
             server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
             token: a.token,
             finish_grace: a.finish_grace.map_or(
@@ -508,33 +572,14 @@ impl TrainConfig {
             run_name,
             project: a.project.unwrap_or_else(|| "default".into()),
             tags: a.tags.unwrap_or_default(),
-            rules: a
-                .rules
-                .map(|r| r.into_iter().filter(|n| n != "none").collect()),
+            rules,
             lineage: None,
         })
     }
 
     /// The configuration as JSON, for the run's record on the server.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut json = serde_json::json!({
-            "model": self.model, "reference": self.reference,
-            "precompute_ref": self.precompute_ref, "train_data": self.train_data,
-            "eval_data": self.eval_data, "loss": self.loss_name, "beta": self.beta,
-            "nll_alpha": self.nll_alpha, "lr": self.lr, "warmup_steps": self.warmup_steps,
-            "schedule": format!("{:?}", self.schedule).to_lowercase(), "weight_decay": self.weight_decay,
-            "max_grad_norm": self.max_grad_norm, "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum, "max_length": self.max_length, "max_steps": self.max_steps,
-            "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle, "top_k": self.top_k,
-            "eval_every": self.eval_every, "eval_on_start": self.eval_on_start, "gen_prompts": self.gen_prompts,
-            "gen_temperature": self.sampling.temperature, "gen_top_p": self.sampling.top_p,
-            "gen_max_tokens": self.sampling.max_new_tokens, "checkpoint_every": self.checkpoint_every,
-            "device": self.device,
-        });
-        if let Some(lineage) = &self.lineage {
-            json["iterative"] = lineage.clone();
-        }
-        json
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| TrainError::Config(format!("the run's config: {e}")))
     }
 }
 
@@ -585,6 +630,74 @@ mod tests {
         assert_eq!(c.tags, ["dpo", "rpo", "tiny"]);
     }
 
+    /// The run's config on the server keeps the keys and forms it always had; the objective's own
+    /// settings are added beside `loss`.
+    #[test]
+    fn the_recorded_config_names_every_training_setting() {
+        let args = TrainArgs {
+            model: Some(fixture()),
+            schedule: Some(Schedule::Cosine),
+            device: Some("cuda".parse().unwrap()),
+            ..TrainArgs::default()
+        };
+        let json = TrainConfig::resolve(args.clone(), 0)
+            .unwrap()
+            .to_json()
+            .unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let mut expected: Vec<&str> =
+            "model reference precompute_ref train_data eval_data loss beta \
+            nll_alpha lr warmup_steps schedule weight_decay max_grad_norm batch_size grad_accum \
+            max_length max_steps epochs seed shuffle top_k eval_every eval_on_start gen_prompts \
+            gen_temperature gen_top_p gen_max_tokens checkpoint_every device"
+                .split_whitespace()
+                .collect();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(
+            (&json["schedule"], &json["device"], &json["loss"]),
+            (&"cosine".into(), &"cuda:0".into(), &"sigmoid".into())
+        );
+        assert_eq!(json["gen_max_tokens"], 32);
+        let cut = TrainArgs {
+            loss: Some("cut".into()),
+            cut_weight: Some(0.25),
+            ..args
+        };
+        let json = TrainConfig::resolve(cut, 0).unwrap().to_json().unwrap();
+        assert_eq!(
+            (&json["cut_threshold"], &json["cut_weight"]),
+            (&1.2.into(), &0.25.into())
+        );
+    }
+
+    #[test]
+    fn the_device_and_the_schedule_are_words_from_a_known_set() {
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda:1".parse(), Ok(DeviceSpec::Cuda(1)));
+        for bad in ["gpu", "cuda:x", "cuda1"] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        let err = |text: &str| toml::from_str::<TrainArgs>(text).unwrap_err().to_string();
+        let device = err("device = \"gpu\"");
+        assert!(
+            device.contains("device") && device.contains("\"gpu\""),
+            "{device}"
+        );
+        let schedule = err("schedule = \"cosin\"");
+        assert!(
+            schedule.contains("schedule") && schedule.contains("cosin"),
+            "{schedule}"
+        );
+    }
+
     #[test]
     fn bad_settings_name_the_field() {
         let err = |toml_text: &str| {
@@ -606,5 +719,6 @@ mod tests {
         assert!(err(&format!("{m}lerning_rate = 1.0")).contains("lerning_rate"));
         assert!(err("model = \"/nowhere\"").contains("/nowhere has no config.json"));
         assert!(err(&format!("{m}run_id = \"a b\"")).contains("run_id"));
+        assert!(err(&format!("{m}rules = [\"Presets\"]")).contains("rules: rule set"));
     }
 }

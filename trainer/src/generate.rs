@@ -14,11 +14,14 @@ use crate::metrics::{TopK, topk_stats_rows};
 use crate::model::{Decoder, ModelConfig};
 use crate::rng::SplitMix64;
 
-/// How completions are sampled.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How completions are sampled. Serialised under the names of the settings that give it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Sampling {
+    #[serde(rename = "gen_temperature")]
     pub temperature: f64,
+    #[serde(rename = "gen_top_p")]
     pub top_p: f64,
+    #[serde(rename = "gen_max_tokens")]
     pub max_new_tokens: usize,
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Result, TrainError};
 use crate::generate::{Sampling, final_answer, generation_metrics, sample_completions};
 use crate::model::{Decoder, load_weights, reference_model, write_model_folder};
 use crate::rng::SplitMix64;
-use crate::train::{Checkpoints, Outcome, device, train};
+use crate::train::{Checkpoints, Outcome, train};
 
 /// How the iterations sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,6 +39,20 @@ pub struct Iteration {
     /// Exact match on the held-out prompts after the iteration.
     pub score: f64,
     pub outcome: Outcome,
+    /// What the run left undelivered and how to send it, for people (see [`crate::train::leftover`]).
+    pub leftover: Option<String>,
+}
+
+/// Where a run sits in a series of runs, recorded in its config as `iterative`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lineage {
+    pub iteration: usize,
+    /// How many iterations the series has.
+    pub of: usize,
+    pub previous_run: Option<String>,
+    /// Training pairs this iteration sampled.
+    pub pairs: usize,
+    pub samples_per_prompt: usize,
 }
 
 /// The report: the starting model's score, then each iteration's.
@@ -68,7 +82,11 @@ pub fn train_iterative(base: &TrainArgs, plan: &Plan, now: u64) -> Result<Report
     // Each model is loaded once: it is scored, then sampled by the next iteration.
     let mut policy = Policy::open(&model, &first)?;
     let start_score = policy.score(&eval_data, &first)?;
-    eprintln!("redline: iteration 0 (the starting model): held-out score {start_score:.3}");
+    tracing::info!(
+        iteration = 0,
+        score = start_score,
+        "the starting model's held-out score"
+    );
     let mut iterations: Vec<Iteration> = Vec::new();
     for i in 1..=plan.iterations {
         let dir = root.join(format!("iteration-{i}"));
@@ -111,26 +129,28 @@ pub fn train_iterative(base: &TrainArgs, plan: &Plan, now: u64) -> Result<Report
             ..base.clone()
         };
         let mut config = TrainConfig::resolve(args, now)?;
-        config.lineage = Some(serde_json::json!({
-            "iteration": i,
-            "of": plan.iterations,
-            "previous_run": iterations.last().map(|p| p.run_id.clone()),
-            "pairs": pairs,
-            "samples_per_prompt": plan.samples,
-        }));
+        config.lineage = Some(Lineage {
+            iteration: i,
+            of: plan.iterations,
+            previous_run: iterations.last().map(|p| p.run_id.clone()),
+            pairs,
+            samples_per_prompt: plan.samples,
+        });
         let outcome = train(&config)?;
+        let leftover = crate::train::leftover(&config, &outcome);
         let next = dir.join("model");
         export_run(&model, &config, outcome.last_step, &next)?;
         model = next;
         policy = Policy::open(&model, &first)?;
         let score = policy.score(&eval_data, &first)?;
-        eprintln!("redline: iteration {i}: {pairs} pairs, held-out score {score:.3}");
+        tracing::info!(iteration = i, pairs, score, "iteration trained and scored");
         iterations.push(Iteration {
             iteration: i,
             run_id,
             pairs,
             score,
             outcome,
+            leftover,
         });
     }
     Ok(Report {
@@ -149,7 +169,7 @@ struct Policy {
 
 impl Policy {
     fn open(dir: &Path, cfg: &TrainConfig) -> Result<Self> {
-        let device = device(&cfg.device)?;
+        let device = cfg.device.open()?;
         let loaded = load_weights(dir, &device)?;
         let eos = loaded.config.eos_token_id;
         Ok(Self {
@@ -257,7 +277,7 @@ impl Policy {
 /// weights of the checkpoint a stop kept, else of its last step.
 fn export_run(from: &Path, run: &TrainConfig, last_step: usize, to: &Path) -> Result<()> {
     let checkpoints = Checkpoints::of_run(&run.output_dir);
-    let step = checkpoints.best().unwrap_or(last_step);
+    let step = checkpoints.best()?.unwrap_or(last_step);
     write_model_folder(from, &checkpoints.weights(step), to)
 }
 
@@ -297,7 +317,7 @@ mod tests {
             train_data: Some(train_data),
             eval_data: Some(eval_data),
             batch_size: Some(4),
-            schedule: Some("constant".into()),
+            schedule: Some(crate::optim::Schedule::Constant),
             gen_temperature: Some(0.0),
             gen_max_tokens: Some(3),
             gen_prompts: Some(2),
@@ -338,7 +358,10 @@ mod tests {
         for it in &report.iterations {
             assert_eq!(it.run_id, format!("it-iter{}", it.iteration));
             assert!(it.pairs >= 4, "{it:?}");
-            assert_eq!(it.outcome.status, "completed");
+            assert_eq!(
+                it.outcome.status,
+                redline_core::wire::FinalStatus::Completed
+            );
             assert!((0.0..=1.0).contains(&it.score));
             let dir = out
                 .path()

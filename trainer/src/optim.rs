@@ -58,9 +58,14 @@ pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
 }
 
-/// Learning-rate schedule after `warmup` linear steps from 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Learning-rate schedule after `warmup` linear steps from 0. Named in lowercase in flags, config
+/// files and the run's recorded config.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedule {
+    /// The peak learning rate throughout.
     Constant,
     /// Linear decay to 0 at the last step.
     Linear,
@@ -69,15 +74,6 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "constant" => Some(Self::Constant),
-            "linear" => Some(Self::Linear),
-            "cosine" => Some(Self::Cosine),
-            _ => None,
-        }
-    }
-
     /// The multiplier of the base learning rate for optimizer step `step` (0-based) of `total`,
     /// as transformers' `get_*_schedule_with_warmup`.
     pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use redline_core::wire::CreateRun;
+
 use super::ServerTarget;
 use crate::error::TrainError;
 
@@ -41,7 +43,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&impl serde::Serialize>,
         deadline: Option<Instant>,
     ) -> Result<String, CallError> {
         let timeout = deadline.map_or(CALL_TIMEOUT, |d| {
@@ -82,7 +84,7 @@ impl Client {
     /// Creates or resumes the run (`PUT`).
     pub(super) fn open_run(
         &self,
-        run: &serde_json::Value,
+        run: &CreateRun,
         deadline: Option<Instant>,
     ) -> Result<(), CallError> {
         self.call(reqwest::Method::PUT, "", Some(run), deadline)

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use redline_core::MetricValue;
-use redline_core::wire::{Signal, StepRecord};
+use redline_core::wire::{AckSignal, CreateRun, FinishRun, Signal, StepRecord};
 
 pub use push::{Pushed, push};
 pub use record::RunRecord;
-pub use sender::{Delivery, Ending};
+pub use sender::Delivery;
 pub use spool::Spool;
 
 use crate::error::{Result, TrainError};
@@ -50,7 +50,7 @@ pub struct ServerTarget {
     pub token: Option<String>,
     pub run_id: String,
     /// Body of the create-or-resume call.
-    pub run: serde_json::Value,
+    pub run: CreateRun,
     /// After training, how long the sender may go without progress before it gives up and
     /// leaves the rest in the spool.
     pub finish_grace: Duration,
@@ -81,10 +81,11 @@ impl Reporter {
             None => None,
         };
         if let Some(t) = &start {
-            eprintln!(
-                "redline: {}; training goes on: steps are kept in {} and sent once it answers",
-                t.said,
-                spool.log().display()
+            tracing::warn!(
+                problem = %t.said,
+                spool = %spool.log().display(),
+                "server unavailable; training goes on, and the steps kept in the spool are sent \
+                 once it answers"
             );
         }
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
@@ -192,8 +193,10 @@ impl Reporter {
     pub fn ack(&self, id: i64, step: usize) {
         self.send(Msg::Answer {
             id,
-            step: step as i64,
-            refused: None,
+            ack: AckSignal {
+                step: step as i64,
+                refused: None,
+            },
         });
     }
 
@@ -202,25 +205,21 @@ impl Reporter {
     pub fn refuse(&self, id: i64, step: usize, why: &str) {
         self.send(Msg::Answer {
             id,
-            step: step as i64,
-            refused: Some(fit_text(why)),
+            ack: AckSignal {
+                step: step as i64,
+                refused: Some(fit_text(why)),
+            },
         });
     }
 
     /// Sends what is left and finishes the run on the server, giving up once the grace passes
-    /// without progress; whatever could not be sent stays in the spool, and this says so. `None`
-    /// for an offline run.
-    pub fn finish(mut self, status: &str, reason: Option<String>) -> Option<Delivery> {
+    /// without progress; whatever could not be sent stays in the spool, and the [`Delivery`]
+    /// says so ([`leftover`] words it for people). `None` for an offline run.
+    pub fn finish(mut self, end: FinishRun) -> Option<Delivery> {
         let _ = self.log.flush();
-        // A stop's reason quotes the rule's message, which can outgrow the server's text limit;
-        // the whole message stays in the run's rule events.
-        let reason = reason.map(|r| fit_text(&r));
         self.stop.store(true, Ordering::Relaxed);
         let (tx, done, target) = (self.tx.take()?, self.done.take()?, self.target.take()?);
-        let _ = tx.send(Msg::Finish(Some(Ending {
-            status: status.to_owned(),
-            reason,
-        })));
+        let _ = tx.send(Msg::Finish(Some(fit_end(end))));
         // The sender keeps to the grace itself; this bound only guards against a sender stuck
         // in a call, which must not keep the trainer alive either.
         let delivery = done
@@ -237,8 +236,14 @@ impl Reporter {
                     retryable: true,
                 }
             });
-        if let Some(left) = leftover(&delivery, &target.url, &self.dir, &target.run_id) {
-            eprintln!("{left}");
+        if let Some(problem) = &delivery.problem {
+            tracing::warn!(
+                run = %target.run_id,
+                undelivered = delivery.undelivered,
+                retryable = delivery.retryable,
+                problem = %problem,
+                "the run's delivery stopped short; what is left stays in the spool"
+            );
         }
         Some(delivery)
     }
@@ -293,6 +298,15 @@ fn end_torn_line(log: &mut File) -> std::io::Result<()> {
         log.write_all(b"\n")?;
     }
     Ok(())
+}
+
+/// A stop's reason quotes the rule's message, which can outgrow the server's text limit; the
+/// whole message stays in the run's rule events.
+fn fit_end(end: FinishRun) -> FinishRun {
+    FinishRun {
+        reason: end.reason.map(|r| fit_text(&r)),
+        ..end
+    }
 }
 
 /// `text` cut to the server's limit on free text, marked with an ellipsis where cut.

@@ -6,22 +6,24 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use redline_core::wire::FinishRun;
+
 use super::client::{Client, check_server};
 use super::record::RunRecord;
-use super::sender::{Delivery, Ending, Msg, Sender};
+use super::sender::{Delivery, Msg, Sender};
 use super::spool::Spool;
-use super::{ServerTarget, fit_text, leftover};
+use super::{ServerTarget, fit_end, leftover};
 use crate::error::{Result, TrainError};
 
 /// What a push did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Pushed {
     pub run_id: String,
     pub url: String,
     /// Steps the server took (or refused as invalid, which no retry changes).
     pub sent: usize,
     /// How the trainer ended the run; `None` when it recorded no end (it was interrupted).
-    pub ended: Option<Ending>,
+    pub ended: Option<FinishRun>,
     pub delivery: Delivery,
 }
 
@@ -69,10 +71,10 @@ pub fn push(
     // A refused token or run fails here, clearly, before anything is sent.
     let start = check_server(&target)?;
     if let Some(t) = &start {
-        eprintln!(
-            "redline: {}; retrying for up to {} s",
-            t.said,
-            grace.as_secs_f64()
+        tracing::warn!(
+            problem = %t.said,
+            grace_seconds = grace.as_secs_f64(),
+            "server unavailable; retrying"
         );
     }
     let before = spool
@@ -80,10 +82,7 @@ pub fn push(
         .map_err(|e| TrainError::io(spool.log(), e))?;
     let (tx, rx) = mpsc::channel();
     // Asked to finish from the start: it sends everything, then the end, then returns.
-    let end = record.ended.clone().map(|e| Ending {
-        reason: e.reason.map(|r| fit_text(&r)),
-        ..e
-    });
+    let end = record.ended.clone().map(fit_end);
     let _ = tx.send(Msg::Finish(end));
     let sender = Sender {
         client: Client::new(&target)?,

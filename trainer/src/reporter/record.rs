@@ -4,20 +4,20 @@
 
 use std::path::{Path, PathBuf};
 
+use redline_core::wire::{CreateRun, FinishRun};
 use serde::{Deserialize, Serialize};
 
-use super::sender::Ending;
 use crate::error::{Result, TrainError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     /// The server `redline train` reported to; `None` for an offline run.
     pub server: Option<String>,
     /// Body of the create-or-resume call (name, project, tags, config, rules).
-    pub create: serde_json::Value,
+    pub create: CreateRun,
     /// How the trainer ended the run; `None` while it trains, or when it was interrupted.
-    pub ended: Option<Ending>,
+    pub ended: Option<FinishRun>,
 }
 
 impl RunRecord {

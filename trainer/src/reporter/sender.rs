@@ -8,8 +8,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redline_core::wire::{IngestResult, Signal};
-use serde::{Deserialize, Serialize};
+use redline_core::wire::{
+    AckSignal, CreateRun, FinalStatus, FinishRun, IngestResult, Signal, StepBatch, StepRecord,
+};
 
 use super::client::{CallError, Client, Next, Trouble, retry_wait};
 use super::spool::Spool;
@@ -19,23 +20,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often an idle sender looks at the spool without being woken.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// How the trainer ended the run, as the server's finish call takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ending {
-    pub status: String,
-    pub reason: Option<String>,
-}
-
 pub(super) enum Msg {
     Wake,
-    /// The trainer's answer to signal `id`: applied at `step`, or refused there and why.
+    /// The trainer's answer to signal `id`: applied at a step, or refused there and why.
     Answer {
         id: i64,
-        step: i64,
-        refused: Option<String>,
+        ack: AckSignal,
     },
     /// Send what is left, then the run's end (`None`: leave the run as it is), and return.
-    Finish(Option<Ending>),
+    Finish(Option<FinishRun>),
 }
 
 /// What reached the server by the time the sender returned.
@@ -87,15 +80,15 @@ enum Round {
 }
 
 /// Whether the trainer has asked to finish, and with what end (`None`: leave the run as it is).
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 enum Phase {
     Training,
-    Finishing(Option<Ending>),
+    Finishing(Option<FinishRun>),
 }
 
 struct State {
     created: bool,
-    answers: VecDeque<(i64, serde_json::Value)>,
+    answers: VecDeque<(i64, AckSignal)>,
     phase: Phase,
     /// When to give up: the grace after the finish request, renewed by each bit of progress.
     deadline: Option<Instant>,
@@ -128,7 +121,7 @@ pub(super) struct Sender {
     pub(super) inbox: Arc<Mutex<Vec<Signal>>>,
     pub(super) rx: mpsc::Receiver<Msg>,
     /// Body of the create-or-resume call.
-    pub(super) run: serde_json::Value,
+    pub(super) run: CreateRun,
     pub(super) grace: Duration,
     /// What the check before starting found: `None`, the run is open; else why it is not, which
     /// was told already.
@@ -161,10 +154,9 @@ impl Sender {
                     Ok(Round::Done) => return self.delivery(&st, true),
                     Ok(round) => {
                         if st.trouble.take().is_some() {
-                            eprintln!(
-                                "redline: the server at {} answers again; sending the steps kept \
-                                 meanwhile",
-                                self.client.url
+                            tracing::info!(
+                                server = %self.client.url,
+                                "the server answers again; sending the steps kept meanwhile"
                             );
                         }
                         st.backoff = FIRST_BACKOFF;
@@ -185,7 +177,7 @@ impl Sender {
                 }
             };
             // Refused for good: waiting cannot help, so finishing does not wait.
-            if st.blocked.is_some() && st.phase != Phase::Training {
+            if st.blocked.is_some() && !matches!(st.phase, Phase::Training) {
                 return self.delivery(&st, false);
             }
             let wait = match st.deadline {
@@ -221,7 +213,7 @@ impl Sender {
                 // Unknown signal, answered already another way, or an answer the server will never
                 // take: nothing left to say, and no reason to hold back the steps behind it.
                 Err(e) if matches!(e.status(), Some(400 | 404 | 409 | 413 | 422)) => {
-                    eprintln!("redline: answering signal {id} failed for good ({e})");
+                    tracing::warn!(signal = id, error = %e, "answering a signal failed for good");
                 }
                 Err(e) => return Err(at(Stage::Answer)(e)),
             }
@@ -235,9 +227,8 @@ impl Sender {
             Phase::Training => Ok(Round::Idle),
             Phase::Finishing(None) => Ok(Round::Done),
             Phase::Finishing(Some(end)) => {
-                let body = serde_json::json!({ "status": end.status, "reason": end.reason });
                 self.client
-                    .call(reqwest::Method::POST, "/finish", Some(&body), st.deadline)
+                    .call(reqwest::Method::POST, "/finish", Some(end), st.deadline)
                     .map_err(at(Stage::Finish))?;
                 Ok(Round::Done)
             }
@@ -267,9 +258,10 @@ impl Sender {
                     for step in &steps {
                         match self.post_steps(std::slice::from_ref(step), deadline) {
                             Err(e) if matches!(e.status(), Some(400 | 413 | 422)) => {
-                                eprintln!(
-                                    "redline: the server refused step {}, skipped ({e})",
-                                    step["step"]
+                                tracing::warn!(
+                                    step = step.step,
+                                    error = %e,
+                                    "the server refused a step; skipped (it stays in the spool)"
                                 );
                             }
                             other => other?,
@@ -285,12 +277,10 @@ impl Sender {
         Ok(true)
     }
 
-    fn post_steps(
-        &self,
-        steps: &[serde_json::Value],
-        deadline: Option<Instant>,
-    ) -> Result<(), CallError> {
-        let body = serde_json::json!({ "steps": steps });
+    fn post_steps(&self, steps: &[StepRecord], deadline: Option<Instant>) -> Result<(), CallError> {
+        let body = StepBatch {
+            steps: steps.to_vec(),
+        };
         let answer = self
             .client
             .call(reqwest::Method::POST, "/steps", Some(&body), deadline)?;
@@ -306,7 +296,7 @@ impl Sender {
         let log = self.spool.log().display();
         // The run is gone (a new database?): create it again, then resend.
         if f.stage != Stage::Open && f.error.status() == Some(404) {
-            eprintln!("redline: the run is gone from the server at {url}; creating it again");
+            tracing::warn!(server = %url, "the run is gone from the server; creating it again");
             st.created = false;
             return st.backoff(Next::Retry(None));
         }
@@ -322,14 +312,22 @@ impl Sender {
         let next = f.error.next();
         match next {
             Next::GiveUp => {
-                eprintln!("redline: {said}; no more steps are sent, they are kept in {log}");
+                tracing::warn!(
+                    problem = %said,
+                    spool = %log,
+                    "no more steps are sent; they are kept in the spool"
+                );
                 st.blocked = Some(said);
                 IDLE
             }
             Next::Retry(_) => {
                 let status = f.error.status();
                 if st.trouble.as_ref().is_none_or(|t| t.status != status) {
-                    eprintln!("redline: {said}; steps are kept in {log} and sent once it answers");
+                    tracing::warn!(
+                        problem = %said,
+                        spool = %log,
+                        "steps are kept in the spool and sent once the server answers"
+                    );
                 }
                 st.trouble = Some(Trouble { status, said });
                 st.backoff(next)
@@ -348,11 +346,11 @@ impl Sender {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 st.disconnected = true;
-                if st.phase == Phase::Training {
+                if matches!(st.phase, Phase::Training) {
                     self.finish(
                         st,
-                        Some(Ending {
-                            status: "failed".into(),
+                        Some(FinishRun {
+                            status: FinalStatus::Failed,
                             reason: Some("trainer exited".into()),
                         }),
                     );
@@ -366,19 +364,13 @@ impl Sender {
         {
             match msg {
                 Msg::Wake => {}
-                Msg::Answer { id, step, refused } => {
-                    let body = match refused {
-                        None => serde_json::json!({ "step": step }),
-                        Some(why) => serde_json::json!({ "step": step, "refused": why }),
-                    };
-                    st.answers.push_back((id, body));
-                }
+                Msg::Answer { id, ack } => st.answers.push_back((id, ack)),
                 Msg::Finish(end) => self.finish(st, end),
             }
         }
     }
 
-    fn finish(&self, st: &mut State, end: Option<Ending>) {
+    fn finish(&self, st: &mut State, end: Option<FinishRun>) {
         st.phase = Phase::Finishing(end);
         st.deadline = Some(Instant::now() + self.grace);
         // Training is over: one more try at once, rather than lose the grace to our own backoff.
@@ -389,7 +381,7 @@ impl Sender {
 
     fn delivery(&self, st: &State, done: bool) -> Delivery {
         let undelivered = self.spool.undelivered().unwrap_or_else(|e| {
-            eprintln!("redline: cannot read {}: {e}", self.spool.log().display());
+            tracing::warn!(spool = %self.spool.log().display(), error = %e, "cannot read the spool");
             0
         });
         let problem = (!done).then(|| {

@@ -6,6 +6,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use redline_core::wire::StepRecord;
+
 /// Steps per ingest request.
 const BATCH_STEPS: usize = 1_000;
 
@@ -47,8 +49,9 @@ impl Spool {
     }
 
     /// Complete lines after `offset`, at most `BATCH_STEPS`, and the offset after them. Lines that
-    /// are not JSON are passed over: nothing could ever deliver them.
-    pub fn pending(&self, offset: u64) -> std::io::Result<(Vec<serde_json::Value>, u64)> {
+    /// are not steps (a torn line ended by a restart) are passed over: nothing could ever deliver
+    /// them.
+    pub fn pending(&self, offset: u64) -> std::io::Result<(Vec<StepRecord>, u64)> {
         self.read_from(offset, BATCH_STEPS)
     }
 
@@ -61,11 +64,7 @@ impl Spool {
         }
     }
 
-    fn read_from(
-        &self,
-        offset: u64,
-        most: usize,
-    ) -> std::io::Result<(Vec<serde_json::Value>, u64)> {
+    fn read_from(&self, offset: u64, most: usize) -> std::io::Result<(Vec<StepRecord>, u64)> {
         let mut file = File::open(&self.log)?;
         file.seek(SeekFrom::Start(offset))?;
         let mut reader = BufReader::new(file);
@@ -108,7 +107,7 @@ mod tests {
         spool.save_offset(first.len() as u64).unwrap();
         assert_eq!(spool.undelivered().unwrap(), 1);
         let (steps, end) = spool.pending(spool.offset()).unwrap();
-        assert_eq!(steps[0]["step"], 2);
+        assert_eq!(steps[0].step, 2);
         spool.save_offset(end).unwrap();
         assert_eq!(spool.undelivered().unwrap(), 0);
     }

@@ -192,7 +192,7 @@ fn trains_a_few_steps(path: &Path, prompt_ids: &[u32]) {
         batch_size: Some(2),
         max_length: Some(64),
         lr: Some(1e-5),
-        schedule: Some("constant".into()),
+        schedule: Some(crate::optim::Schedule::Constant),
         max_steps: Some(3),
         checkpoint_every: Some(3),
         output_dir: Some(out.clone()),
