@@ -54,7 +54,8 @@ fn body(first: usize, n: usize) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({ "steps": steps })).expect("json"))
 }
 
-async fn timed(
+/// `repeats` timed GETs of `url` (after one untimed), sorted, with the last body and its length.
+pub(super) async fn timed(
     http: &reqwest::Client,
     url: &str,
     repeats: usize,
