@@ -4,7 +4,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Html;
-use futures::future::try_join_all;
+use redline_core::RunId;
 use redline_core::wire::{Run, RunStatus};
 
 use super::error::PageError;
@@ -13,7 +13,7 @@ use super::view::{self, Chrome, RunView};
 use crate::http::extract::QueryParams;
 use crate::http::runs::run_filter;
 use crate::state::AppState;
-use crate::store::{RunSort, Store, StoreResult};
+use crate::store::RunSort;
 
 #[derive(Debug)]
 struct Row {
@@ -45,9 +45,8 @@ struct RunsPage {
     next_offset: Option<u32>,
 }
 
-async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Row> {
-    let v = RunView::of(store, run).await?;
-    Ok(Row {
+fn row(v: RunView, now: chrono::DateTime<chrono::Utc>) -> Row {
+    Row {
         health: v.health(),
         loss_type: view::config_value(&v.run, "loss"),
         beta: view::config_value(&v.run, "beta"),
@@ -56,7 +55,7 @@ async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) ->
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, now),
         run: v.run,
-    })
+    }
 }
 
 pub async fn runs_page(
@@ -76,10 +75,20 @@ pub async fn runs_page(
     let mut runs = state.store.list_runs(&filter).await?;
     let has_next = runs.len() > limit as usize;
     runs.truncate(limit as usize);
-    let now = chrono::Utc::now();
-    let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now)))
+    // Three statements for the page however many runs it lists: the runs, then the series and
+    // the signals of all of them.
+    let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+    let details = state
+        .store
+        .run_details(&ids)
         .await
         .map_err(PageError::store)?;
+    let now = chrono::Utc::now();
+    let rows = runs
+        .into_iter()
+        .zip(details)
+        .map(|(run, d)| row(RunView::of(run, d), now))
+        .collect();
     let text = |name| q.str(name).unwrap_or_default().to_owned();
     let mut base = Vec::new();
     for key in ["project", "status", "tag", "sort", "limit"] {
