@@ -36,7 +36,7 @@ async fn write_run(
     let body = serde_json::to_vec(&serde_json::json!({ "steps": rows }))?;
     let url = server.url(&format!("/api/v1/runs/{id}/steps"));
     post_batch(http, &url, body.into(), (steps * METRICS.len()) as u64).await?;
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         let signal = serde_json::json!({ "kind": "checkpoint", "reason": "bench" });
         http.post(server.url(&format!("/api/v1/runs/{id}/signals")))
             .json(&signal)

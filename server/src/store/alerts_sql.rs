@@ -353,7 +353,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
              SELECT $1, 1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM rule_sets WHERE name = $1) \
              ON CONFLICT (name, version) DO NOTHING";
         let args = args![name.as_str(), source, now()];
-        D::execute(&mut *self.writer.acquire().await?, sql, args).await?;
+        D::execute(&mut *self.write().await?, sql, args).await?;
         Ok(())
     }
 
@@ -389,15 +389,14 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
     }
 
     async fn run_rules(&self, id: &RunId) -> StoreResult<RunRules> {
-        let mut c = self.read().await?;
         let sql = "SELECT pk, rules_step, last_step FROM runs WHERE run_id = $1";
         let run: Option<(i64, Option<i64>, Option<i64>)> =
-            D::optional(&mut c, sql, args![id.as_str()]).await?;
+            D::optional(&mut *self.read().await?, sql, args![id.as_str()]).await?;
         let (pk, rules_step, last_step) = run.ok_or_else(|| StoreError::RunNotFound(id.clone()))?;
         let sql = "SELECT s.name, s.version, s.source, s.created_at FROM run_rule_sets p \
              JOIN rule_sets s ON s.id = p.rule_set_id WHERE p.run_pk = $1 ORDER BY p.position";
         Ok(RunRules {
-            sets: D::all(&mut c, sql, args![pk]).await?,
+            sets: D::all(&mut *self.read().await?, sql, args![pk]).await?,
             rules_step,
             last_step,
         })
@@ -433,8 +432,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
             severity,
             now()
         ];
-        let row: Option<WebhookRow> =
-            D::optional(&mut *self.writer.acquire().await?, &sql, args).await?;
+        let row: Option<WebhookRow> = D::optional(&mut *self.write().await?, &sql, args).await?;
         row.ok_or_else(|| {
             StoreError::Conflict(format!(
                 "a webhook named {} exists; delete it first to replace it",
@@ -466,14 +464,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
 
     async fn delete_webhook(&self, name: &WebhookName) -> StoreResult<()> {
         let sql = "DELETE FROM webhooks WHERE name = $1";
-        if D::execute(
-            &mut *self.writer.acquire().await?,
-            sql,
-            args![name.as_str()],
-        )
-        .await?
-            == 0
-        {
+        if D::execute(&mut *self.write().await?, sql, args![name.as_str()]).await? == 0 {
             return Err(StoreError::WebhookNotFound(name.to_string()));
         }
         Ok(())

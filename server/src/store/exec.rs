@@ -29,7 +29,7 @@ use super::chunk::IngestPlan;
 
 /// A statement argument. Only the types the shared SQL binds; the bulk statements that bind
 /// arrays are the dialects' own.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Arg<'a> {
     I64(Option<i64>),
     I32(Option<i32>),
@@ -44,30 +44,26 @@ pub enum Arg<'a> {
 
 macro_rules! arg_from {
     ($($variant:ident($t:ty)),*) => {$(
-        impl From<$t> for Arg<'_> {
+        impl<'a> From<$t> for Arg<'a> {
             fn from(v: $t) -> Self {
                 Self::$variant(Some(v))
             }
         }
-        impl From<Option<$t>> for Arg<'_> {
+        impl<'a> From<Option<$t>> for Arg<'a> {
             fn from(v: Option<$t>) -> Self {
                 Self::$variant(v)
             }
         }
     )*};
 }
-arg_from!(I64(i64), I32(i32), F64(f64), Time(DateTime<Utc>));
+arg_from!(
+    I64(i64),
+    I32(i32),
+    F64(f64),
+    Str(&'a str),
+    Time(DateTime<Utc>)
+);
 
-impl<'a> From<&'a str> for Arg<'a> {
-    fn from(v: &'a str) -> Self {
-        Self::Str(Some(v))
-    }
-}
-impl<'a> From<Option<&'a str>> for Arg<'a> {
-    fn from(v: Option<&'a str>) -> Self {
-        Self::Str(v)
-    }
-}
 impl<'a> From<&'a String> for Arg<'a> {
     fn from(v: &'a String) -> Self {
         Self::Str(Some(v))
@@ -92,6 +88,9 @@ pub fn json(v: &impl serde::Serialize) -> Arg<'static> {
 }
 
 /// The arguments of a statement, in `$n` order.
+pub type Args<'a> = Vec<Arg<'a>>;
+
+/// [`Args`] from values.
 macro_rules! args {
     ($($a:expr),* $(,)?) => { vec![$($crate::store::exec::Arg::from($a)),*] };
 }
@@ -138,25 +137,25 @@ impl Affected for PgQueryResult {
 /// once for every driver that can bind and decode what the shared SQL uses.
 pub trait Exec: Database {
     /// The statement with its arguments bound.
-    fn query<'q>(sql: &'q str, args: Vec<Arg<'q>>) -> Query<'q, Self, Self::Arguments<'q>>;
+    fn query<'q>(sql: &'q str, args: Args<'q>) -> Query<'q, Self, Self::Arguments<'q>>;
 
     fn fetch<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> BoxStream<'c, sqlx::Result<R>>;
 
     /// Rows changed.
     fn execute<'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> BoxFuture<'c, sqlx::Result<u64>>;
 
     fn all<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> impl Future<Output = sqlx::Result<Vec<R>>> + Send + 'c {
         Self::fetch(c, sql, args).try_collect()
     }
@@ -164,7 +163,7 @@ pub trait Exec: Database {
     fn optional<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> impl Future<Output = sqlx::Result<Option<R>>> + Send + 'c {
         async move { Self::fetch(c, sql, args).try_next().await }
     }
@@ -172,7 +171,7 @@ pub trait Exec: Database {
     fn one<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> impl Future<Output = sqlx::Result<R>> + Send + 'c {
         async move {
             Self::optional(c, sql, args)
@@ -198,7 +197,7 @@ where
     for<'q> Option<DateTime<Utc>>: Encode<'q, D> + Type<D>,
     for<'q> Option<Json<serde_json::Value>>: Encode<'q, D> + Type<D>,
 {
-    fn query<'q>(sql: &'q str, args: Vec<Arg<'q>>) -> Query<'q, D, D::Arguments<'q>> {
+    fn query<'q>(sql: &'q str, args: Args<'q>) -> Query<'q, D, D::Arguments<'q>> {
         let mut q = sqlx::query(sql);
         for a in args {
             q = match a {
@@ -218,7 +217,7 @@ where
     fn fetch<'c, R: Decode + 'c>(
         c: &'c mut D::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> BoxStream<'c, sqlx::Result<R>> {
         Self::query(sql, args)
             .fetch(c)
@@ -229,14 +228,16 @@ where
     fn execute<'c>(
         c: &'c mut D::Connection,
         sql: &'c str,
-        args: Vec<Arg<'c>>,
+        args: Args<'c>,
     ) -> BoxFuture<'c, sqlx::Result<u64>> {
         Box::pin(async move { Ok(Self::query(sql, args).execute(c).await?.affected()) })
     }
 }
 
-/// Stored chunk data by (metric id, chunk).
-pub type ChunkKeys = HashMap<(i32, i64), Vec<u8>>;
+/// A chunk of a run's series: (metric id, chunk number).
+pub type ChunkKey = (i32, i64);
+/// Stored chunk data by key.
+pub type ChunkKeys = HashMap<ChunkKey, Vec<u8>>;
 
 /// What differs between the backends, and nothing else.
 pub trait Dialect: Exec + std::fmt::Debug + Send + Sync + 'static {
@@ -256,7 +257,7 @@ pub trait Dialect: Exec + std::fmt::Debug + Send + Sync + 'static {
     fn read_chunks<'c>(
         c: &'c mut Self::Connection,
         pk: i64,
-        keys: &'c [(i32, i64)],
+        keys: &'c [ChunkKey],
     ) -> impl Future<Output = sqlx::Result<ChunkKeys>> + Send + 'c;
 
     /// Writes a batch's chunk rows and adds its counts to the series' summary rows.

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
 use super::chunk::IngestPlan;
-use super::exec::{ChunkKeys, Dialect};
+use super::exec::{ChunkKey, ChunkKeys, Dialect};
 use super::{SqlStore, StoreResult};
 
 const SIGNAL_CHANNEL: &str = "redline_signals";
@@ -71,7 +71,7 @@ impl Dialect for Postgres {
     async fn read_chunks(
         c: &mut PgConnection,
         pk: i64,
-        keys: &[(i32, i64)],
+        keys: &[ChunkKey],
     ) -> sqlx::Result<ChunkKeys> {
         let (metrics, chunks): (Vec<i32>, Vec<i64>) = keys.iter().copied().unzip();
         let rows = sqlx::query_as::<_, (i32, i64, Vec<u8>)>(

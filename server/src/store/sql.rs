@@ -53,8 +53,14 @@ impl<D: Dialect> SqlStore<D> {
         }
     }
 
+    /// A reader connection, for statements outside any transaction.
     pub(super) async fn read(&self) -> StoreResult<PoolConnection<D>> {
         Ok(self.reader.acquire().await?)
+    }
+
+    /// The writer connection, for a write that is a transaction of its own.
+    pub(super) async fn write(&self) -> StoreResult<PoolConnection<D>> {
+        Ok(self.writer.acquire().await?)
     }
 
     /// The run's primary key; `lock` holds the run row until the transaction ends.
@@ -111,10 +117,10 @@ impl<D: Dialect> SqlStore<D> {
         let insert = format!(
             "INSERT INTO metric_names (name) {names} WHERE true ON CONFLICT (name) DO NOTHING"
         );
-        let mut w = self.writer.acquire().await?;
-        D::execute(&mut w, &insert, args![json(&missing)]).await?;
+        D::execute(&mut *self.write().await?, &insert, args![json(&missing)]).await?;
         let select = format!("SELECT name, id FROM metric_names WHERE name IN ({names})");
-        let found: Vec<(String, i32)> = D::all(&mut w, &select, args![json(&missing)]).await?;
+        let found: Vec<(String, i32)> =
+            D::all(&mut *self.read().await?, &select, args![json(&missing)]).await?;
         let found: HashMap<String, i32> = found.into_iter().collect();
         self.metric_ids.remember(&found);
         ids.extend(found);
@@ -136,7 +142,7 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        D::execute(&mut *self.read().await?, "SELECT 1", args![]).await?;
+        let _: (i32,) = D::one(&mut *self.read().await?, "SELECT 1", args![]).await?;
         Ok(())
     }
 
@@ -208,19 +214,20 @@ impl<D: Dialect> Store for SqlStore<D> {
             "SELECT pk FROM runs WHERE run_id IN ({})",
             D::elements("$1")
         );
-        let mut c = self.read().await?;
         let metrics = format!(
             "SELECT r.run_id, n.name, m.points, m.last_step, m.last_value_bits FROM run_metrics m \
              JOIN metric_names n ON n.id = m.metric_id JOIN runs r ON r.pk = m.run_pk \
              WHERE m.run_pk IN ({pks}) ORDER BY n.name"
         );
-        let metrics: Vec<rows::RunMetricRow> = D::all(&mut c, &metrics, vec![runs]).await?;
+        let metrics: Vec<rows::RunMetricRow> =
+            D::all(&mut *self.read().await?, &metrics, vec![runs.clone()]).await?;
         let runs = json(&ids.iter().map(RunId::as_str).collect::<Vec<_>>());
         let signals = format!(
             "SELECT (SELECT run_id FROM runs WHERE pk = run_pk) AS run_id, {SIGNAL_COLUMNS} \
              FROM signals WHERE run_pk IN ({pks}) ORDER BY id"
         );
-        let signals: Vec<rows::RunSignalRow> = D::all(&mut c, &signals, vec![runs]).await?;
+        let signals: Vec<rows::RunSignalRow> =
+            D::all(&mut *self.read().await?, &signals, vec![runs]).await?;
         rows::details(ids, metrics, signals)
     }
 
@@ -249,8 +256,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         );
         let tags = req.tags.as_ref().map_or(super::exec::Arg::Json(None), json);
         let args = args![id.as_str(), req.name.as_deref(), tags, now()];
-        let row: Option<RunRow> =
-            D::optional(&mut *self.writer.acquire().await?, &sql, args).await?;
+        let row: Option<RunRow> = D::optional(&mut *self.write().await?, &sql, args).await?;
         row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
             .try_into()
     }
@@ -258,7 +264,7 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn delete_run(&self, id: &RunId) -> StoreResult<()> {
         // One statement, so one transaction: the cascades run inside it.
         let sql = "DELETE FROM runs WHERE run_id = $1";
-        if D::execute(&mut *self.writer.acquire().await?, sql, args![id.as_str()]).await? == 0 {
+        if D::execute(&mut *self.write().await?, sql, args![id.as_str()]).await? == 0 {
             return Err(StoreError::RunNotFound(id.clone()));
         }
         Ok(())
@@ -321,7 +327,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let sql = "SELECT data FROM series_chunks WHERE run_pk = $1 AND metric_id = $2 \
              AND chunk BETWEEN $3 AND $4 ORDER BY chunk";
         let args = args![pk, metric_id, chunk::chunk_of(from), chunk::chunk_of(to)];
-        let mut c = self.read().await?;
+        let mut c = self.reader.acquire().await?;
         let chunks = D::fetch(&mut c, sql, args).map_ok(|(data,): (Vec<u8>,)| data);
         super::collect_range(chunks, from, to, limit).await
     }
@@ -427,7 +433,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let sql = "INSERT INTO api_tokens (name, token_hash, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING";
         let done = D::execute(
-            &mut *self.writer.acquire().await?,
+            &mut *self.write().await?,
             sql,
             args![name, token_hash, now()],
         )
@@ -449,7 +455,7 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn revoke_token(&self, name: &str) -> StoreResult<()> {
         let sql = "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, $1) WHERE name = $2";
-        if D::execute(&mut *self.writer.acquire().await?, sql, args![now(), name]).await? == 0 {
+        if D::execute(&mut *self.write().await?, sql, args![now(), name]).await? == 0 {
             return Err(StoreError::TokenNotFound(name.to_owned()));
         }
         Ok(())

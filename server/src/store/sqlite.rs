@@ -15,7 +15,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::chunk::IngestPlan;
-use super::exec::{ChunkKeys, Dialect};
+use super::exec::{ChunkKey, ChunkKeys, Dialect};
 use super::{SqlStore, StoreError, StoreResult};
 
 /// Rows per multi-row INSERT: 6 parameters each, far below SQLite's 32,766-parameter limit.
@@ -70,7 +70,7 @@ impl Dialect for Sqlite {
     async fn read_chunks(
         c: &mut SqliteConnection,
         pk: i64,
-        keys: &[(i32, i64)],
+        keys: &[ChunkKey],
     ) -> sqlx::Result<ChunkKeys> {
         let (Some(lo), Some(hi)) = (
             keys.iter().map(|k| k.1).min(),
