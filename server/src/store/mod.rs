@@ -217,10 +217,10 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn create_or_resume_run(&self, id: &RunId, req: &CreateRun) -> StoreResult<(Run, bool)>;
     async fn run(&self, id: &RunId) -> StoreResult<Run>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
-    /// The series summaries and signals of each of `ids`, in their order (empty for a run that
-    /// does not exist), in a fixed number of statements however many runs: for pages that list
-    /// runs.
-    async fn run_details(&self, ids: &[RunId]) -> StoreResult<Vec<RunDetails>>;
+    /// For pages that list runs: the summaries of the series named in `metrics` and the signals
+    /// of each of `ids`, in their order (empty for a run that does not exist), in a fixed number
+    /// of statements however many runs.
+    async fn run_details(&self, ids: &[RunId], metrics: &[&str]) -> StoreResult<Vec<RunDetails>>;
     /// Finishing again with the same status is a no-op; with another status it is a conflict.
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run>;
     /// Renames the run and/or replaces its tags, as `req` (validated) says.
@@ -281,7 +281,7 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn revoke_token(&self, name: &str) -> StoreResult<()>;
 }
 
-/// A run's series summaries and signals, as a page listing runs shows them.
+/// Some of a run's series summaries, and its signals, as a page listing runs shows them.
 #[derive(Debug, Default)]
 pub struct RunDetails {
     pub metrics: Vec<MetricSummary>,

@@ -208,26 +208,26 @@ impl<D: Dialect> Store for SqlStore<D> {
         rows::runs(D::all(&mut *self.read().await?, &sql, args).await?)
     }
 
-    async fn run_details(&self, ids: &[RunId]) -> StoreResult<Vec<RunDetails>> {
+    async fn run_details(&self, ids: &[RunId], metrics: &[&str]) -> StoreResult<Vec<RunDetails>> {
         let runs = json(&ids.iter().map(RunId::as_str).collect::<Vec<_>>());
         let pks = format!(
             "SELECT pk FROM runs WHERE run_id IN ({})",
             D::elements("$1")
         );
-        let metrics = format!(
+        let sql = format!(
             "SELECT r.run_id, n.name, m.points, m.last_step, m.last_value_bits FROM run_metrics m \
              JOIN metric_names n ON n.id = m.metric_id JOIN runs r ON r.pk = m.run_pk \
-             WHERE m.run_pk IN ({pks}) ORDER BY n.name"
+             WHERE m.run_pk IN ({pks}) AND n.name IN ({}) ORDER BY n.name",
+            D::elements("$2")
         );
-        let metrics: Vec<rows::RunMetricRow> =
-            D::all(&mut *self.read().await?, &metrics, vec![runs.clone()]).await?;
-        let runs = json(&ids.iter().map(RunId::as_str).collect::<Vec<_>>());
-        let signals = format!(
+        let args = args![runs.clone(), json(&metrics)];
+        let metrics: Vec<rows::RunMetricRow> = D::all(&mut *self.read().await?, &sql, args).await?;
+        let sql = format!(
             "SELECT (SELECT run_id FROM runs WHERE pk = run_pk) AS run_id, {SIGNAL_COLUMNS} \
              FROM signals WHERE run_pk IN ({pks}) ORDER BY id"
         );
         let signals: Vec<rows::RunSignalRow> =
-            D::all(&mut *self.read().await?, &signals, vec![runs]).await?;
+            D::all(&mut *self.read().await?, &sql, args![runs]).await?;
         rows::details(ids, metrics, signals)
     }
 

@@ -15,6 +15,9 @@ use crate::http::runs::run_filter;
 use crate::state::AppState;
 use crate::store::RunSort;
 
+/// The series whose last values the page shows: the loss and the margin.
+const SERIES: [&str; 2] = ["loss", "rewards/margins"];
+
 #[derive(Debug)]
 struct Row {
     run: Run,
@@ -50,8 +53,8 @@ fn row(v: RunView, now: chrono::DateTime<chrono::Utc>) -> Row {
         health: v.health(),
         loss_type: view::config_value(&v.run, "loss"),
         beta: view::config_value(&v.run, "beta"),
-        loss: v.last("loss"),
-        margin: v.last("rewards/margins"),
+        loss: v.last(SERIES[0]),
+        margin: v.last(SERIES[1]),
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, now),
         run: v.run,
@@ -75,12 +78,12 @@ pub async fn runs_page(
     let mut runs = state.store.list_runs(&filter).await?;
     let has_next = runs.len() > limit as usize;
     runs.truncate(limit as usize);
-    // Three statements for the page however many runs it lists: the runs, then the series and
-    // the signals of all of them.
+    // Three statements for the page however many runs it lists: the runs, then the series it
+    // shows and the signals of all of them.
     let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
     let details = state
         .store
-        .run_details(&ids)
+        .run_details(&ids, &SERIES)
         .await
         .map_err(PageError::store)?;
     let now = chrono::Utc::now();
