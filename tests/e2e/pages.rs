@@ -193,16 +193,14 @@ async fn the_runs_page_shows_each_runs_own_numbers_and_health(b: Backend) {
                 .await;
         }
     }
-    let alert = json!({"kind": "checkpoint", "reason": "a rule tripped", "source_rule": "x/y"});
-    let (s, _) = app.post("/api/v1/runs/r2/signals", &alert).await;
-    assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = app
-        .post(
-            "/api/v1/runs/r3/signals",
-            &json!({"kind": "checkpoint", "reason": "by hand"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED);
+    // A signal a rule raised makes a run's health "alert"; one sent by hand does not.
+    for (run, source_rule) in [("r2", Some("x/y")), ("r3", None)] {
+        let signal = json!({"kind": "checkpoint", "reason": "r", "source_rule": source_rule});
+        let (s, _) = app
+            .post(&format!("/api/v1/runs/{run}/signals"), &signal)
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
     let (_, html) = app.get_text("/").await;
     let row = |id: &str| -> String {
         let at = html.find(&format!(r#"<tr data-run="{id}">"#)).expect(id);
