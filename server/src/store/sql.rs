@@ -16,7 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Pool, Transaction};
 use tokio::sync::broadcast;
 
-use super::exec::{Dialect, args, json};
+use super::exec::{Arg, Dialect, args, json};
 use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
 use super::{
     MetricIds, OpsCounts, PendingRules, RunDetails, RunFilter, Store, StoreError, StoreResult,
@@ -254,7 +254,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             "UPDATE runs SET name = coalesce($2, name), tags = coalesce($3, tags), updated_at = $4 \
              WHERE run_id = $1 RETURNING {RUN_COLUMNS}"
         );
-        let tags = req.tags.as_ref().map_or(super::exec::Arg::Json(None), json);
+        let tags = req.tags.as_ref().map_or(Arg::Json(None), json);
         let args = args![id.as_str(), req.name.as_deref(), tags, now()];
         let row: Option<RunRow> = D::optional(&mut *self.write().await?, &sql, args).await?;
         row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
