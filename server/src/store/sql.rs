@@ -64,20 +64,16 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     /// The run's primary key; `lock` holds the run row until the transaction ends.
-    async fn run_pk(tx: &mut Tx<D>, id: &RunId, lock: bool) -> StoreResult<i64> {
+    async fn run_pk(c: &mut D::Connection, id: &RunId, lock: bool) -> StoreResult<i64> {
         let lock = if lock { D::LOCK } else { "" };
         let sql = format!("SELECT pk FROM runs WHERE run_id = $1{lock}");
-        let pk: Option<(i64,)> = D::optional(tx, &sql, args![id.as_str()]).await?;
+        let pk: Option<(i64,)> = D::optional(c, &sql, args![id.as_str()]).await?;
         pk.map(|(pk,)| pk)
             .ok_or_else(|| StoreError::RunNotFound(id.clone()))
     }
 
     pub(super) async fn read_run_pk(&self, id: &RunId) -> StoreResult<i64> {
-        let sql = "SELECT pk FROM runs WHERE run_id = $1";
-        let pk: Option<(i64,)> =
-            D::optional(&mut *self.read().await?, sql, args![id.as_str()]).await?;
-        pk.map(|(pk,)| pk)
-            .ok_or_else(|| StoreError::RunNotFound(id.clone()))
+        Self::run_pk(&mut *self.read().await?, id, false).await
     }
 
     /// The run's primary key and the metric's id, or which of them does not exist.
@@ -94,13 +90,11 @@ impl<D: Dialect> SqlStore<D> {
         Ok((pk, metric_id))
     }
 
-    /// The run, locked for the rest of the transaction.
-    async fn locked_run(tx: &mut Tx<D>, id: &RunId) -> StoreResult<Run> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{}",
-            D::LOCK
-        );
-        let row: Option<RunRow> = D::optional(tx, &sql, args![id.as_str()]).await?;
+    /// The run; `lock` holds its row until the transaction ends.
+    async fn run_in(c: &mut D::Connection, id: &RunId, lock: bool) -> StoreResult<Run> {
+        let lock = if lock { D::LOCK } else { "" };
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{lock}");
+        let row: Option<RunRow> = D::optional(c, &sql, args![id.as_str()]).await?;
         row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
             .try_into()
     }
@@ -171,7 +165,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             tx.commit().await?;
             return Ok((row.try_into()?, true));
         }
-        let existing = Self::locked_run(&mut tx, id).await?;
+        let existing = Self::run_in(&mut tx, id, true).await?;
         rows::check_resume(&existing, req.project_or_default())?;
         let resume = format!(
             "UPDATE runs SET status = 'running', status_reason = NULL, finished_at = NULL, \
@@ -183,11 +177,7 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn run(&self, id: &RunId) -> StoreResult<Run> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1");
-        let row: Option<RunRow> =
-            D::optional(&mut *self.read().await?, &sql, args![id.as_str()]).await?;
-        row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
-            .try_into()
+        Self::run_in(&mut *self.read().await?, id, false).await
     }
 
     async fn list_runs(&self, f: &RunFilter) -> StoreResult<Vec<Run>> {
@@ -233,7 +223,7 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run> {
         let mut tx = self.writer.begin().await?;
-        let run = Self::locked_run(&mut tx, id).await?;
+        let run = Self::run_in(&mut tx, id, true).await?;
         let status = RunStatus::from(req.status);
         if !rows::check_finish(&run, status)? {
             return Ok(run);
@@ -348,7 +338,7 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn create_signal(&self, id: &RunId, s: &ValidSignal) -> StoreResult<Signal> {
         let mut tx = self.writer.begin().await?;
-        let run = Self::locked_run(&mut tx, id).await?;
+        let run = Self::run_in(&mut tx, id, true).await?;
         rows::check_signal_target(&run)?;
         let sql = format!(
             "INSERT INTO signals (run_pk, kind, name, value, keep_step, reason, source_rule, created_at) \
