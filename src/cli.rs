@@ -527,6 +527,9 @@ pub enum BenchCommand {
     /// A run page of 20 charts and single chart SVGs over series of a million steps each: time
     /// per request and page weight.
     Dashboard(BenchDashboardArgs),
+    /// The runs page listing up to 1,000 runs, each with a few series: time per request and
+    /// page weight.
+    RunsPage(BenchRunsPageArgs),
     /// Signal latency: from the request carrying a step that trips a rule to the client holding
     /// the signal, p50 and p99 over many trips.
     Signals(BenchSignalsArgs),
@@ -687,6 +690,21 @@ pub struct BenchDashboardArgs {
     pub steps: usize,
     /// Timed requests of each kind (the median and p90 are reported).
     #[arg(long, default_value_t = 21)]
+    pub repeats: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRunsPageArgs {
+    #[command(flatten)]
+    pub targets: BenchTargets,
+    /// Runs written, and listed on one page (at most 1,000, the page's largest).
+    #[arg(long, default_value_t = 1_000)]
+    pub runs: usize,
+    /// Steps in every series of every run.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Timed requests (the median and p90 are reported).
+    #[arg(long, default_value_t = 11)]
     pub repeats: usize,
 }
 

@@ -44,6 +44,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Read(args)) => bench::read::run(args).await,
         Command::Bench(BenchCommand::Dashboard(args)) => bench::dashboard::run(args).await,
         Command::Bench(BenchCommand::Signals(args)) => bench::signals::run(args).await,
+        Command::Bench(BenchCommand::RunsPage(args)) => bench::runs_page::run(args).await,
         Command::Bench(BenchCommand::Connections(args)) => bench::connections::run(args).await,
         Command::Train(_)
         | Command::Push(_)

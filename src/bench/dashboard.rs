@@ -57,12 +57,13 @@ const CHARTS: usize = 20;
 const INGEST_STEPS: usize = 4_000;
 
 fn body(first: usize, n: usize) -> bytes::Bytes {
+    let names = metrics();
     let steps: Vec<serde_json::Value> = (first..first + n)
         .map(|s| {
-            let metrics: serde_json::Map<String, serde_json::Value> = metrics()
+            let metrics: serde_json::Map<String, serde_json::Value> = names
                 .iter()
                 .enumerate()
-                .map(|(i, m)| ((*m).to_owned(), ((s as f64 * 1e-4 + i as f64).sin()).into()))
+                .map(|(i, m)| (m.clone(), ((s as f64 * 1e-4 + i as f64).sin()).into()))
                 .collect();
             serde_json::json!({ "step": s, "metrics": metrics })
         })
@@ -70,7 +71,8 @@ fn body(first: usize, n: usize) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({ "steps": steps })).expect("json"))
 }
 
-async fn timed(
+/// `repeats` timed GETs of `url` (after one untimed), sorted, with the last body and its length.
+pub(super) async fn timed(
     http: &reqwest::Client,
     url: &str,
     repeats: usize,

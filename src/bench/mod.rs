@@ -7,6 +7,7 @@ pub mod generate;
 pub mod ingest;
 mod mlflow;
 pub mod read;
+pub mod runs_page;
 pub mod signals;
 pub mod train;
 pub mod trl_metrics;

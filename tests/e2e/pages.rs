@@ -177,6 +177,55 @@ async fn the_runs_page_filters_sorts_and_pages(b: Backend) {
     assert_eq!(api["runs"].as_array().unwrap().len(), 1);
 }
 
+both_stores!(the_runs_page_shows_each_runs_own_numbers_and_health);
+
+/// The page reads the series and signals of all its runs together (one statement each, not four
+/// per run); each row must still show its own run's numbers.
+async fn the_runs_page_shows_each_runs_own_numbers_and_health(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    for (i, id) in ["r1", "r2", "r3", "r4"].into_iter().enumerate() {
+        app.create_run(id).await;
+        if id != "r4" {
+            let loss = 1.5 + i as f64;
+            let margin = 0.25 * (i + 1) as f64;
+            let metrics = json!({"loss": loss, "rewards/margins": margin});
+            app.ingest(id, json!([{"step": i, "metrics": metrics}]))
+                .await;
+        }
+    }
+    // A signal a rule raised makes a run's health "alert"; one sent by hand does not.
+    for (run, source_rule) in [("r2", Some("x/y")), ("r3", None)] {
+        let signal = json!({"kind": "checkpoint", "reason": "r", "source_rule": source_rule});
+        let (s, _) = app
+            .post(&format!("/api/v1/runs/{run}/signals"), &signal)
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (_, html) = app.get_text("/").await;
+    let row = |id: &str| -> String {
+        let at = html.find(&format!(r#"<tr data-run="{id}">"#)).expect(id);
+        html[at..at + html[at..].find("</tr>").unwrap()].to_owned()
+    };
+    let cells = |id: &str| -> Vec<String> {
+        row(id)
+            .split(r#"<td class="num">"#)
+            .skip(1)
+            .map(|c| c[..c.find("</td>").unwrap()].to_owned())
+            .collect()
+    };
+    assert_eq!(cells("r1"), ["0", "1.5", "0.25"]);
+    assert_eq!(cells("r2"), ["1", "2.5", "0.5"]);
+    assert_eq!(cells("r3"), ["2", "3.5", "0.75"]);
+    assert_eq!(cells("r4"), ["", "", ""]);
+    for (id, health) in [("r1", "ok"), ("r2", "alert"), ("r3", "ok"), ("r4", "ok")] {
+        assert!(
+            row(id).contains(&format!(r#"badge {health}""#)),
+            "{id}: {}",
+            row(id)
+        );
+    }
+}
+
 both_stores!(controls_need_the_pages_csrf_token_and_create_signals);
 
 async fn controls_need_the_pages_csrf_token_and_create_signals(b: Backend) {

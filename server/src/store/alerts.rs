@@ -1,6 +1,6 @@
 //! The part of the store that rules and alerts use: rule sets (versioned, pinned per run), what
 //! rules did (rule events), webhooks, and the webhook outbox with its delivery log. Both stores
-//! implement it with the same SQL ([`alert_store!`]); only the outbox claim differs.
+//! implement it with the same SQL (`alerts_sql.rs`); only the outbox claim differs.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use super::StoreResult;
 
 /// One stored version of a rule set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredRuleSet {
     pub name: String,
     pub version: i32,

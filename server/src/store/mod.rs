@@ -1,12 +1,15 @@
-//! Persistence: one [`Store`] interface, implemented over SQLite (the embedded default) and
-//! PostgreSQL (the production store). The series layout both share is in [`chunk`].
+//! Persistence: one [`Store`] interface, implemented once in SQL ([`sql`], [`alerts_sql`]) over
+//! SQLite (the embedded default) and PostgreSQL (the production store), whose differences are
+//! the short [`exec::Dialect`]. The series layout both share is in [`chunk`].
 
 pub mod alerts;
 mod alerts_sql;
 pub mod chunk;
 mod downsample;
+mod exec;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 pub mod throwaway;
 
@@ -28,8 +31,10 @@ use tokio::sync::broadcast;
 
 pub use alerts::{AlertStore, PendingRules, RuleWrites};
 pub use downsample::downsampled;
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
+
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+pub type PostgresStore = SqlStore<sqlx::Postgres>;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -178,7 +183,7 @@ impl RunSort {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 
-    /// The ORDER BY clause; the same in both stores' SQL.
+    /// The ORDER BY clause.
     fn order_by(self) -> &'static str {
         match self {
             Self::Newest => "created_at DESC, pk DESC",
@@ -191,7 +196,7 @@ impl RunSort {
 }
 
 /// A stored API token, without its secret.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct TokenInfo {
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -212,6 +217,10 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn create_or_resume_run(&self, id: &RunId, req: &CreateRun) -> StoreResult<(Run, bool)>;
     async fn run(&self, id: &RunId) -> StoreResult<Run>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
+    /// For pages that list runs: the summaries of the series named in `metrics` and the signals
+    /// of each of `ids`, in their order (empty for a run that does not exist), in a fixed number
+    /// of statements however many runs.
+    async fn run_details(&self, ids: &[RunId], metrics: &[&str]) -> StoreResult<Vec<RunDetails>>;
     /// Finishing again with the same status is a no-op; with another status it is a conflict.
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run>;
     /// Renames the run and/or replaces its tags, as `req` (validated) says.
@@ -272,6 +281,13 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn revoke_token(&self, name: &str) -> StoreResult<()>;
 }
 
+/// Some of a run's series summaries, and its signals, as a page listing runs shows them.
+#[derive(Debug, Default)]
+pub struct RunDetails {
+    pub metrics: Vec<MetricSummary>,
+    pub signals: Vec<Signal>,
+}
+
 /// What `/metrics` reports from the store: shared by every server on the same database, so
 /// these are read, not counted in memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -284,24 +300,6 @@ pub struct OpsCounts {
     pub attempts_retried: i64,
     /// Delivery attempts that failed and were the message's last.
     pub attempts_failed: i64,
-}
-
-/// [`OpsCounts`] in one statement, the same SQL in both stores.
-const OPS_COUNTS_SQL: &str = "SELECT \
-    (SELECT count(*) FROM signals s JOIN runs r ON r.pk = s.run_pk \
-        WHERE s.acked_at IS NULL AND r.status = 'running') AS signals_pending, \
-    (SELECT count(*) FROM webhook_outbox WHERE state = 'pending') AS outbox_pending, \
-    (SELECT count(*) FROM webhook_attempts WHERE outcome = 'retry') AS attempts_retried, \
-    (SELECT count(*) FROM webhook_attempts WHERE outcome = 'failed') AS attempts_failed";
-
-/// Renames and retags in one statement (`$1` run id, `$2` name, `$3` tags as JSON, `$4` now);
-/// a NULL leaves the column as it is.
-fn update_run_sql() -> String {
-    format!(
-        "UPDATE runs SET name = coalesce($2, name), tags = coalesce($3, tags), updated_at = $4 \
-         WHERE run_id = $1 RETURNING {}",
-        rows::RUN_COLUMNS
-    )
 }
 
 /// Opens (creating where needed) and migrates the store at `url`.

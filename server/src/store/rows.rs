@@ -1,8 +1,12 @@
 //! Row shapes shared by both stores: the column types decode from SQLite and PostgreSQL alike.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use redline_core::RunId;
 use redline_core::wire::{MetricSummary, Run, RunStatus, Signal, SignalKind};
+
+use super::RunDetails;
 use sqlx::types::Json;
 
 use super::{StoreError, StoreResult};
@@ -179,19 +183,49 @@ pub fn check_token_created(rows_affected: u64, name: &str) -> StoreResult<()> {
     }
 }
 
+/// A series summary of one of several runs.
 #[derive(Debug, sqlx::FromRow)]
-pub struct TokenRow {
-    name: String,
-    created_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
+pub struct RunMetricRow {
+    run_id: String,
+    #[sqlx(flatten)]
+    metric: MetricRow,
 }
 
-impl From<TokenRow> for super::TokenInfo {
-    fn from(r: TokenRow) -> Self {
-        Self {
-            name: r.name,
-            created_at: r.created_at,
-            revoked_at: r.revoked_at,
+/// A signal of one of several runs.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RunSignalRow {
+    run_id: String,
+    #[sqlx(flatten)]
+    signal: SignalRow,
+}
+
+/// Each of `ids`' series and signals, in the order of `ids`, from the rows of all of them.
+pub fn details(
+    ids: &[RunId],
+    metrics: Vec<RunMetricRow>,
+    signals: Vec<RunSignalRow>,
+) -> StoreResult<Vec<RunDetails>> {
+    let mut by_run: HashMap<&str, (&RunId, RunDetails)> = ids
+        .iter()
+        .map(|id| (id.as_str(), (id, RunDetails::default())))
+        .collect();
+    for r in metrics {
+        if let Some((_, d)) = by_run.get_mut(r.run_id.as_str()) {
+            d.metrics.push(r.metric.into());
         }
     }
+    for r in signals {
+        if let Some((id, d)) = by_run.get_mut(r.run_id.as_str()) {
+            d.signals.push(r.signal.into_signal(id)?);
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|id| {
+            by_run
+                .remove(id.as_str())
+                .map(|(_, d)| d)
+                .unwrap_or_default()
+        })
+        .collect())
 }

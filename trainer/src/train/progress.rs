@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use redline_core::catalogue::{LOSS, REWARD_MARGIN, Side, TOPK_ENTROPY};
+
 /// One status line: redrawn in place on a terminal, printed every 10 steps otherwise.
 pub(super) struct Progress {
     total: usize,
@@ -33,9 +35,9 @@ impl Progress {
         let line = format!(
             "step {step}/{} loss {:.4} margin {:.4} topk_entropy {:.3} {rate:.2} steps/s ETA {}m{:02}s",
             self.total,
-            get("loss"),
-            get("rewards/margins"),
-            get("topk_entropy/chosen"),
+            get(LOSS.name),
+            get(REWARD_MARGIN.name),
+            get(TOPK_ENTROPY.on(Side::Chosen).name),
             (eta / 60.0) as u64,
             (eta % 60.0) as u64
         );

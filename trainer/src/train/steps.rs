@@ -6,6 +6,10 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use redline_core::catalogue::{
+    self, EVAL_PREFIX, GRAD_NORM, LEARNING_RATE, LR_SCALE, STEP_SECONDS, TOKENS_PER_SECOND,
+    TOPK_SECONDS, Unit,
+};
 
 use super::checkpoint::TrainerState;
 use super::prepare::Run;
@@ -159,16 +163,16 @@ impl Run<'_> {
             * self.lr_scale;
         self.opt.step(&grads, lr, scale)?;
         let mut m = average(&metrics);
-        m.insert("grad_norm".into(), norm);
-        m.insert("learning_rate".into(), lr);
-        m.insert("lr_scale".into(), self.lr_scale);
+        m.insert(GRAD_NORM.name.into(), norm);
+        m.insert(LEARNING_RATE.name.into(), lr);
+        m.insert(LR_SCALE.name.into(), self.lr_scale);
         let seconds = started.elapsed().as_secs_f64();
         // `average` took the mean over micro-batches; the step spent their sum.
-        if let Some(t) = m.get_mut("time/topk_seconds") {
+        if let Some(t) = m.get_mut(TOPK_SECONDS.name) {
             *t *= self.cfg.grad_accum as f64;
         }
-        m.insert("time/step_seconds".into(), seconds);
-        m.insert("tokens_per_second".into(), tokens / seconds.max(1e-9));
+        m.insert(STEP_SECONDS.name.into(), seconds);
+        m.insert(TOKENS_PER_SECOND.name.into(), tokens / seconds.max(1e-9));
         Ok(m)
     }
 
@@ -194,8 +198,11 @@ impl Run<'_> {
         // The settings and timings are the training ones: only measurements get an eval/ twin.
         let mut out: BTreeMap<String, f64> = average(&all)
             .into_iter()
-            .filter(|(k, _)| k != "beta" && k != "nll_alpha" && !k.starts_with("time/"))
-            .map(|(k, v)| (format!("eval/{k}"), v))
+            .filter(|(k, _)| {
+                catalogue::lookup(k)
+                    .is_none_or(|m| m.steerable().is_none() && m.unit != Unit::Seconds)
+            })
+            .map(|(k, v)| (format!("{EVAL_PREFIX}{k}"), v))
             .collect();
         let prompts = &self.eval_pairs[..self.cfg.gen_prompts.min(self.eval_pairs.len())];
         if !prompts.is_empty() {

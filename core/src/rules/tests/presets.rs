@@ -383,7 +383,7 @@ fn generated_entropy_rise_alerts_on_the_turn_up() {
 /// 0.5 at each evaluation more than 0.5% below the peak, and stops raising once a new peak holds.
 #[test]
 fn the_regulate_set_raises_the_nll_weight_while_the_held_out_likelihood_is_below_its_best() {
-    let set = crate::rules::regulate();
+    let set = regulate();
     assert!(
         set.rules
             .iter()

@@ -4,7 +4,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Html;
-use futures::future::try_join_all;
+use redline_core::RunId;
 use redline_core::catalogue;
 use redline_core::wire::{Run, RunStatus};
 
@@ -14,7 +14,10 @@ use super::view::{self, Chrome, RunView};
 use crate::http::extract::Query;
 use crate::http::runs::ListRuns;
 use crate::state::AppState;
-use crate::store::{RunSort, Store, StoreResult};
+use crate::store::RunSort;
+
+/// The series whose last values the page shows: the loss and the margin.
+const SERIES: [&str; 2] = [catalogue::LOSS.name, catalogue::REWARD_MARGIN.name];
 
 #[derive(Debug)]
 struct Row {
@@ -46,18 +49,17 @@ struct RunsPage {
     next_offset: Option<u32>,
 }
 
-async fn row(store: &dyn Store, run: Run, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Row> {
-    let v = RunView::of(store, run).await?;
-    Ok(Row {
+fn row(v: RunView, now: chrono::DateTime<chrono::Utc>) -> Row {
+    Row {
         health: v.health(),
         loss_type: view::config_value(&v.run, "loss"),
         beta: view::config_value(&v.run, "beta"),
-        loss: v.last(catalogue::LOSS.name),
-        margin: v.last(catalogue::REWARD_MARGIN.name),
+        loss: v.last(SERIES[0]),
+        margin: v.last(SERIES[1]),
         started: view::time(v.run.created_at),
         duration: view::duration(&v.run, now),
         run: v.run,
-    })
+    }
 }
 
 pub async fn runs_page(
@@ -73,10 +75,20 @@ pub async fn runs_page(
     let mut runs = state.store.list_runs(&filter).await?;
     let has_next = runs.len() > limit as usize;
     runs.truncate(limit as usize);
-    let now = chrono::Utc::now();
-    let rows = try_join_all(runs.into_iter().map(|r| row(state.store.as_ref(), r, now)))
+    // Three statements for the page however many runs it lists: the runs, then the series it
+    // shows and the signals of all of them.
+    let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+    let details = state
+        .store
+        .run_details(&ids, &SERIES)
         .await
         .map_err(PageError::store)?;
+    let now = chrono::Utc::now();
+    let rows = runs
+        .into_iter()
+        .zip(details)
+        .map(|(run, d)| row(RunView::of(run, d), now))
+        .collect();
     let status = q.status.map(RunStatus::as_str).unwrap_or_default();
     let mut base = form_urlencoded::Serializer::new(String::new());
     for (key, value) in [

@@ -23,7 +23,7 @@ use crate::error::AppError;
 use crate::http::extract::{checked_pairs, from_pairs, read_body};
 use crate::http::media::MediaType;
 use crate::state::AppState;
-use crate::store::{Store, StoreResult};
+use crate::store::{RunDetails, Store, StoreResult};
 
 /// The layout around every page: the server's facts and the viewer's session.
 #[derive(Debug)]
@@ -190,14 +190,13 @@ impl RunView {
         })
     }
 
-    pub async fn of(store: &dyn Store, run: Run) -> StoreResult<Self> {
-        let (metrics, signals) =
-            futures::try_join!(store.metrics(&run.id), store.signals(&run.id, 0, false))?;
-        Ok(Self {
+    /// A run with what [`Store::run_details`] read for it.
+    pub fn of(run: Run, details: RunDetails) -> Self {
+        Self {
             run,
-            metrics,
-            signals,
-        })
+            metrics: details.metrics,
+            signals: details.signals,
+        }
     }
 
     /// The series' last value, short; empty when the run has no such series.
