@@ -76,7 +76,7 @@ async fn a_run_page_draws_its_metric_groups_and_keeps_spikes(b: Backend) {
             "chart {chart} missing"
         );
     }
-    assert_eq!(html.matches("<svg").count(), 6);
+    assert_eq!(html.matches(r#"<svg role="img""#).count(), 6);
     assert!(
         html.contains("time/step_seconds"),
         "series outside the groups are listed"
