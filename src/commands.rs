@@ -48,7 +48,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Demo(_)
         | Command::Study(_)
         | Command::Bench(
-            BenchCommand::Train(_) | BenchCommand::Generate(_) | BenchCommand::TrlMetrics(_),
+            BenchCommand::Train(_)
+            | BenchCommand::Device(_)
+            | BenchCommand::Generate(_)
+            | BenchCommand::TrlMetrics(_),
         ) => {
             unreachable!("training runs outside the async runtime")
         }

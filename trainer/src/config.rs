@@ -121,6 +121,10 @@ pub struct TrainArgs {
     /// cpu, or cuda / cuda:N with the `cuda` feature [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// What the model computes in: f32, or bf16 (weights, optimizer and checkpoints stay f32;
+    /// each layer casts its weights as it uses them) [default: f32].
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// Redline server URL, e.g. http://127.0.0.1:8080; without it the run is offline (metrics.jsonl only).
     #[arg(long, env = "REDLINE_SERVER")]
     pub server: Option<String>,
@@ -203,6 +207,7 @@ impl TrainArgs {
             checkpoint_every,
             output_dir,
             device,
+            dtype,
             server,
             token,
             finish_grace,
@@ -212,6 +217,15 @@ impl TrainArgs {
             tags,
             rules
         )
+    }
+}
+
+/// `--dtype`: what the model computes in.
+fn resolve_dtype(name: Option<&str>) -> Result<candle_core::DType> {
+    match name.unwrap_or("f32") {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => Err(bad("dtype", format!("must be f32 or bf16, got {other:?}"))),
     }
 }
 
@@ -265,6 +279,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub output_dir: PathBuf,
     pub device: String,
+    /// The dtype the policy and the reference compute in (their parameters stay f32).
+    pub dtype: candle_core::DType,
     pub server: Option<String>,
     pub token: Option<String>,
     /// How long the reporter waits for a server making no progress after training.
@@ -498,6 +514,7 @@ impl TrainConfig {
             sampling: resolve_sampling(a.gen_temperature, a.gen_top_p, a.gen_max_tokens)?,
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
             device,
+            dtype: resolve_dtype(a.dtype.as_deref())?,
             server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
             token: a.token,
             finish_grace: a.finish_grace.map_or(
@@ -529,7 +546,7 @@ impl TrainConfig {
             "eval_every": self.eval_every, "eval_on_start": self.eval_on_start, "gen_prompts": self.gen_prompts,
             "gen_temperature": self.sampling.temperature, "gen_top_p": self.sampling.top_p,
             "gen_max_tokens": self.sampling.max_new_tokens, "checkpoint_every": self.checkpoint_every,
-            "device": self.device,
+            "device": self.device, "dtype": self.dtype.as_str(),
         });
         if let Some(lineage) = &self.lineage {
             json["iterative"] = lineage.clone();
