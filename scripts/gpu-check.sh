@@ -182,14 +182,14 @@ venv=$(dirname "$(dirname "$python")")
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
     echo
 } >>"$report"
-part 90 "GPU against CPU, top-k metrics, generation" \
+part 120 "GPU against CPU, top-k metrics, generation" \
     "$bin" bench device --device "$device" --rows "$topk_rows" --gen-model "$model" --max-new-tokens 64
 for batch in $batches; do
-    part 120 "DPO in bf16, batch $batch" \
+    part 110 "DPO in bf16, batch $batch" \
         "$bin" bench train --model "$model" --device "$device" --dtype bf16 --batch "$batch" \
         --max-length "$max_length" --steps "$steps" --peers-venv "$venv" --peers-dir "$peers"
 done
-part 120 "DPO in f32, batch $batch_f32" \
+part 110 "DPO in f32, batch $batch_f32" \
     "$bin" bench train --model "$model" --device "$device" --dtype f32 --batch "$batch_f32" \
     --max-length "$max_length" --steps "$steps" --peers-venv "$venv" --peers-dir "$peers"
 echo "gpu-check: report in $report"

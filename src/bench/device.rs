@@ -38,11 +38,11 @@ pub fn run(args: &BenchDeviceArgs) -> anyhow::Result<()> {
     };
     let (cpu, dev) = (logits(&Device::Cpu)?, logits(&device)?);
     let diff = f64::from((&cpu - &dev)?.abs()?.max_all()?.to_scalar::<f32>()?);
-    let scale = f64::from(cpu.abs()?.max_all()?.to_scalar::<f32>()?).max(1.0);
-    worst = worst.max(diff / scale);
+    let largest = f64::from(cpu.abs()?.max_all()?.to_scalar::<f32>()?);
+    let rel = diff / largest.max(1.0);
+    worst = worst.max(rel);
     println!(
-        "| logits, largest |x| | {scale:.4} | | {:.2e} |",
-        diff / scale
+        "| logits (the CPU's largest magnitude; the largest difference) | {largest:.4} | | {rel:.2e} |"
     );
 
     let trial = |dev: &str| {
