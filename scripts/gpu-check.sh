@@ -53,8 +53,11 @@ prepare)
     cargo build --release --locked --features cuda --bin redline
     echo "gpu-check: release build with --features cuda took $((SECONDS - start)) s" >&2
     mkdir -p .gpu/lib .gpu/peers
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >>"$(git rev-parse --git-path info/exclude)"
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>"$(git rev-parse --git-path info/exclude)"
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    for dir in /.gpu/ /.whl/; do
+        grep -qx "$dir" "$exclude" 2>/dev/null || echo "$dir" >>"$exclude"
+    done
     strip -o .gpu/redline "$target/release/redline"
     gzip -9 -f .gpu/redline
     cp -L "$CUDA_HOME/lib/libcudart.so.13" .gpu/lib/
@@ -132,6 +135,10 @@ dirs = {os.path.dirname(p) for d in site.getsitepackages()
 print(":".join(sorted(dirs)))
 EOF
     )
+    # The driver's libcuda where the image keeps it, if the loader does not already know it.
+    for dir in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/local/cuda/lib64; do
+        [ -d "$dir" ] && libs="$libs:$dir"
+    done
     export LD_LIBRARY_PATH="$libs:$root/.gpu/lib:${LD_LIBRARY_PATH:-}"
     bin=$work/redline
     gzip -dc .gpu/redline.gz >"$bin"

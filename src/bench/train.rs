@@ -273,10 +273,7 @@ struct Work {
 impl Work {
     fn of(config: &ModelConfig, model: &Path, args: &BenchTrainArgs) -> anyhow::Result<Self> {
         let c = config;
-        let attention = c.hidden_size * (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        let mlp = 3 * c.hidden_size * c.intermediate_size;
-        let head = c.vocab_size * c.hidden_size;
-        let params = (c.num_layers * (attention + mlp) + head) as f64;
+        let params = matmul_params(c);
         let tok = PairTokenizer::for_model(model, c.family, c.eos_token_id)?;
         let data = model.join("train.jsonl");
         let (pairs, _) = load_pairs(&data, &tok, args.max_length)
@@ -299,5 +296,39 @@ impl Work {
             flops: flops / steps,
             params,
         })
+    }
+}
+
+/// The parameters that take part in matrix products: every projection, and the output
+/// projection once (tied to the embeddings or not); not the embedding lookup, norms or biases.
+fn matmul_params(c: &ModelConfig) -> f64 {
+    let attention = c.hidden_size * (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    let mlp = 3 * c.hidden_size * c.intermediate_size;
+    let head = c.vocab_size * c.hidden_size;
+    (c.num_layers * (attention + mlp) + head) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count behind the MFU figures is the fixtures' own matrices, counted from their files.
+    #[test]
+    fn matmul_params_count_the_checkpoints_matrices() {
+        for arch in ["llama", "qwen2"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("trainer/tests/fixtures/tiny-{arch}"));
+            let loaded = load_weights(&dir, &Device::Cpu).unwrap();
+            let c = &loaded.config;
+            let counted: usize = loaded
+                .tensors
+                .iter()
+                .filter(|(name, t)| {
+                    t.rank() == 2 && (c.tie_word_embeddings || !name.contains("embed_tokens"))
+                })
+                .map(|(_, t)| t.elem_count())
+                .sum();
+            assert_eq!(matmul_params(c), counted as f64, "{arch}");
+        }
     }
 }
