@@ -17,8 +17,8 @@
 # and trains a SmolLM2-135M-shaped model with DPO in bf16 and in f32, Redline and TRL on the same
 # batch and length, with steps/s, tokens/s and MFU (`redline bench train --model`).
 #
-# Settings (environment): GPU_CHECK_BATCHES (bf16 batch sizes, default "16 64"), GPU_CHECK_BATCH_F32
-# (default 16), GPU_CHECK_MAX_LENGTH (default 512), GPU_CHECK_STEPS (timed steps, default 10),
+# Settings (environment): GPU_CHECK_BATCHES (bf16 batch sizes, default "8 32"), GPU_CHECK_BATCH_F32
+# (default 8), GPU_CHECK_MAX_LENGTH (default 512), GPU_CHECK_STEPS (timed steps, default 10),
 # GPU_CHECK_DEVICE (default cuda), REDLINE_PEERS_VENV (dry-run and prepare: a venv with torch,
 # transformers, gguf and TRL; default .peers-venv).
 set -euo pipefail
@@ -121,8 +121,8 @@ part() {
 
 if [ "$mode" = run ]; then
     device=${GPU_CHECK_DEVICE:-cuda}
-    batches=${GPU_CHECK_BATCHES:-16 64}
-    batch_f32=${GPU_CHECK_BATCH_F32:-16}
+    batches=${GPU_CHECK_BATCHES:-8 32}
+    batch_f32=${GPU_CHECK_BATCH_F32:-8}
     max_length=${GPU_CHECK_MAX_LENGTH:-512}
     steps=${GPU_CHECK_STEPS:-10}
     topk_rows=4096
