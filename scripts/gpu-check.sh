@@ -4,8 +4,8 @@
 #   scripts/gpu-check.sh prepare   here, on a machine without a GPU: builds `redline` with --features
 #                                  cuda (scripts/cuda-env.sh), and packs what the GPU machine lacks into
 #                                  .gpu/ (the binary, libcudart, SmolLM2's config and tokenizer, the TRL
-#                                  peer script) and .whl/ (TRL and datasets as wheels); both are ignored
-#                                  by git, and travel as the device tool's `carry`
+#                                  peer script) and .whl/ (TRL and datasets as wheels); both are in
+#                                  .gitignore, and travel as the device tool's `carry`
 #   scripts/gpu-check.sh run       there, on the GPU machine (an H200: 16 cores, torch, no network),
 #                                  from the repository root, in at most 8 minutes
 #   scripts/gpu-check.sh dry-run   here: the same steps on the CPU, with a shrunken model and tiny
@@ -53,11 +53,6 @@ prepare)
     cargo build --release --locked --features cuda --bin redline
     echo "gpu-check: release build with --features cuda took $((SECONDS - start)) s" >&2
     mkdir -p .gpu/lib .gpu/peers
-    exclude=$(git rev-parse --git-path info/exclude)
-    mkdir -p "$(dirname "$exclude")"
-    for dir in /.gpu/ /.whl/; do
-        grep -qx "$dir" "$exclude" 2>/dev/null || echo "$dir" >>"$exclude"
-    done
     strip -o .gpu/redline "$target/release/redline"
     gzip -9 -f .gpu/redline
     cp -L "$CUDA_HOME/lib/libcudart.so.13" .gpu/lib/
