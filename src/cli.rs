@@ -534,8 +534,12 @@ pub enum BenchCommand {
     /// the signal, p50 and p99 over many trips.
     Signals(BenchSignalsArgs),
     /// DPO steps per second against TRL on the peers' fixtures (needs the peers venv), and the
-    /// share of a step the top-k metrics take.
+    /// share of a step the top-k metrics take; or, with --model, steps and tokens per second and
+    /// MFU of one model on a device (a GPU: scripts/gpu-check.sh).
     Train(BenchTrainArgs),
+    /// A device (a GPU) against the CPU: logits and DPO steps on a tiny fixture; the top-k
+    /// metrics on a large vocabulary, timed; generation in tokens per second.
+    Device(BenchDeviceArgs),
     /// Greedy generation from SmolLM2-135M-Instruct against transformers' `generate` (KV cache on)
     /// on the same prompts, cores and new-token count (needs the peers venv with `gguf`).
     Generate(BenchGenerateArgs),
@@ -599,6 +603,61 @@ pub struct BenchTrainArgs {
     /// The peers folder (make_fixture.py, trl_dpo.py).
     #[arg(long, env = "REDLINE_PEERS_DIR", default_value = "../shared/peers")]
     pub peers_dir: PathBuf,
+    /// Measure this model (a Hugging Face folder with its train.jsonl) instead of the fixture
+    /// sizes, TRL on the same device and in the same precision.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (the `cuda` build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// What Redline computes in, f32 or bf16; with --model, TRL runs with bf16 autocast or in f32 to match.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Redline alone, no TRL.
+    #[arg(long)]
+    pub no_trl: bool,
+    /// The peak the MFU column is taken against, TFLOP/s (790: an H200's dense bf16 products as
+    /// measured on the device machines; the datasheet says 989).
+    #[arg(long, default_value_t = 790.0)]
+    pub peak_tflops: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDeviceArgs {
+    /// The device held to the CPU: cuda or cuda:N (cpu runs every part against itself, as a
+    /// dry run of the command).
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// The model of the comparison (f32 logits and DPO steps on both sides).
+    #[arg(long, default_value = "trainer/tests/fixtures/tiny-llama")]
+    pub fixture: PathBuf,
+    /// DPO steps compared.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// The largest difference allowed, relative to the CPU's value (at least 1).
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
+    /// Vocabulary of the timed top-k metrics (49152: SmolLM2's).
+    #[arg(long, default_value_t = 49_152)]
+    pub vocab: usize,
+    /// Positions (rows of logits) per timed top-k call.
+    #[arg(long, default_value_t = 4096)]
+    pub rows: usize,
+    /// The k of the top-k metrics.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Model to time generation with (none: no generation timing).
+    #[arg(long)]
+    pub gen_model: Option<PathBuf>,
+    /// JSON lines with a `prompt` field each.
+    #[arg(
+        long,
+        default_value = "trainer/tests/fixtures/smollm2/generate_prompts.jsonl"
+    )]
+    pub gen_prompts: PathBuf,
+    /// New tokens per prompt (greedy; fewer where EOS comes first).
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
 }
 
 #[derive(Debug, Args)]

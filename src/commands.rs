@@ -52,7 +52,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Study(_)
         | Command::Metrics(_)
         | Command::Bench(
-            BenchCommand::Train(_) | BenchCommand::Generate(_) | BenchCommand::TrlMetrics(_),
+            BenchCommand::Train(_)
+            | BenchCommand::Device(_)
+            | BenchCommand::Generate(_)
+            | BenchCommand::TrlMetrics(_),
         ) => {
             unreachable!("training runs outside the async runtime")
         }

@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Study(args) => study::run(&args)?,
         cli::Command::Metrics(args) => commands::metrics(&args)?,
         cli::Command::Bench(cli::BenchCommand::Train(args)) => bench::train::run(&args)?,
+        cli::Command::Bench(cli::BenchCommand::Device(args)) => bench::device::run(&args)?,
         cli::Command::Bench(cli::BenchCommand::Generate(args)) => bench::generate::run(&args)?,
         cli::Command::Bench(cli::BenchCommand::TrlMetrics(args)) => bench::trl_metrics::run(&args)?,
         command => {

@@ -138,7 +138,7 @@ fn check_inputs(args: &BenchGenerateArgs) -> anyhow::Result<()> {
 }
 
 /// The `prompt` field of each line of a JSON-lines file, tokenised as training tokenises prompts.
-fn read_prompts(path: &Path, tok: &PairTokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+pub(super) fn read_prompts(path: &Path, tok: &PairTokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod dashboard;
+pub mod device;
 pub mod generate;
 pub mod ingest;
 mod mlflow;

@@ -148,6 +148,10 @@ settings! {
     /// cpu, or cuda / cuda:N with the `cuda` feature [default: cpu].
     #[arg(long)]
     device: DeviceSpec,
+    /// What the model computes in: f32, or bf16 (weights, optimizer and checkpoints stay f32;
+    /// each layer casts its weights as it uses them, as PyTorch's autocast) [default: f32].
+    #[arg(long)]
+    dtype: Precision,
     /// Redline server URL, e.g. http://127.0.0.1:8080; without it the run is offline (metrics.jsonl only).
     #[arg(long, env = "REDLINE_SERVER")]
     server: String,
@@ -183,6 +187,24 @@ impl TrainArgs {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// What a run's model computes in; its parameters, optimizer state and checkpoints stay f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
     }
 }
 
@@ -320,6 +342,7 @@ pub struct TrainConfig {
     pub sampling: Sampling,
     pub checkpoint_every: usize,
     pub device: DeviceSpec,
+    pub dtype: Precision,
     #[serde(skip)]
     pub output_dir: PathBuf,
     #[serde(skip)]
@@ -562,6 +585,7 @@ impl TrainConfig {
             sampling: resolve_sampling(a.gen_temperature, a.gen_top_p, a.gen_max_tokens)?,
             checkpoint_every: a.checkpoint_every.unwrap_or(0),
             device: a.device.unwrap_or_default(),
+            dtype: a.dtype.unwrap_or_default(),
             server: a.server.map(|s| s.trim_end_matches('/').to_owned()),
             token: a.token,
             finish_grace: a.finish_grace.map_or(
@@ -655,7 +679,7 @@ mod tests {
             "model reference precompute_ref train_data eval_data loss beta \
             nll_alpha lr warmup_steps schedule weight_decay max_grad_norm batch_size grad_accum \
             max_length max_steps epochs seed shuffle top_k eval_every eval_on_start gen_prompts \
-            gen_temperature gen_top_p gen_max_tokens checkpoint_every device"
+            gen_temperature gen_top_p gen_max_tokens checkpoint_every device dtype"
                 .split_whitespace()
                 .collect();
         expected.sort_unstable();

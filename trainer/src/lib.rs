@@ -21,6 +21,8 @@ pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+#[cfg(test)]
+mod precision_tests;
 pub mod reporter;
 pub mod rng;
 pub mod step;

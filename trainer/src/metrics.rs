@@ -64,7 +64,8 @@ pub fn topk_stats(logits: &Tensor, mask: &Tensor, k: usize) -> Result<TopK> {
 }
 
 /// As [`topk_stats`], for distributions given as rows of `logits (n, v)`, weighted by `weights (n,)`.
-/// Uses k rounds of argmax instead of a sort, which also works on CUDA for large vocabularies.
+/// Off the CPU: k rounds of argmax instead of a sort, since candle's CUDA sort fails for rows
+/// longer than its block (vocabularies over 8192, SmolLM2's 49152 among them).
 pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<TopK> {
     if logits.device().is_cpu() {
         let (x, w) = (cpu_values(logits)?, cpu_values(weights)?);
@@ -75,18 +76,16 @@ pub fn topk_stats_rows(logits: &Tensor, weights: &Tensor, k: usize) -> Result<To
 
 fn topk_stats_rows_composite(logits: &Tensor, weights: &Tensor, k: usize) -> Result<TopK> {
     let (n, v) = logits.dims2()?;
-    let mut probs = candle_nn::ops::softmax_last_dim(&logits.detach().contiguous()?)?;
+    // In f32 whatever the model computes in; a fresh tensor, which the rounds below overwrite.
+    let probs =
+        candle_nn::ops::softmax_last_dim(&logits.detach().to_dtype(DType::F32)?.contiguous()?)?;
+    let below = Tensor::full(-1.0f32, (n, 1), probs.device())?;
     let mut top = Vec::with_capacity(k);
     for _ in 0..k.min(v) {
         let idx = probs.argmax_keepdim(1)?;
         top.push(probs.gather(&idx, 1)?);
         // Push the chosen entry below every probability so the next round finds the next one.
-        let hit = Tensor::zeros((n, v), DType::F32, probs.device())?.scatter_add(
-            &idx,
-            &Tensor::full(2.0f32, (n, 1), probs.device())?,
-            1,
-        )?;
-        probs = (probs - hit)?;
+        probs.scatter_set(&idx, &below, 1)?;
     }
     // The first round's pick is each row's most likely token.
     let top1 = top[0].clone();
@@ -122,7 +121,7 @@ pub fn entropy(logits: &Tensor, mask: &Tensor) -> Result<f64> {
 
 fn entropy_composite(logits: &Tensor, mask: &Tensor) -> Result<f64> {
     let (_, t, _) = logits.dims3()?;
-    let logp = log_softmax(&logits.narrow(1, 0, t - 1)?.detach())?;
+    let logp = log_softmax(&logits.narrow(1, 0, t - 1)?.detach().to_dtype(DType::F32)?)?;
     let h = (logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?;
     let w = mask.to_dtype(DType::F32)?;
     let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
@@ -211,6 +210,39 @@ mod tests {
             entropy_composite(&logits, &mask).unwrap(),
         );
         assert!((h - hc).abs() < 1e-5, "{h} vs {hc}");
+    }
+
+    /// The device-agnostic forms (what CUDA runs) give the CPU kernels' figures on a vocabulary
+    /// past candle's CUDA sort limit (8192), with logits in f32 and in bf16.
+    #[test]
+    fn topk_metrics_hold_on_a_large_vocabulary_in_f32_and_bf16() {
+        let (n, v) = (6, 49_152);
+        let values: Vec<f32> = (0..n * v)
+            .map(|i| 8.0 * ((i as f32) * 0.0137).sin() * ((i as f32) * 0.00091).cos())
+            .collect();
+        let logits = Tensor::from_vec(values, (n, v), &Device::Cpu).unwrap();
+        let weights = Tensor::new(&[1.0f32, 0.0, 1.0, 1.0, 0.5, 1.0], &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let logits = logits.to_dtype(dtype).unwrap();
+            for k in [1, 10, 40] {
+                let want = topk_stats_rows(&logits, &weights, k).unwrap();
+                let got = topk_stats_rows_composite(&logits, &weights, k).unwrap();
+                assert!(
+                    (got.mass - want.mass).abs() < 1e-5
+                        && (got.entropy - want.entropy).abs() < 1e-4
+                        && (got.top1 - want.top1).abs() < 1e-5,
+                    "{dtype:?} k={k}: {got:?} vs {want:?}"
+                );
+            }
+            let rows = logits.unsqueeze(1).unwrap().repeat((1, 2, 1)).unwrap();
+            let mask = weights.unsqueeze(1).unwrap();
+            let (h, hc) = (
+                entropy(&rows, &mask).unwrap(),
+                entropy_composite(&rows, &mask).unwrap(),
+            );
+            // Sums of 49152 f32 terms, in two orders.
+            assert!((h - hc).abs() < 1e-3, "{dtype:?}: {h} vs {hc}");
+        }
     }
 
     #[test]

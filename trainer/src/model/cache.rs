@@ -207,6 +207,8 @@ impl Decoder {
                 .transpose()?,
             rotary: self.rotary.clone(),
             config: self.config.clone(),
+            // Generation computes in the parameters' dtype (the cache is kept in it).
+            compute: self.embeddings().dtype(),
         })
     }
 

@@ -3,6 +3,10 @@
 //! so a model built from them trains nothing while its loss still moves. On CPU the norms, the
 //! SwiGLU gate and attention run as this crate's own fused ops ([`super::fused`]), which do have
 //! a backward pass; the composite forms here serve other devices and dtypes.
+//!
+//! Parameters keep their own dtype (f32) and every layer computes in its input's dtype, casting
+//! the weights to it as it uses them (autocast): a bf16 model keeps f32 weights, optimizer moments
+//! and checkpoints, and the cast records a gradient like any op (see [`super::Decoder::with_compute_dtype`]).
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -46,10 +50,25 @@ impl Module for RmsNorm {
     }
 }
 
+/// Half-precision inputs are normalised in f32 and cast back before the weight, as transformers
+/// does.
 pub(super) fn rms_norm_composite(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(wide(dtype))?;
     let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
-    normed.broadcast_mul(weight)
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(&weight.to_dtype(dtype)?)
+}
+
+/// The dtype sums and normalisations of `dtype` values are done in: f32 for the half-precision
+/// types.
+pub(super) fn wide(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
 }
 
 /// `x · sigmoid(x)` from differentiable primitives.
@@ -157,13 +176,14 @@ impl Dense {
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = self.weight.to_dtype(x.dtype())?;
         let y = if self.out_in {
-            x.matmul(&self.weight.t()?)?
+            x.matmul(&weight.t()?)?
         } else {
-            x.matmul(&self.weight)?
+            x.matmul(&weight)?
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?),
             None => Ok(y),
         }
     }
@@ -289,7 +309,9 @@ pub(super) fn attention_composite(
     let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
     let scale = 1.0 / (d as f64).sqrt();
     let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    // In f32 for half-precision inputs, as transformers' eager attention does.
+    let probs = candle_nn::ops::softmax(&scores.to_dtype(wide(q.dtype()))?, D::Minus1)?
+        .to_dtype(q.dtype())?;
     probs
         .matmul(&v)?
         .transpose(1, 2)?

@@ -9,7 +9,7 @@ mod gguf;
 mod layers;
 mod load;
 
-use candle_core::{D, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 pub use cache::KvCache;
@@ -32,6 +32,8 @@ pub struct Decoder {
     lm_head: Option<Dense>,
     rotary: Rotary,
     config: ModelConfig,
+    /// The dtype activations are computed in (the parameters' own by default).
+    compute: DType,
 }
 
 impl Decoder {
@@ -57,7 +59,23 @@ impl Decoder {
             lm_head,
             rotary: Rotary::new(cfg),
             config: cfg.clone(),
+            compute: vb.dtype(),
         })
+    }
+
+    /// The same model computing in `dtype` (bf16, say) while its parameters keep theirs: each
+    /// layer casts its weights to the activations' dtype as it uses them, and the logits come
+    /// out in the parameters' dtype, so log-probabilities and losses are taken at full precision.
+    /// Half-precision models take the composite ops (the fused kernels are f32/f64 only); norms
+    /// and attention's softmax run in f32 inside them.
+    #[must_use]
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -77,8 +95,9 @@ impl Decoder {
     /// mask: with causal attention a real token never sees the padding after it.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let positions = self.positions(t, self.embeddings())?;
-        let x = self.hidden(input_ids, &positions)?;
+        let x = self.embed(input_ids)?;
+        let positions = self.positions(t, &x)?;
+        let x = self.hidden(x, &positions)?;
         self.logits(&x, b, t)
     }
 
@@ -86,7 +105,7 @@ impl Decoder {
     /// where the fused kernels run (each prompt computed once), else row by row. Both give the
     /// same logits at every real (non-padding) position.
     pub fn forward_pairs(&self, input_ids: &Tensor, packed: &PackedPairs) -> Result<Tensor> {
-        if !fused::supported(self.embeddings()) {
+        if !self.fused() {
             return self.forward(input_ids);
         }
         let (rows, len) = input_ids.dims2()?;
@@ -96,29 +115,43 @@ impl Decoder {
             segments: &packed.segments,
         };
         let x = self
-            .hidden(&packed.ids, &positions)?
+            .hidden(self.embed(&packed.ids)?, &positions)?
             .index_select(&packed.gather, 0)?;
         self.logits(&x, rows, len)
     }
 
-    /// The final-normed hidden states `(rows·t, hidden)` of `ids (rows, t)`. Activations stay
+    /// Whether this model's layers take the fused kernels (CPU, computing in f32 or f64).
+    fn fused(&self) -> bool {
+        fused::supported_for(&self.device(), self.compute)
+    }
+
+    /// The embeddings `(rows·t, hidden)` of `ids (rows, t)`, in the compute dtype.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embeddings()
+            .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.compute)
+    }
+
+    /// The final-normed hidden states `(rows·t, hidden)` of embeddings `x`. Activations stay
     /// `(tokens, hidden)` through the layers: each reshape would be one more op in the backward
     /// pass.
-    fn hidden(&self, ids: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let mut x = self.embeddings().index_select(&ids.flatten_all()?, 0)?;
+    fn hidden(&self, mut x: Tensor, positions: &Positions) -> Result<Tensor> {
         for layer in &self.layers {
             x = layer.forward(&x, positions)?;
         }
         self.norm.forward(&x)
     }
 
-    /// Logits `(rows, len, vocab)` of hidden states `x (rows·len, hidden)`.
+    /// Logits `(rows, len, vocab)` of hidden states `x (rows·len, hidden)`, in the parameters'
+    /// dtype.
     fn logits(&self, x: &Tensor, rows: usize, len: usize) -> Result<Tensor> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(x)?,
-            None => x.matmul(&self.embeddings().t()?)?,
+            None => x.matmul(&self.embeddings().to_dtype(x.dtype())?.t()?)?,
         };
-        logits.reshape((rows, len, ()))
+        logits
+            .to_dtype(self.embeddings().dtype())?
+            .reshape((rows, len, ()))
     }
 }
 

@@ -347,3 +347,72 @@ fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
         }
     }
 }
+
+/// The composite ops that CUDA takes, run here on CPU tensors (the fused kernels turned off),
+/// against the fused kernels: the logits, and the gradient of every parameter, in f32.
+#[test]
+fn the_composite_ops_cuda_takes_give_the_fused_logits_and_gradients() {
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let (model, varmap) =
+            trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let run = || {
+            (
+                model.forward(&ids()).unwrap(),
+                objective(&model).backward().unwrap(),
+            )
+        };
+        let (fused_logits, fused_grads) = run();
+        let (composite_logits, composite_grads) = fused::with_composite_ops(run);
+        let worst = max_abs(&(&fused_logits - &composite_logits).unwrap());
+        assert!(worst < 1e-4, "{arch}: composite logits differ by {worst}");
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let (a, b) = (
+                fused_grads.get(var).unwrap(),
+                composite_grads
+                    .get(var)
+                    .unwrap_or_else(|| panic!("{arch} {name}: no gradient on the composite path")),
+            );
+            let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3),
+                "{arch} {name}: gradients differ by {diff} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// A model computing in bf16 keeps its f32 parameters, gives the f32 logits to bf16 precision
+/// (in f32), and every parameter receives a finite gradient through the casts.
+#[test]
+fn a_bf16_model_keeps_f32_parameters_and_passes_gradients_to_all() {
+    for arch in ["llama", "qwen2"] {
+        let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
+        let (model, varmap) =
+            trainable_model(&loaded.config, Some(&loaded.tensors), &Device::Cpu).unwrap();
+        let half = model.clone().with_compute_dtype(DType::BF16);
+        let (full_logits, half_logits) = (
+            model.forward(&ids()).unwrap(),
+            half.forward(&ids()).unwrap(),
+        );
+        assert_eq!(half_logits.dtype(), DType::F32);
+        let worst = max_abs(&(&full_logits - &half_logits).unwrap());
+        assert!(
+            worst > 0.0 && worst < 5e-2,
+            "{arch}: bf16 logits differ by {worst}"
+        );
+        let grads = objective(&half).backward().unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            assert_eq!(var.dtype(), DType::F32, "{name}");
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{arch}: no gradient for {name}"));
+            assert_eq!(g.dtype(), DType::F32, "{name}");
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{arch}: gradient of {name} has norm {norm}"
+            );
+        }
+    }
+}

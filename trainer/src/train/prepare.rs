@@ -51,8 +51,10 @@ pub(super) fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, usize)> {
     let reference = match &reference_weights {
         Some(r) => reference_model(&r.config, &r.tensors, &device)?,
         None => reference_model(&loaded.config, &loaded.tensors, &device)?,
-    };
+    }
+    .with_compute_dtype(cfg.dtype.dtype());
     let (policy, varmap) = trainable_model(&loaded.config, Some(&loaded.tensors), &device)?;
+    let policy = policy.with_compute_dtype(cfg.dtype.dtype());
     drop(reference_weights);
     let tok =
         PairTokenizer::for_model(&cfg.model, loaded.config.family, loaded.config.eos_token_id)?;

@@ -13,7 +13,7 @@ mod swiglu;
 mod token_logps;
 mod transpose;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType, bail};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, WithDType, bail};
 
 pub use attention::{HeadLayout, Segment, causal_attention};
 pub use rms_norm::rms_norm;
@@ -39,7 +39,41 @@ fn parallel(work: usize) -> bool {
 
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    supported_for(t.device(), t.dtype())
+}
+
+/// Whether the fused kernels handle tensors of `dtype` on `device`.
+pub fn supported_for(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && matches!(dtype, DType::F32 | DType::F64) && !composite_forced()
+}
+
+#[cfg(not(test))]
+fn composite_forced() -> bool {
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    static COMPOSITE_FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn composite_forced() -> bool {
+    COMPOSITE_FORCED.get()
+}
+
+/// Runs `f` with the fused kernels off on this thread, so that CPU tensors take the composite
+/// ops other devices (CUDA) take: the tests hold the two paths to each other on a CPU.
+#[cfg(test)]
+pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSITE_FORCED.set(self.0);
+        }
+    }
+    let _restore = Restore(COMPOSITE_FORCED.replace(true));
+    f()
 }
 
 /// The float types the kernels are written for.
