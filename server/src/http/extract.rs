@@ -174,6 +174,29 @@ pub fn from_pairs<T: DeserializeOwned>(pairs: &[(String, String)]) -> Result<T, 
     })
 }
 
+/// Refuses a step range whose `to` lies below its `from` (both optional), naming `to`.
+pub fn step_range(from: Option<i64>, to: Option<i64>) -> Result<(), AppError> {
+    match (from, to) {
+        (Some(f), Some(t)) if f > t => {
+            let message = format!("must not be below from ({f}), got {t}");
+            Err(FieldError::new("to", message).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A boolean parameter as a query writes it: `true` or `1`, `false` or `0`
+/// (`#[serde(default, deserialize_with = "extract::flag")]`).
+pub fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match <&str as serde::Deserialize>::deserialize(d)? {
+        "true" | "1" => Ok(Some(true)),
+        "false" | "0" => Ok(Some(false)),
+        other => Err(serde::de::Error::custom(format!(
+            "must be true or false, got {other:?}"
+        ))),
+    }
+}
+
 /// The standard library's number-parsing messages say what went wrong, not what was wanted.
 fn readable(message: String) -> String {
     match message.as_str() {
@@ -216,4 +239,56 @@ fn check_bounds(param: &Parameter, raw: &str) -> Result<(), AppError> {
         return Err(FieldError::new(param.name.clone(), message).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use redline_core::wire::MAX_STEP;
+    use serde::Deserialize;
+    use utoipa::openapi::{RefOr, Schema};
+
+    use super::parse_query;
+    use crate::error::AppError;
+
+    /// Holds the `#[param(maximum)]` of `T`'s `from` and `to` to `MAX_STEP`: attributes take
+    /// only literals, so the constant is written out there.
+    pub(crate) fn step_bounds_are_max_step<T: utoipa::IntoParams>() {
+        let params = T::into_params(|| None);
+        let steps: Vec<_> = params
+            .iter()
+            .filter(|p| ["from", "to"].contains(&p.name.as_str()))
+            .collect();
+        assert_eq!(steps.len(), 2);
+        for p in steps {
+            let Some(RefOr::T(Schema::Object(o))) = &p.schema else {
+                panic!("{} has no schema", p.name)
+            };
+            let max = match o.maximum {
+                Some(utoipa::Number::Int(i)) => i as i64,
+                Some(utoipa::Number::UInt(u)) => u as i64,
+                _ => panic!("{}: no whole-number maximum", p.name),
+            };
+            assert_eq!(max, MAX_STEP, "{}", p.name);
+        }
+    }
+
+    #[derive(Debug, Deserialize, utoipa::IntoParams)]
+    struct Flagged {
+        #[serde(default, deserialize_with = "super::flag")]
+        on: Option<bool>,
+    }
+
+    #[test]
+    fn flags_read_true_false_1_and_0() {
+        let on = |q: &str| parse_query::<Flagged>(q).map(|f| f.on);
+        assert_eq!(on("on=true").unwrap(), Some(true));
+        assert_eq!(on("on=1").unwrap(), Some(true));
+        assert_eq!(on("on=false").unwrap(), Some(false));
+        assert_eq!(on("on=0").unwrap(), Some(false));
+        assert_eq!(on("").unwrap(), None);
+        let Err(AppError::InvalidField(e)) = on("on=maybe") else {
+            panic!("maybe was accepted")
+        };
+        assert_eq!(e.field, "on");
+    }
 }

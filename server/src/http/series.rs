@@ -13,7 +13,7 @@ use redline_core::{MetricName, MetricValue};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::Query;
+use super::extract::{Query, step_range};
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
@@ -95,12 +95,7 @@ async fn read_series(
     let metric = MetricName::parse_readable(q.metric)
         .map_err(|e| FieldError::new("metric", format!("metric name {e}")))?;
     let (from, to, format) = (q.from, q.to, q.format.unwrap_or_default());
-    if let (Some(f), Some(t)) = (from, to)
-        && f > t
-    {
-        let message = format!("must not be below from ({f}), got {t}");
-        return Err(FieldError::new("to", message).into());
-    }
+    step_range(from, to)?;
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
     if let Some(buckets) = q.buckets {
         if q.limit.is_some() {
@@ -175,25 +170,8 @@ fn downsampled_csv(s: &DownsampledSeries) -> String {
 
 #[cfg(test)]
 mod tests {
-    use redline_core::wire::MAX_STEP;
-    use utoipa::openapi::{RefOr, Schema};
-
     #[test]
     fn the_documented_step_bounds_are_max_step() {
-        let params = <super::ReadSeries as utoipa::IntoParams>::into_params(|| None);
-        for p in params
-            .iter()
-            .filter(|p| ["from", "to"].contains(&p.name.as_str()))
-        {
-            let Some(RefOr::T(Schema::Object(o))) = &p.schema else {
-                panic!("{} has no schema", p.name)
-            };
-            let max = match o.maximum {
-                Some(utoipa::Number::Int(i)) => i as i64,
-                Some(utoipa::Number::UInt(u)) => u as i64,
-                _ => panic!("{}: no whole-number maximum", p.name),
-            };
-            assert_eq!(max, MAX_STEP, "{}", p.name);
-        }
+        crate::http::extract::tests::step_bounds_are_max_step::<super::ReadSeries>();
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, Query};
+use super::extract::{JsonBody, Query, flag};
 use super::run_id;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
@@ -57,6 +57,7 @@ async fn create_signal(
 #[into_params(parameter_in = Query)]
 struct ListSignals {
     /// Only unacknowledged signals (default true).
+    #[serde(default, deserialize_with = "flag")]
     pending: Option<bool>,
     /// Only signals with a larger id.
     #[param(minimum = 0)]
