@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use redline_server::auth::{generate_token, hash_token};
+use redline_server::config::DatabaseUrl;
 use redline_server::startup::shutdown_signal;
-use redline_server::store::{self, DatabaseUrl};
+use redline_server::store;
 use redline_server::{Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 

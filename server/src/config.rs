@@ -1,12 +1,13 @@
 //! The server's typed configuration, built by the CLI (or a test) and checked before anything starts.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::alerts::DeliveryConfig;
-use crate::store::DatabaseUrl;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -111,6 +112,72 @@ impl ApiToken {
     }
 }
 
+/// Where the data lives, parsed from `--database-url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("sqlite URL has no file path: use sqlite://PATH".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        Err(format!(
+            "unsupported database URL {url:?}: use postgres://USER@HOST/DB or sqlite://PATH"
+        ))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    /// Never prints a password: neither the URL's own (`user:pw@`) nor a `password=` parameter.
+    /// A URL that does not parse is not printed at all, since where its password sits is unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(url) => f.write_str(&redact_postgres(url)),
+        }
+    }
+}
+
+fn redact_postgres(raw: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "postgres://(a URL that does not parse; not shown)".to_owned();
+    };
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have a password, and this one has one.
+        let _ = url.set_password(Some(HIDDEN));
+    }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" { HIDDEN.into() } else { v };
+                (k.into_owned(), v.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.into()
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +194,25 @@ mod tests {
         assert!(ApiToken::parse("abcdefgh ijklmnopq").is_err());
         let shown = format!("{:?}", ApiToken::parse("abcdefghijklmnop").unwrap());
         assert!(!shown.contains("abcdefghijklmnop"), "{shown}");
+    }
+
+    #[test]
+    fn a_database_url_never_prints_its_password() {
+        let shown = |url: &str| DatabaseUrl::parse(url).unwrap().to_string();
+        for (url, password) in [
+            ("postgres://a:secret@host/db", "secret"),
+            ("postgres://redline:pa:ss:word@db.internal:5432/r", "pa"),
+            ("postgresql://u:p%40ss@h/db", "p%40ss"),
+            (
+                "postgres://u@h/db?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+        ] {
+            let s = shown(url);
+            assert!(!s.contains(password), "{url} shown as {s}");
+            assert!(s.contains("***"), "{s}");
+        }
+        assert_eq!(shown("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(shown("postgres://u@h/db?sslmode=require").contains("sslmode=require"));
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use crate::store::alerts::Evaluated;
-use crate::store::{PendingRules, RuleWrites, Store, StoreError, StoreResult};
+use crate::store::{PendingRules, RuleWrites, SeriesRange, Store, StoreError, StoreResult};
 
 /// Where one run's rules stand.
 #[derive(Debug)]
@@ -272,7 +272,12 @@ async fn replay(
         };
         let metric = redline_core::MetricName::parse(summary.name.clone())
             .map_err(|e| StoreError::Corrupt(format!("stored metric name: {e}")))?;
-        for (step, value) in store.read_series(id, &metric, 0, to, usize::MAX).await? {
+        let range = SeriesRange {
+            run: id,
+            metric: &metric,
+            steps: 0..=to,
+        };
+        for (step, value) in store.read_series(&range, usize::MAX).await? {
             steps.entry(step).or_default().push((slot, value));
         }
     }

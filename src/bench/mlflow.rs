@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use redline_server::store::throwaway;
+use redline_server::throwaway;
 
 use super::Databases;
 use crate::cli::{BenchIngestArgs, BenchStore};

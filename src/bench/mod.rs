@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use redline_server::store::DatabaseUrl;
-use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
+use redline_server::config::DatabaseUrl;
+use redline_server::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::{Server, ServerConfig};
 use tokio_util::sync::DropGuard;
 

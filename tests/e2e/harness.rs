@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use redline_server::store::DatabaseUrl;
-use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
+use redline_server::config::DatabaseUrl;
+use redline_server::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use crate::harness::{Backend, TestApp, both_stores, eventually};
 use crate::pages::hidden;
 use redline_server::config::ConnectionLimits;
-use redline_server::store::DatabaseUrl;
-use redline_server::store::throwaway::{self, Durability, ThrowawayPostgres};
+use redline_server::config::DatabaseUrl;
+use redline_server::throwaway::{self, Durability, ThrowawayPostgres};
 use redline_server::{Server, ServerConfig};
 
 both_stores!(

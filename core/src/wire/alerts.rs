@@ -33,20 +33,24 @@ pub struct RuleSetList {
 /// What a rule did at one step: an alert, a stop, a checkpoint or one change of a regulated
 /// hyperparameter, with the values that tripped it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct RuleEvent {
     pub id: i64,
     #[schema(value_type = String)]
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub run_id: RunId,
     pub rule_set: String,
     pub rule: String,
     /// `alert`, `stop`, `checkpoint` or `regulate`.
     pub action: String,
     #[schema(value_type = String)]
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub severity: Severity,
     /// The step whose values tripped the rule.
     pub step: i64,
     pub message: String,
     /// The raw, smoothed and baseline values the rule compared (non-finite ones spelled as strings).
+    #[cfg_attr(feature = "sqlx", sqlx(json, rename = "trip_values"))]
     pub values: BTreeMap<String, MetricValue>,
     /// The signal it sent the trainer, for stop, checkpoint and regulate.
     pub signal_id: Option<i64>,
@@ -135,15 +139,19 @@ impl NewWebhook {
 
 /// A webhook as stored. The secret is only shown in the answer that created it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Webhook {
     pub name: String,
     pub url: String,
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub format: WebhookFormat,
     #[schema(value_type = String)]
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub min_severity: Severity,
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
+    #[cfg_attr(feature = "sqlx", sqlx(skip))]
     pub secret: Option<WebhookSecret>,
 }
 

@@ -228,14 +228,19 @@ impl UpdateRun {
 
 /// A run as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Run {
     #[schema(value_type = String)]
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "run_id", try_from = "String"))]
     pub id: RunId,
     pub name: String,
     pub project: String,
+    #[cfg_attr(feature = "sqlx", sqlx(json))]
     pub tags: Vec<String>,
     #[schema(value_type = Object)]
+    #[cfg_attr(feature = "sqlx", sqlx(json))]
     pub config: serde_json::Value,
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub status: RunStatus,
     /// Why the run ended, as given when it was finished.
     pub status_reason: Option<String>,
@@ -589,11 +594,14 @@ impl NewSignal {
 
 /// A signal as stored and delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct Signal {
     /// Increasing id; also the SSE event id, so `Last-Event-ID` resumes after it.
     pub id: i64,
     #[schema(value_type = String)]
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub run_id: RunId,
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub kind: SignalKind,
     pub name: Option<String>,
     pub value: Option<f64>,

@@ -17,7 +17,7 @@ use super::extract::{Query, step_range};
 use super::run_id;
 use crate::error::Result;
 use crate::state::AppState;
-use crate::store::downsampled;
+use crate::store::{SeriesRange, downsampled};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -110,10 +110,12 @@ async fn read_series(
         });
     }
     let limit = q.limit.unwrap_or(DEFAULT_RAW_LIMIT);
-    let mut points = state
-        .store
-        .read_series(&id, &metric, lo, hi, limit + 1)
-        .await?;
+    let range = SeriesRange {
+        run: &id,
+        metric: &metric,
+        steps: lo..=hi,
+    };
+    let mut points = state.store.read_series(&range, limit + 1).await?;
     let next_from = (points.len() > limit).then(|| points[limit].0);
     points.truncate(limit);
     let series = RawSeries {

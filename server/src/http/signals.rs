@@ -112,10 +112,7 @@ async fn ack_signal(
         )
     })?;
     req.validate()?;
-    let acked = state
-        .store
-        .ack_signal(&id, signal, req.step, req.refused.as_deref())
-        .await?;
+    let acked = state.store.ack_signal(&id, signal, &req).await?;
     state.changed(&id);
     match &req.refused {
         None => tracing::info!(run = %id, signal, step = req.step, "signal applied"),

@@ -63,44 +63,40 @@ pub struct Evaluated<'a> {
 }
 
 /// A webhook with what delivery needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookTarget {
     pub name: String,
     pub url: String,
+    #[sqlx(try_from = "String")]
     pub format: WebhookFormat,
+    #[sqlx(try_from = "String")]
     pub secret: SecretString,
 }
 
 /// A message claimed for one delivery attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Due {
     pub outbox_id: i64,
     pub message_id: String,
     /// Attempts made before this one.
     pub attempts: i32,
+    #[sqlx(flatten)]
     pub webhook: WebhookTarget,
     /// The alert; `None` for a test delivery.
+    #[sqlx(skip)]
     pub event: Option<AlertEvent>,
 }
 
 /// A rule event with the run it belongs to, as webhook payloads show it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AlertEvent {
+    #[sqlx(flatten)]
     pub event: RuleEvent,
     pub run_name: String,
     pub project: String,
 }
 
-/// How one attempt ended, and what happens to the message next.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub started_at: DateTime<Utc>,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-    pub error: Option<String>,
-    pub next: NextStep,
-}
-
+/// What becomes of a message after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum NextStep {
     Delivered,
@@ -116,6 +112,16 @@ impl NextStep {
             Self::GiveUp => "failed",
         }
     }
+}
+
+/// How one attempt ended, and what happens to the message next.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    pub next: NextStep,
 }
 
 #[async_trait]

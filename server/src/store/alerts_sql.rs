@@ -3,20 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use redline_core::rules::{Action, Firing, Severity};
-use redline_core::wire::{DeliveryAttempt, RuleEvent, Webhook, WebhookFormat, WebhookSecret};
-use redline_core::{MetricValue, RunId};
-use sqlx::types::Json;
-
 use async_trait::async_trait;
-use redline_core::rules::PRESETS_NAME;
-use redline_core::wire::{CreateRun, NewWebhook};
-use redline_core::{RuleSetName, WebhookName};
+use chrono::{DateTime, Utc};
+use redline_core::rules::{Action, Firing, PRESETS_NAME, Severity};
+use redline_core::wire::{
+    CreateRun, DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookSecret,
+};
+use redline_core::{MetricValue, RuleSetName, RunId, WebhookName};
 
 use super::alerts::{
-    AlertEvent, AlertStore, AttemptRecord, Due, NextStep, RuleWrites, RunRules, StoredRuleSet,
-    WebhookTarget, severities_at_most,
+    AlertStore, AttemptRecord, Due, NextStep, RuleWrites, RunRules, StoredRuleSet, WebhookTarget,
+    severities_at_most,
 };
 use super::exec::{Arg, Dialect, args, json};
 use super::sql::SqlStore;
@@ -24,124 +21,15 @@ use super::{StoreError, StoreResult, now};
 
 const RULE_SET_COLUMNS: &str = "name, version, source, created_at";
 
-const EVENT_COLUMNS: &str = "e.id, e.rule_set, e.rule, e.action, e.severity, e.step, \
+/// The columns of [`RuleEvent`] (which decodes from them), from `rule_events e JOIN runs r`.
+const EVENT_COLUMNS: &str = "e.id, r.run_id, e.rule_set, e.rule, e.action, e.severity, e.step, \
      e.message, e.trip_values, e.signal_id, e.created_at";
 
-#[derive(Debug, sqlx::FromRow)]
-struct EventRow {
-    id: i64,
-    rule_set: String,
-    rule: String,
-    action: String,
-    severity: String,
-    step: i64,
-    message: String,
-    trip_values: Json<BTreeMap<String, MetricValue>>,
-    signal_id: Option<i64>,
-    created_at: DateTime<Utc>,
-}
-
-impl EventRow {
-    fn into_event(self, run_id: RunId) -> StoreResult<RuleEvent> {
-        Ok(RuleEvent {
-            id: self.id,
-            run_id,
-            rule_set: self.rule_set,
-            rule: self.rule,
-            action: self.action,
-            severity: parse_severity(&self.severity)?,
-            step: self.step,
-            message: self.message,
-            values: self.trip_values.0,
-            signal_id: self.signal_id,
-            created_at: self.created_at,
-        })
-    }
-}
-
-/// The outbox row of a claimed message, joined with its webhook. No `Debug`: it holds the
-/// webhook's secret in the clear.
-#[derive(sqlx::FromRow)]
-struct DueRow {
-    outbox_id: i64,
-    message_id: String,
-    attempts: i32,
-    event_id: Option<i64>,
-    webhook: String,
-    url: String,
-    format: String,
-    secret: String,
-}
-
-const DUE_SELECT: &str = "SELECT o.id AS outbox_id, o.message_id, o.attempts, \
-     o.event_id, w.name AS webhook, w.url, w.format, w.secret \
-     FROM webhook_outbox o JOIN webhooks w ON w.id = o.webhook_id WHERE o.id = $1";
-
-impl DueRow {
-    fn into_due(self, event: Option<AlertEvent>) -> StoreResult<Due> {
-        Ok(Due {
-            outbox_id: self.outbox_id,
-            message_id: self.message_id,
-            attempts: self.attempts,
-            webhook: WebhookTarget {
-                name: self.webhook,
-                url: self.url,
-                format: parse_format(&self.format)?,
-                secret: self.secret.into(),
-            },
-            event,
-        })
-    }
-}
-
-/// A rule event with its run's names, for payloads.
-#[derive(Debug, sqlx::FromRow)]
-struct AlertRow {
-    #[sqlx(flatten)]
-    event: EventRow,
-    run_id: String,
-    run_name: String,
-    project: String,
-}
-
-const ALERT_SELECT: &str = "SELECT e.id, e.rule_set, e.rule, e.action, e.severity, \
-     e.step, e.message, e.trip_values, e.signal_id, e.created_at, r.run_id, r.name AS run_name, \
-     r.project FROM rule_events e JOIN runs r ON r.pk = e.run_pk WHERE e.id = $1";
-
-impl AlertRow {
-    fn into_alert(self) -> StoreResult<AlertEvent> {
-        let run = RunId::parse(self.run_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(AlertEvent {
-            event: self.event.into_event(run)?,
-            run_name: self.run_name,
-            project: self.project,
-        })
-    }
-}
+/// The claimed outbox row `$1` with its webhook, as [`Due`] decodes it.
+const DUE_SELECT: &str = "SELECT o.id AS outbox_id, o.message_id, o.attempts, w.name, w.url, \
+     w.format, w.secret FROM webhook_outbox o JOIN webhooks w ON w.id = o.webhook_id WHERE o.id = $1";
 
 const WEBHOOK_COLUMNS: &str = "name, url, format, min_severity, created_at";
-
-#[derive(Debug, sqlx::FromRow)]
-struct WebhookRow {
-    name: String,
-    url: String,
-    format: String,
-    min_severity: String,
-    created_at: DateTime<Utc>,
-}
-
-impl WebhookRow {
-    fn into_webhook(self, secret: Option<String>) -> StoreResult<Webhook> {
-        Ok(Webhook {
-            name: self.name,
-            url: self.url,
-            format: parse_format(&self.format)?,
-            min_severity: parse_severity(&self.min_severity)?,
-            created_at: self.created_at,
-            secret: secret.map(WebhookSecret),
-        })
-    }
-}
 
 #[derive(Debug, sqlx::FromRow)]
 struct AttemptRow {
@@ -168,15 +56,6 @@ impl From<AttemptRow> for DeliveryAttempt {
             outcome: r.outcome,
         }
     }
-}
-
-fn parse_severity(s: &str) -> StoreResult<Severity> {
-    Severity::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown severity {s:?}")))
-}
-
-fn parse_format(s: &str) -> StoreResult<WebhookFormat> {
-    WebhookFormat::parse(s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown webhook format {s:?}")))
 }
 
 /// A signal's columns: kind, hyperparameter name, value, keep step.
@@ -297,15 +176,14 @@ impl<D: Dialect> SqlStore<D> {
 
     /// The claimed message `id` with its webhook, and its alert unless it is a test.
     async fn due(tx: &mut Tx<D>, id: i64) -> StoreResult<Due> {
-        let row: DueRow = D::one(tx, DUE_SELECT, args![id]).await?;
-        let event = match row.event_id {
-            Some(e) => {
-                let alert: AlertRow = D::one(tx, ALERT_SELECT, args![e]).await?;
-                Some(alert.into_alert()?)
-            }
-            None => None,
-        };
-        row.into_due(event)
+        let mut due: Due = D::one(tx, DUE_SELECT, args![id]).await?;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, r.name AS run_name, r.project FROM rule_events e \
+             JOIN runs r ON r.pk = e.run_pk \
+             WHERE e.id = (SELECT event_id FROM webhook_outbox WHERE id = $1)"
+        );
+        due.event = D::optional(tx, &sql, args![id]).await?;
+        Ok(due)
     }
 
     /// The run's rule events in id order `order`, the first `limit` of them.
@@ -318,10 +196,10 @@ impl<D: Dialect> SqlStore<D> {
         let pk = self.read_run_pk(id).await?;
         let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM rule_events e WHERE e.run_pk = $1 ORDER BY e.id {order}{limit}"
+            "SELECT {EVENT_COLUMNS} FROM rule_events e JOIN runs r ON r.pk = e.run_pk \
+             WHERE e.run_pk = $1 ORDER BY e.id {order}{limit}"
         );
-        let rows: Vec<EventRow> = D::all(&mut *self.read().await?, &sql, args![pk]).await?;
-        rows.into_iter().map(|r| r.into_event(id.clone())).collect()
+        Ok(D::all(&mut *self.read().await?, &sql, args![pk]).await?)
     }
 }
 
@@ -432,42 +310,32 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
             severity,
             now()
         ];
-        let row: Option<WebhookRow> = D::optional(&mut *self.write().await?, &sql, args).await?;
-        row.ok_or_else(|| {
-            StoreError::Conflict(format!(
-                "a webhook named {} exists; delete it first to replace it",
-                w.name
-            ))
-        })?
-        .into_webhook(Some(secret.to_owned()))
+        let created: Option<Webhook> = D::optional(&mut *self.write().await?, &sql, args).await?;
+        let Some(created) = created else {
+            let name = &w.name;
+            let message = format!("a webhook named {name} exists; delete it first to replace it");
+            return Err(StoreError::Conflict(message));
+        };
+        // Shown once, in the answer that created it.
+        let secret = Some(WebhookSecret(secret.to_owned()));
+        Ok(Webhook { secret, ..created })
     }
 
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>> {
         let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY name");
-        let rows: Vec<WebhookRow> = D::all(&mut *self.read().await?, &sql, args![]).await?;
-        rows.into_iter().map(|r| r.into_webhook(None)).collect()
+        Ok(D::all(&mut *self.read().await?, &sql, args![]).await?)
     }
 
     async fn webhook(&self, name: &WebhookName) -> StoreResult<WebhookTarget> {
-        let sql = "SELECT url, format, secret FROM webhooks WHERE name = $1";
-        let row: Option<(String, String, String)> =
-            D::optional(&mut *self.read().await?, sql, args![name.as_str()]).await?;
-        let (url, format, secret) =
-            row.ok_or_else(|| StoreError::WebhookNotFound(name.to_string()))?;
-        Ok(WebhookTarget {
-            name: name.to_string(),
-            url,
-            format: parse_format(&format)?,
-            secret: secret.into(),
-        })
+        let sql = "SELECT name, url, format, secret FROM webhooks WHERE name = $1";
+        let target = D::optional(&mut *self.read().await?, sql, args![name.as_str()]).await?;
+        target.ok_or_else(|| StoreError::WebhookNotFound(name.to_string()))
     }
 
     async fn delete_webhook(&self, name: &WebhookName) -> StoreResult<()> {
         let sql = "DELETE FROM webhooks WHERE name = $1";
-        if D::execute(&mut *self.write().await?, sql, args![name.as_str()]).await? == 0 {
-            return Err(StoreError::WebhookNotFound(name.to_string()));
-        }
-        Ok(())
+        let missing = StoreError::WebhookNotFound(name.to_string());
+        self.change(sql, args![name.as_str()], missing).await
     }
 
     async fn deliveries(

@@ -6,8 +6,8 @@ use redline_core::series::{Bucket, aligned_width, bucket_width, downsample, rebu
 use redline_core::wire::{DownsampledSeries, MAX_STEP};
 use redline_core::{MetricName, RunId};
 
-use super::chunk::{CHUNK_STEPS, chunk_of};
-use super::{Store, StoreResult};
+use super::chunk::CHUNK_STEPS;
+use super::{SeriesRange, Store, StoreResult};
 
 /// `metric` of run `id` over `from..=to` (the data's own range where not given), in at most
 /// `buckets` buckets.
@@ -20,9 +20,12 @@ pub async fn downsampled(
     buckets: u32,
 ) -> StoreResult<DownsampledSeries> {
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
-    let summaries = store
-        .chunk_summaries(id, metric, chunk_of(lo)..=chunk_of(hi))
-        .await?;
+    let range = SeriesRange {
+        run: id,
+        metric,
+        steps: lo..=hi,
+    };
+    let summaries = store.chunk_summaries(&range).await?;
     let empty = |from, to| DownsampledSeries {
         metric: metric.to_string(),
         from,
@@ -37,7 +40,9 @@ pub async fn downsampled(
         return Ok(empty(lo, hi));
     }
     if bucket_width(lo, hi, buckets) < CHUNK_STEPS {
-        let points = store.read_series(id, metric, lo, hi, usize::MAX).await?;
+        let points = store
+            .read_series(&range.with_steps(lo..=hi), usize::MAX)
+            .await?;
         return Ok(DownsampledSeries {
             buckets: downsample(&points, lo, hi, buckets),
             ..empty(lo, hi)
@@ -54,7 +59,7 @@ pub async fn downsampled(
             let first = (c * CHUNK_STEPS).max(lo);
             let last = ((c + 1) * CHUNK_STEPS - 1).min(hi);
             let points = store
-                .read_series(id, metric, first, last, usize::MAX)
+                .read_series(&range.with_steps(first..=last), usize::MAX)
                 .await?;
             parts.extend(points.iter().map(|&(s, v)| Bucket::of_point(s, v)));
         }

@@ -11,20 +11,17 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
-pub mod throwaway;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redline_core::series::Bucket;
 use redline_core::wire::{
-    CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
-    UpdateRun, ValidSignal,
+    AckSignal, CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus,
+    Signal, UpdateRun, ValidSignal,
 };
 use redline_core::{MetricName, RunId};
 use tokio::sync::broadcast;
@@ -32,6 +29,9 @@ use tokio::sync::broadcast;
 pub use alerts::{AlertStore, PendingRules, RuleWrites};
 pub use downsample::downsampled;
 pub use sql::SqlStore;
+
+use crate::config::DatabaseUrl;
+use chunk::Point;
 
 pub type SqliteStore = SqlStore<sqlx::Sqlite>;
 pub type PostgresStore = SqlStore<sqlx::Postgres>;
@@ -67,72 +67,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
-/// Where the data lives, parsed from `--database-url`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseUrl {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl DatabaseUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres(url.to_owned()));
-        }
-        if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
-            if path.is_empty() {
-                return Err("sqlite URL has no file path: use sqlite://PATH".into());
-            }
-            return Ok(Self::Sqlite(PathBuf::from(path)));
-        }
-        Err(format!(
-            "unsupported database URL {url:?}: use postgres://USER@HOST/DB or sqlite://PATH"
-        ))
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    /// Never prints a password: neither the URL's own (`user:pw@`) nor a `password=` parameter.
-    /// A URL that does not parse is not printed at all, since where its password sits is unknown.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            Self::Postgres(url) => f.write_str(&redact_postgres(url)),
-        }
-    }
-}
-
-fn redact_postgres(raw: &str) -> String {
-    const HIDDEN: &str = "***";
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "postgres://(a URL that does not parse; not shown)".to_owned();
-    };
-    if url.password().is_some() {
-        // Only fails for URLs that cannot have a password, and this one has one.
-        let _ = url.set_password(Some(HIDDEN));
-    }
-    if url.query_pairs().any(|(k, _)| k == "password") {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "password" { HIDDEN.into() } else { v };
-                (k.into_owned(), v.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.into()
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
 }
 
 /// Filters for listing runs.
@@ -243,35 +177,17 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
         rules: &dyn PendingRules,
     ) -> StoreResult<IngestResult>;
     async fn metrics(&self, id: &RunId) -> StoreResult<Vec<MetricSummary>>;
-    /// Points of one series with steps in `from..=to`, at most `limit`, in step order.
-    async fn read_series(
-        &self,
-        id: &RunId,
-        metric: &MetricName,
-        from: i64,
-        to: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<chunk::Point>>;
-    /// The summary of every stored chunk numbered within `chunks`, by chunk number.
-    async fn chunk_summaries(
-        &self,
-        id: &RunId,
-        metric: &MetricName,
-        chunks: RangeInclusive<i64>,
-    ) -> StoreResult<Vec<(i64, Bucket)>>;
+    /// The points of the range, at most `limit`, in step order.
+    async fn read_series(&self, range: &SeriesRange<'_>, limit: usize) -> StoreResult<Vec<Point>>;
+    /// The summary of every stored chunk holding steps of the range, by chunk number.
+    async fn chunk_summaries(&self, range: &SeriesRange<'_>) -> StoreResult<Vec<(i64, Bucket)>>;
 
     async fn create_signal(&self, id: &RunId, signal: &ValidSignal) -> StoreResult<Signal>;
     /// Signals with id above `after`, oldest first; only unacknowledged ones when `pending_only`.
     async fn signals(&self, id: &RunId, after: i64, pending_only: bool)
     -> StoreResult<Vec<Signal>>;
     /// Acknowledging again with the same step is a no-op; with another step it is a conflict.
-    async fn ack_signal(
-        &self,
-        id: &RunId,
-        signal: i64,
-        step: i64,
-        refused: Option<&str>,
-    ) -> StoreResult<Signal>;
+    async fn ack_signal(&self, id: &RunId, signal: i64, ack: &AckSignal) -> StoreResult<Signal>;
     /// Wakes on every new signal, with the run id; peers' signals too where the store can tell.
     fn signal_events(&self) -> broadcast::Receiver<RunId>;
 
@@ -279,6 +195,22 @@ pub trait Store: AlertStore + Send + Sync + fmt::Debug + 'static {
     async fn token_is_active(&self, token_hash: &str) -> StoreResult<bool>;
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
     async fn revoke_token(&self, name: &str) -> StoreResult<()>;
+}
+
+/// Some steps of one series of a run.
+#[derive(Debug, Clone)]
+pub struct SeriesRange<'a> {
+    pub run: &'a RunId,
+    pub metric: &'a MetricName,
+    pub steps: RangeInclusive<i64>,
+}
+
+impl SeriesRange<'_> {
+    /// The same series over other steps.
+    #[must_use]
+    pub fn with_steps(&self, steps: RangeInclusive<i64>) -> Self {
+        Self { steps, ..*self }
+    }
 }
 
 /// Some of a run's series summaries, and its signals, as a page listing runs shows them.
@@ -310,101 +242,6 @@ pub async fn connect(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {
     })
 }
 
-/// Caches metric-name ids. Names are only ever added to `metric_names`, so a cached id stays right.
-#[derive(Debug, Default)]
-struct MetricIds(RwLock<HashMap<String, i32>>);
-
-impl MetricIds {
-    /// The ids of `names` known so far, and the names still to look up.
-    fn split<'a>(
-        &self,
-        names: impl Iterator<Item = &'a str>,
-    ) -> (HashMap<String, i32>, Vec<String>) {
-        let cache = self.0.read().expect("metric id cache poisoned");
-        let mut known = HashMap::new();
-        let mut missing = Vec::new();
-        for name in names {
-            match cache.get(name) {
-                Some(&id) => {
-                    known.insert(name.to_owned(), id);
-                }
-                None => missing.push(name.to_owned()),
-            }
-        }
-        (known, missing)
-    }
-
-    fn remember(&self, found: &HashMap<String, i32>) {
-        let mut cache = self.0.write().expect("metric id cache poisoned");
-        cache.extend(found.iter().map(|(k, v)| (k.clone(), *v)));
-    }
-}
-
-fn signal_channel() -> broadcast::Sender<RunId> {
-    broadcast::channel(1024).0
-}
-
 fn now() -> DateTime<Utc> {
     Utc::now()
-}
-
-/// Decodes the chunk rows of a read as they arrive, keeping the points within `from..=to`, and
-/// stops fetching once `limit` points are in hand.
-async fn collect_range(
-    mut chunks: impl futures::Stream<Item = Result<Vec<u8>, sqlx::Error>> + Unpin,
-    from: i64,
-    to: i64,
-    limit: usize,
-) -> StoreResult<Vec<chunk::Point>> {
-    use futures::TryStreamExt;
-    let mut out = Vec::new();
-    let mut scratch = Vec::new();
-    while let Some(data) = chunks.try_next().await? {
-        scratch.clear();
-        chunk::decode_into(&data, &mut scratch).map_err(StoreError::Corrupt)?;
-        out.extend(scratch.iter().filter(|p| (from..=to).contains(&p.0)));
-        if out.len() >= limit {
-            out.truncate(limit);
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// A chunk's number, its stored summary, and its points where it has no summary.
-type SummaryRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
-
-fn summaries_of(rows: Vec<SummaryRow>) -> StoreResult<Vec<(i64, Bucket)>> {
-    rows.into_iter()
-        .map(|(c, summary, data)| {
-            chunk::stored_summary(summary.as_deref(), data.as_deref())
-                .map(|b| (c, b))
-                .map_err(StoreError::Corrupt)
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DatabaseUrl;
-
-    #[test]
-    fn a_database_url_never_prints_its_password() {
-        let shown = |url: &str| DatabaseUrl::parse(url).unwrap().to_string();
-        for (url, password) in [
-            ("postgres://a:secret@host/db", "secret"),
-            ("postgres://redline:pa:ss:word@db.internal:5432/r", "pa"),
-            ("postgresql://u:p%40ss@h/db", "p%40ss"),
-            (
-                "postgres://u@h/db?password=hunter2&sslmode=require",
-                "hunter2",
-            ),
-        ] {
-            let s = shown(url);
-            assert!(!s.contains(password), "{url} shown as {s}");
-            assert!(s.contains("***"), "{s}");
-        }
-        assert_eq!(shown("postgres://u@h/db"), "postgres://u@h/db");
-        assert!(shown("postgres://u@h/db?sslmode=require").contains("sslmode=require"));
-    }
 }

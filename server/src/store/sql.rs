@@ -2,25 +2,25 @@
 //! `ON CONFLICT`), run through [`Exec`]; what differs is asked of the [`Dialect`].
 
 use std::collections::HashMap;
-use std::ops::RangeInclusive;
+use std::sync::RwLock;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use redline_core::series::Bucket;
 use redline_core::wire::{
-    CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus, Signal,
-    UpdateRun, ValidSignal,
+    AckSignal, CreateRun, FinishRun, IngestResult, MetricSummary, PointBatch, Run, RunStatus,
+    Signal, UpdateRun, ValidSignal,
 };
 use redline_core::{MetricName, RunId};
 use sqlx::pool::PoolConnection;
 use sqlx::{Pool, Transaction};
 use tokio::sync::broadcast;
 
-use super::exec::{Arg, Dialect, args, json};
-use super::rows::{self, MetricRow, RUN_COLUMNS, RunRow, SIGNAL_COLUMNS, SignalRow};
+use super::exec::{Arg, Args, Dialect, args, json};
+use super::rows::{self, MetricRow, RUN_COLUMNS, SIGNAL_COLUMNS};
 use super::{
-    MetricIds, OpsCounts, PendingRules, RunDetails, RunFilter, Store, StoreError, StoreResult,
-    SummaryRow, TokenInfo, chunk, now,
+    OpsCounts, PendingRules, Point, RunDetails, RunFilter, SeriesRange, Store, StoreError,
+    StoreResult, TokenInfo, chunk, now,
 };
 
 /// A store over one database: `writer` takes every write transaction, `reader` the plain reads
@@ -49,7 +49,7 @@ impl<D: Dialect> SqlStore<D> {
             writer,
             reader,
             metric_ids: MetricIds::default(),
-            signal_tx: super::signal_channel(),
+            signal_tx: broadcast::channel(1024).0,
         }
     }
 
@@ -61,6 +61,19 @@ impl<D: Dialect> SqlStore<D> {
     /// The writer connection, for a write that is a transaction of its own.
     pub(super) async fn write(&self) -> StoreResult<PoolConnection<D>> {
         Ok(self.writer.acquire().await?)
+    }
+
+    /// Runs a write of its own that must change a row; `none` is the error when it changes none.
+    pub(super) async fn change(
+        &self,
+        sql: &str,
+        args: Args<'_>,
+        none: StoreError,
+    ) -> StoreResult<()> {
+        match D::execute(&mut *self.write().await?, sql, args).await? {
+            0 => Err(none),
+            _ => Ok(()),
+        }
     }
 
     /// The run's primary key; `lock` holds the run row until the transaction ends.
@@ -77,15 +90,15 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     /// The run's primary key and the metric's id, or which of them does not exist.
-    async fn series_key(&self, id: &RunId, metric: &MetricName) -> StoreResult<(i64, i32)> {
-        let pk = self.read_run_pk(id).await?;
+    async fn series_key(&self, r: &SeriesRange<'_>) -> StoreResult<(i64, i32)> {
+        let pk = self.read_run_pk(r.run).await?;
         let sql = "SELECT m.metric_id FROM run_metrics m JOIN metric_names n \
              ON n.id = m.metric_id WHERE m.run_pk = $1 AND n.name = $2";
         let found: Option<(i32,)> =
-            D::optional(&mut *self.read().await?, sql, args![pk, metric.as_str()]).await?;
+            D::optional(&mut *self.read().await?, sql, args![pk, r.metric.as_str()]).await?;
         let (metric_id,) = found.ok_or_else(|| StoreError::SeriesNotFound {
-            run: id.clone(),
-            metric: metric.clone(),
+            run: r.run.clone(),
+            metric: r.metric.clone(),
         })?;
         Ok((pk, metric_id))
     }
@@ -94,9 +107,8 @@ impl<D: Dialect> SqlStore<D> {
     async fn run_in(c: &mut D::Connection, id: &RunId, lock: bool) -> StoreResult<Run> {
         let lock = if lock { D::LOCK } else { "" };
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{lock}");
-        let row: Option<RunRow> = D::optional(c, &sql, args![id.as_str()]).await?;
-        row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
-            .try_into()
+        let run: Option<Run> = D::optional(c, &sql, args![id.as_str()]).await?;
+        run.ok_or_else(|| StoreError::RunNotFound(id.clone()))
     }
 
     async fn metric_ids(&self, batch: &PointBatch) -> StoreResult<HashMap<String, i32>> {
@@ -121,11 +133,11 @@ impl<D: Dialect> SqlStore<D> {
         Ok(ids)
     }
 
-    async fn pending(tx: &mut Tx<D>, pk: i64, id: &RunId) -> StoreResult<Vec<Signal>> {
+    async fn pending(tx: &mut Tx<D>, pk: i64) -> StoreResult<Vec<Signal>> {
         let sql = format!(
             "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND acked_at IS NULL ORDER BY id"
         );
-        rows::signals(D::all(tx, &sql, args![pk]).await?, id)
+        Ok(D::all(tx, &sql, args![pk]).await?)
     }
 }
 
@@ -158,22 +170,29 @@ impl<D: Dialect> Store for SqlStore<D> {
             json(&config),
             t
         ];
-        let inserted: Option<RunRow> = D::optional(&mut tx, &insert, args).await?;
-        if let Some(row) = inserted {
+        let inserted: Option<Run> = D::optional(&mut tx, &insert, args).await?;
+        if let Some(run) = inserted {
             let pk = Self::run_pk(&mut tx, id, false).await?;
             Self::pin_rule_sets(&mut tx, pk, req).await?;
             tx.commit().await?;
-            return Ok((row.try_into()?, true));
+            return Ok((run, true));
         }
         let existing = Self::run_in(&mut tx, id, true).await?;
-        rows::check_resume(&existing, req.project_or_default())?;
+        if existing.project != req.project_or_default() {
+            // The client picked an id another run already has.
+            return Err(StoreError::Conflict(format!(
+                "run {id} exists in project {:?}, not {:?}: choose another run id",
+                existing.project,
+                req.project_or_default()
+            )));
+        }
         let resume = format!(
             "UPDATE runs SET status = 'running', status_reason = NULL, finished_at = NULL, \
              updated_at = $1 WHERE run_id = $2 RETURNING {RUN_COLUMNS}"
         );
-        let row: RunRow = D::one(&mut tx, &resume, args![t, id.as_str()]).await?;
+        let run = D::one(&mut tx, &resume, args![t, id.as_str()]).await?;
         tx.commit().await?;
-        Ok((row.try_into()?, false))
+        Ok((run, false))
     }
 
     async fn run(&self, id: &RunId) -> StoreResult<Run> {
@@ -195,7 +214,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             i64::from(f.offset),
             f.tag.as_deref(),
         ];
-        rows::runs(D::all(&mut *self.read().await?, &sql, args).await?)
+        Ok(D::all(&mut *self.read().await?, &sql, args).await?)
     }
 
     async fn run_details(&self, ids: &[RunId], metrics: &[&str]) -> StoreResult<Vec<RunDetails>> {
@@ -212,30 +231,35 @@ impl<D: Dialect> Store for SqlStore<D> {
         );
         let args = args![runs.clone(), json(&metrics)];
         let metrics: Vec<rows::RunMetricRow> = D::all(&mut *self.read().await?, &sql, args).await?;
-        let sql = format!(
-            "SELECT (SELECT run_id FROM runs WHERE pk = run_pk) AS run_id, {SIGNAL_COLUMNS} \
-             FROM signals WHERE run_pk IN ({pks}) ORDER BY id"
-        );
-        let signals: Vec<rows::RunSignalRow> =
-            D::all(&mut *self.read().await?, &sql, args![runs]).await?;
-        rows::details(ids, metrics, signals)
+        let sql =
+            format!("SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk IN ({pks}) ORDER BY id");
+        let signals = D::all(&mut *self.read().await?, &sql, args![runs]).await?;
+        Ok(rows::details(ids, metrics, signals))
     }
 
     async fn finish_run(&self, id: &RunId, req: &FinishRun) -> StoreResult<Run> {
         let mut tx = self.writer.begin().await?;
         let run = Self::run_in(&mut tx, id, true).await?;
         let status = RunStatus::from(req.status);
-        if !rows::check_finish(&run, status)? {
-            return Ok(run);
+        match run.status {
+            RunStatus::Running => {}
+            s if s == status => return Ok(run),
+            s => {
+                return Err(StoreError::Conflict(format!(
+                    "run {id} already finished as {}; it cannot now be {}",
+                    s.as_str(),
+                    status.as_str()
+                )));
+            }
         }
         let sql = format!(
             "UPDATE runs SET status = $1, status_reason = $2, finished_at = $3, updated_at = $3 \
              WHERE run_id = $4 RETURNING {RUN_COLUMNS}"
         );
         let args = args![status.as_str(), req.reason.as_deref(), now(), id.as_str()];
-        let row: RunRow = D::one(&mut tx, &sql, args).await?;
+        let run = D::one(&mut tx, &sql, args).await?;
         tx.commit().await?;
-        row.try_into()
+        Ok(run)
     }
 
     async fn update_run(&self, id: &RunId, req: &UpdateRun) -> StoreResult<Run> {
@@ -246,18 +270,15 @@ impl<D: Dialect> Store for SqlStore<D> {
         );
         let tags = req.tags.as_ref().map_or(Arg::Json(None), json);
         let args = args![id.as_str(), req.name.as_deref(), tags, now()];
-        let row: Option<RunRow> = D::optional(&mut *self.write().await?, &sql, args).await?;
-        row.ok_or_else(|| StoreError::RunNotFound(id.clone()))?
-            .try_into()
+        let run: Option<Run> = D::optional(&mut *self.write().await?, &sql, args).await?;
+        run.ok_or_else(|| StoreError::RunNotFound(id.clone()))
     }
 
     async fn delete_run(&self, id: &RunId) -> StoreResult<()> {
         // One statement, so one transaction: the cascades run inside it.
         let sql = "DELETE FROM runs WHERE run_id = $1";
-        if D::execute(&mut *self.write().await?, sql, args![id.as_str()]).await? == 0 {
-            return Err(StoreError::RunNotFound(id.clone()));
-        }
-        Ok(())
+        self.change(sql, args![id.as_str()], StoreError::RunNotFound(id.clone()))
+            .await
     }
 
     async fn ops_counts(&self) -> StoreResult<OpsCounts> {
@@ -285,7 +306,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         if created > 0 {
             D::notify(&mut tx, id).await?;
         }
-        let signals = Self::pending(&mut tx, pk, id).await?;
+        let signals = Self::pending(&mut tx, pk).await?;
         tx.commit().await?;
         if created > 0 {
             let _ = self.signal_tx.send(id.clone());
@@ -305,41 +326,60 @@ impl<D: Dialect> Store for SqlStore<D> {
         Ok(rows.into_iter().map(MetricSummary::from).collect())
     }
 
-    async fn read_series(
-        &self,
-        id: &RunId,
-        metric: &MetricName,
-        from: i64,
-        to: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<chunk::Point>> {
-        let (pk, metric_id) = self.series_key(id, metric).await?;
+    /// Decodes the chunk rows as they arrive, keeping the points in range, and stops fetching
+    /// once `limit` points are in hand.
+    async fn read_series(&self, r: &SeriesRange<'_>, limit: usize) -> StoreResult<Vec<Point>> {
+        let (pk, metric_id) = self.series_key(r).await?;
         let sql = "SELECT data FROM series_chunks WHERE run_pk = $1 AND metric_id = $2 \
              AND chunk BETWEEN $3 AND $4 ORDER BY chunk";
+        let (from, to) = (*r.steps.start(), *r.steps.end());
         let args = args![pk, metric_id, chunk::chunk_of(from), chunk::chunk_of(to)];
-        let mut c = self.reader.acquire().await?;
-        let chunks = D::fetch(&mut c, sql, args).map_ok(|(data,): (Vec<u8>,)| data);
-        super::collect_range(chunks, from, to, limit).await
+        let mut c = self.read().await?;
+        let mut chunks = D::fetch::<(Vec<u8>,)>(&mut c, sql, args);
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        while let Some((data,)) = chunks.try_next().await? {
+            scratch.clear();
+            chunk::decode_into(&data, &mut scratch).map_err(StoreError::Corrupt)?;
+            out.extend(scratch.iter().filter(|p| r.steps.contains(&p.0)));
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+        }
+        Ok(out)
     }
 
-    async fn chunk_summaries(
-        &self,
-        id: &RunId,
-        metric: &MetricName,
-        chunks: RangeInclusive<i64>,
-    ) -> StoreResult<Vec<(i64, Bucket)>> {
-        let (pk, metric_id) = self.series_key(id, metric).await?;
+    async fn chunk_summaries(&self, r: &SeriesRange<'_>) -> StoreResult<Vec<(i64, Bucket)>> {
+        let (pk, metric_id) = self.series_key(r).await?;
         let sql = "SELECT chunk, summary, CASE WHEN summary IS NULL THEN data END FROM series_chunks \
              WHERE run_pk = $1 AND metric_id = $2 AND chunk BETWEEN $3 AND $4 ORDER BY chunk";
-        let args = args![pk, metric_id, *chunks.start(), *chunks.end()];
-        let rows: Vec<SummaryRow> = D::all(&mut *self.read().await?, sql, args).await?;
-        super::summaries_of(rows)
+        let (first, last) = (
+            chunk::chunk_of(*r.steps.start()),
+            chunk::chunk_of(*r.steps.end()),
+        );
+        let args = args![pk, metric_id, first, last];
+        // A chunk's number, its stored summary, and its points where it has no summary.
+        let rows: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> =
+            D::all(&mut *self.read().await?, sql, args).await?;
+        rows.into_iter()
+            .map(|(c, summary, data)| {
+                chunk::stored_summary(summary.as_deref(), data.as_deref())
+                    .map(|b| (c, b))
+                    .map_err(StoreError::Corrupt)
+            })
+            .collect()
     }
 
     async fn create_signal(&self, id: &RunId, s: &ValidSignal) -> StoreResult<Signal> {
         let mut tx = self.writer.begin().await?;
         let run = Self::run_in(&mut tx, id, true).await?;
-        rows::check_signal_target(&run)?;
+        if run.status != RunStatus::Running {
+            // A finished run has no trainer left to obey a signal.
+            return Err(StoreError::Conflict(format!(
+                "run {id} is {}: signals can only be sent to a running run",
+                run.status.as_str()
+            )));
+        }
         let sql = format!(
             "INSERT INTO signals (run_pk, kind, name, value, keep_step, reason, source_rule, created_at) \
              VALUES ((SELECT pk FROM runs WHERE run_id = $1), $2, $3, $4, $5, $6, $7, $8) \
@@ -359,12 +399,12 @@ impl<D: Dialect> Store for SqlStore<D> {
             s.source_rule.as_deref(),
             now()
         ];
-        let row: SignalRow = D::one(&mut tx, &sql, args).await?;
+        let signal = D::one(&mut tx, &sql, args).await?;
         D::notify(&mut tx, id).await?;
         tx.commit().await?;
         // No receiver just means no stream is open.
         let _ = self.signal_tx.send(id.clone());
-        row.into_signal(id)
+        Ok(signal)
     }
 
     async fn signals(
@@ -379,40 +419,42 @@ impl<D: Dialect> Store for SqlStore<D> {
              AND (NOT $3 OR acked_at IS NULL) ORDER BY id"
         );
         let args = args![pk, after, pending_only];
-        rows::signals(D::all(&mut *self.read().await?, &sql, args).await?, id)
+        Ok(D::all(&mut *self.read().await?, &sql, args).await?)
     }
 
-    async fn ack_signal(
-        &self,
-        id: &RunId,
-        signal: i64,
-        step: i64,
-        refused: Option<&str>,
-    ) -> StoreResult<Signal> {
+    async fn ack_signal(&self, id: &RunId, signal: i64, ack: &AckSignal) -> StoreResult<Signal> {
         let mut tx = self.writer.begin().await?;
         let pk = Self::run_pk(&mut tx, id, false).await?;
         let sql = format!(
             "SELECT {SIGNAL_COLUMNS} FROM signals WHERE id = $1 AND run_pk = $2{}",
             D::LOCK
         );
-        let current: Option<SignalRow> = D::optional(&mut tx, &sql, args![signal, pk]).await?;
-        let current = current
-            .ok_or_else(|| StoreError::SignalNotFound {
-                run: id.clone(),
-                signal,
-            })?
-            .into_signal(id)?;
-        rows::check_ack(&current, step, refused)?;
-        if current.applied_step.is_some() {
-            return Ok(current);
+        let current: Option<Signal> = D::optional(&mut tx, &sql, args![signal, pk]).await?;
+        let current = current.ok_or_else(|| StoreError::SignalNotFound {
+            run: id.clone(),
+            signal,
+        })?;
+        if let Some(at) = current.applied_step {
+            // The same answer again is a no-op; a different one is a conflict.
+            if at == ack.step && current.refused == ack.refused {
+                return Ok(current);
+            }
+            let answered = if current.refused.is_some() {
+                "refused"
+            } else {
+                "applied"
+            };
+            let message = format!("signal {signal} was already answered ({answered}) at step {at}");
+            return Err(StoreError::Conflict(message));
         }
         let sql = format!(
             "UPDATE signals SET acked_at = $1, applied_step = $2, refused = $3 WHERE id = $4 \
              RETURNING {SIGNAL_COLUMNS}"
         );
-        let row: SignalRow = D::one(&mut tx, &sql, args![now(), step, refused, signal]).await?;
+        let args = args![now(), ack.step, ack.refused.as_deref(), signal];
+        let acked = D::one(&mut tx, &sql, args).await?;
         tx.commit().await?;
-        row.into_signal(id)
+        Ok(acked)
     }
 
     fn signal_events(&self) -> broadcast::Receiver<RunId> {
@@ -422,13 +464,11 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn create_token(&self, name: &str, token_hash: &str) -> StoreResult<()> {
         let sql = "INSERT INTO api_tokens (name, token_hash, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING";
-        let done = D::execute(
-            &mut *self.write().await?,
-            sql,
-            args![name, token_hash, now()],
-        )
-        .await?;
-        rows::check_token_created(done, name)
+        let taken = StoreError::Conflict(format!(
+            "a token named {name:?} already exists: revoke it or pick another name"
+        ));
+        self.change(sql, args![name, token_hash, now()], taken)
+            .await
     }
 
     async fn token_is_active(&self, token_hash: &str) -> StoreResult<bool> {
@@ -445,9 +485,41 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn revoke_token(&self, name: &str) -> StoreResult<()> {
         let sql = "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, $1) WHERE name = $2";
-        if D::execute(&mut *self.write().await?, sql, args![now(), name]).await? == 0 {
-            return Err(StoreError::TokenNotFound(name.to_owned()));
+        self.change(
+            sql,
+            args![now(), name],
+            StoreError::TokenNotFound(name.to_owned()),
+        )
+        .await
+    }
+}
+
+/// Caches metric-name ids. Names are only ever added to `metric_names`, so a cached id stays right.
+#[derive(Debug, Default)]
+struct MetricIds(RwLock<HashMap<String, i32>>);
+
+impl MetricIds {
+    /// The ids of `names` known so far, and the names still to look up.
+    fn split<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> (HashMap<String, i32>, Vec<String>) {
+        let cache = self.0.read().expect("metric id cache poisoned");
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match cache.get(name) {
+                Some(&id) => {
+                    known.insert(name.to_owned(), id);
+                }
+                None => missing.push(name.to_owned()),
+            }
         }
-        Ok(())
+        (known, missing)
+    }
+
+    fn remember(&self, found: &HashMap<String, i32>) {
+        let mut cache = self.0.write().expect("metric id cache poisoned");
+        cache.extend(found.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use redline_core::RunId;
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -100,49 +101,57 @@ impl Dialect for Sqlite {
 
     /// Multi-row `INSERT … ON CONFLICT DO UPDATE`s of up to [`ROWS_PER_STATEMENT`] rows.
     async fn write_plan(c: &mut SqliteConnection, pk: i64, plan: &IngestPlan) -> sqlx::Result<()> {
-        for rows in plan.writes.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data, summary) ",
-            );
-            q.push_values(rows, |mut b, w| {
-                b.push_bind(pk)
-                    .push_bind(w.metric_id)
-                    .push_bind(w.chunk)
-                    .push_bind(w.points)
-                    .push_bind(w.data.as_slice())
-                    .push_bind(w.summary.as_slice());
-            });
-            q.push(
-                " ON CONFLICT (run_pk, metric_id, chunk) DO UPDATE SET points = excluded.points, \
-                 data = excluded.data, summary = excluded.summary",
-            );
-            q.build().execute(&mut *c).await?;
-        }
-        for rows in plan.summaries.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO run_metrics (run_pk, metric_id, points, last_step, last_value_bits) ",
-            );
-            q.push_values(rows, |mut b, s| {
-                b.push_bind(pk)
-                    .push_bind(s.metric_id)
-                    .push_bind(s.added)
-                    .push_bind(s.last_step)
-                    .push_bind(s.last_value.to_bits() as i64);
-            });
-            q.push(
-                " ON CONFLICT (run_pk, metric_id) DO UPDATE SET \
-                 points = points + excluded.points, \
-                 last_value_bits = CASE WHEN excluded.last_step >= last_step \
-                     THEN excluded.last_value_bits ELSE last_value_bits END, \
-                 last_step = max(last_step, excluded.last_step)",
-            );
-            q.build().execute(&mut *c).await?;
-        }
-        Ok(())
+        let chunks = (
+            "INSERT INTO series_chunks (run_pk, metric_id, chunk, points, data, summary) ",
+            " ON CONFLICT (run_pk, metric_id, chunk) DO UPDATE SET points = excluded.points, \
+             data = excluded.data, summary = excluded.summary",
+        );
+        upsert(c, pk, chunks, &plan.writes, |mut b, w| {
+            b.push_bind(w.metric_id)
+                .push_bind(w.chunk)
+                .push_bind(w.points);
+            b.push_bind(w.data.as_slice())
+                .push_bind(w.summary.as_slice());
+        })
+        .await?;
+        let summaries = (
+            "INSERT INTO run_metrics (run_pk, metric_id, points, last_step, last_value_bits) ",
+            " ON CONFLICT (run_pk, metric_id) DO UPDATE SET points = points + excluded.points, \
+             last_value_bits = CASE WHEN excluded.last_step >= last_step \
+                 THEN excluded.last_value_bits ELSE last_value_bits END, \
+             last_step = max(last_step, excluded.last_step)",
+        );
+        upsert(c, pk, summaries, &plan.summaries, |mut b, s| {
+            b.push_bind(s.metric_id).push_bind(s.added);
+            b.push_bind(s.last_step)
+                .push_bind(s.last_value.to_bits() as i64);
+        })
+        .await
     }
 
     /// One server per file: its own broadcast is every listener there is.
     async fn notify(_: &mut SqliteConnection, _: &RunId) -> sqlx::Result<()> {
         Ok(())
     }
+}
+
+/// Upserts `rows` of the run `pk`, [`ROWS_PER_STATEMENT`] to a statement: the insert up to its
+/// `VALUES`, the run's key, the values `bind` pushes for a row, then the conflict clause.
+async fn upsert<'a, T>(
+    c: &mut SqliteConnection,
+    pk: i64,
+    (insert, on_conflict): (&str, &str),
+    rows: &'a [T],
+    mut bind: impl FnMut(Separated<'_, 'a, Sqlite, &'static str>, &'a T) + Send,
+) -> sqlx::Result<()> {
+    for rows in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(insert);
+        q.push_values(rows, |mut b, row| {
+            b.push_bind(pk);
+            bind(b, row);
+        });
+        q.push(on_conflict);
+        q.build().execute(&mut *c).await?;
+    }
+    Ok(())
 }

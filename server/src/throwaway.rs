@@ -242,7 +242,10 @@ fn spawn_watchdog(bin: &Path, dir: &Path, user: &str) -> Result<(Child, ChildStd
 }
 
 /// Creates database `name` (letters, digits, `_`) on the server of `admin_url` and returns its URL.
-pub async fn create_database(admin_url: &str, name: &str) -> Result<String, super::StoreError> {
+pub async fn create_database(
+    admin_url: &str,
+    name: &str,
+) -> Result<String, crate::store::StoreError> {
     use sqlx::Connection;
     assert!(
         name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
