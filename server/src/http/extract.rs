@@ -197,8 +197,16 @@ pub fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::E
     }
 }
 
-/// The standard library's number-parsing messages say what went wrong, not what was wanted.
+/// The standard library's number-parsing messages, and serde's for an unknown name, say what
+/// went wrong rather than what was wanted.
 fn readable(message: String) -> String {
+    if let Some((got, wanted)) = message
+        .strip_prefix("unknown variant `")
+        .and_then(|r| r.split_once("`, expected "))
+    {
+        let wanted = wanted.trim_start_matches("one of ").replace('`', "");
+        return format!("must be one of {wanted}, got {got:?}");
+    }
     match message.as_str() {
         "invalid digit found in string"
         | "number too large to fit in target type"
@@ -276,6 +284,20 @@ pub(crate) mod tests {
     struct Flagged {
         #[serde(default, deserialize_with = "super::flag")]
         on: Option<bool>,
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_names_there_are() {
+        let Err(AppError::InvalidField(e)) =
+            parse_query::<crate::http::runs::ListRuns>("sort=sideways")
+        else {
+            panic!("sideways was accepted")
+        };
+        assert_eq!(e.field, "sort");
+        assert_eq!(
+            e.message,
+            "must be one of newest, oldest, name, updated, step, got \"sideways\""
+        );
     }
 
     #[test]

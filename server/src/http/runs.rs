@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use redline_core::RunId;
-use redline_core::wire::{CreateRun, FieldError, FinishRun, Run, RunList, RunStatus, UpdateRun};
+use redline_core::wire::{CreateRun, FinishRun, Run, RunList, RunStatus, UpdateRun};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,8 +71,9 @@ pub(super) struct ListRuns {
     pub status: Option<RunStatus>,
     /// Only runs with this tag.
     pub tag: Option<String>,
-    /// newest (default), oldest, name, updated or step.
-    pub sort: Option<String>,
+    /// Default newest.
+    #[param(inline)]
+    pub sort: Option<RunSort>,
     /// How many runs (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -81,29 +82,15 @@ pub(super) struct ListRuns {
 
 impl ListRuns {
     /// The store's filter; `limit` when the request names none.
-    pub(super) fn filter(&self, limit: u32) -> Result<RunFilter> {
-        let sort = self
-            .sort
-            .as_deref()
-            .map(|s| {
-                RunSort::parse(s).ok_or_else(|| {
-                    let names: Vec<_> = RunSort::ALL.iter().map(|v| v.as_str()).collect();
-                    FieldError::new(
-                        "sort",
-                        format!("must be one of {}, got {s:?}", names.join(", ")),
-                    )
-                })
-            })
-            .transpose()?
-            .unwrap_or_default();
-        Ok(RunFilter {
+    pub(super) fn filter(&self, limit: u32) -> RunFilter {
+        RunFilter {
             project: self.project.clone(),
             status: self.status,
             tag: self.tag.clone(),
-            sort,
+            sort: self.sort.unwrap_or_default(),
             limit: self.limit.unwrap_or(limit),
             offset: self.offset.unwrap_or(0),
-        })
+        }
     }
 }
 
@@ -115,7 +102,7 @@ async fn list_runs(
     Query(q): Query<ListRuns>,
 ) -> Result<Json<RunList>> {
     Ok(Json(RunList {
-        runs: state.store.list_runs(&q.filter(100)?).await?,
+        runs: state.store.list_runs(&q.filter(100)).await?,
     }))
 }
 

@@ -10,6 +10,7 @@
 //! arguments travel as [`Arg`] values and rows decode through [`Decode`], which every row type
 //! satisfies for both drivers.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -36,8 +37,7 @@ pub enum Arg<'a> {
     F64(Option<f64>),
     /// SQLite stores it as 0 or 1; `NOT $n` reads the same in both.
     Bool(bool),
-    Str(Option<&'a str>),
-    String(String),
+    Str(Option<Cow<'a, str>>),
     Time(Option<DateTime<Utc>>),
     Json(Option<Json<serde_json::Value>>),
 }
@@ -46,12 +46,12 @@ macro_rules! arg_from {
     ($($variant:ident($t:ty)),*) => {$(
         impl<'a> From<$t> for Arg<'a> {
             fn from(v: $t) -> Self {
-                Self::$variant(Some(v))
+                Self::$variant(Some(v.into()))
             }
         }
         impl<'a> From<Option<$t>> for Arg<'a> {
             fn from(v: Option<$t>) -> Self {
-                Self::$variant(v)
+                Self::$variant(v.map(Into::into))
             }
         }
     )*};
@@ -61,19 +61,11 @@ arg_from!(
     I32(i32),
     F64(f64),
     Str(&'a str),
+    Str(&'a String),
+    Str(String),
     Time(DateTime<Utc>)
 );
 
-impl<'a> From<&'a String> for Arg<'a> {
-    fn from(v: &'a String) -> Self {
-        Self::Str(Some(v))
-    }
-}
-impl From<String> for Arg<'_> {
-    fn from(v: String) -> Self {
-        Self::String(v)
-    }
-}
 impl From<bool> for Arg<'_> {
     fn from(v: bool) -> Self {
         Self::Bool(v)
@@ -192,8 +184,7 @@ where
     for<'q> Option<i32>: Encode<'q, D> + Type<D>,
     for<'q> Option<f64>: Encode<'q, D> + Type<D>,
     for<'q> bool: Encode<'q, D> + Type<D>,
-    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> Option<Cow<'q, str>>: Encode<'q, D> + Type<D>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, D> + Type<D>,
     for<'q> Option<Json<serde_json::Value>>: Encode<'q, D> + Type<D>,
 {
@@ -206,7 +197,6 @@ where
                 Arg::F64(v) => q.bind(v),
                 Arg::Bool(v) => q.bind(v),
                 Arg::Str(v) => q.bind(v),
-                Arg::String(v) => q.bind(v),
                 Arg::Time(v) => q.bind(v),
                 Arg::Json(v) => q.bind(v),
             };

@@ -82,7 +82,8 @@ pub struct RunFilter {
 }
 
 /// The orders runs can be listed in; every one ends on the insertion order, so pages are stable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum RunSort {
     #[default]
     Newest,
@@ -103,6 +104,7 @@ impl RunSort {
         Self::Step,
     ];
 
+    /// The name a query gives it (`serde` reads the same names: a test checks).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Newest => "newest",
@@ -111,10 +113,6 @@ impl RunSort {
             Self::Updated => "updated",
             Self::Step => "step",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 
     /// The ORDER BY clause.
@@ -244,4 +242,17 @@ pub async fn connect(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {
 
 fn now() -> DateTime<Utc> {
     Utc::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunSort;
+
+    #[test]
+    fn a_sort_reads_back_from_its_name() {
+        for sort in RunSort::ALL {
+            let read: RunSort = serde_json::from_value(sort.as_str().into()).unwrap();
+            assert_eq!(read, sort);
+        }
+    }
 }

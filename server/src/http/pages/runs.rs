@@ -11,6 +11,7 @@ use redline_core::wire::{Run, RunStatus};
 use super::error::PageError;
 use super::session::Viewer;
 use super::view::{self, Chrome, RunView};
+use crate::error::AppError;
 use crate::http::extract::Query;
 use crate::http::runs::ListRuns;
 use crate::state::AppState;
@@ -65,10 +66,12 @@ fn row(v: RunView, now: chrono::DateTime<chrono::Utc>) -> Row {
 pub async fn runs_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListRuns>,
+    query: Result<Query<ListRuns>, AppError>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/").await?;
-    let mut filter = q.filter(50)?;
+    // Taken as a result, so that a bad parameter is a page, not the API's JSON error.
+    let Query(q) = query?;
+    let mut filter = q.filter(50);
     let (limit, offset) = (filter.limit, filter.offset);
     // One more than a page tells whether there is a next one.
     filter.limit += 1;
@@ -95,7 +98,7 @@ pub async fn runs_page(
         ("project", q.project.as_deref()),
         ("status", q.status.map(RunStatus::as_str)),
         ("tag", q.tag.as_deref()),
-        ("sort", q.sort.as_deref()),
+        ("sort", q.sort.map(RunSort::as_str)),
     ] {
         if let Some(v) = value {
             base.append_pair(key, v);

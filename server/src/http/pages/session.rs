@@ -156,8 +156,10 @@ pub struct LoginParams {
 
 pub async fn login_page(
     State(state): State<AppState>,
-    Query(q): Query<LoginParams>,
+    query: Result<Query<LoginParams>, AppError>,
 ) -> Result<Html<String>, PageError> {
+    // A bad parameter is a page, not the API's JSON error.
+    let Query(q) = query?;
     let page = LoginPage {
         chrome: Chrome::new(&state, None),
         next: local_path(q.next.as_deref()),
