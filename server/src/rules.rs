@@ -69,7 +69,7 @@ impl RuleRunner {
             }
             let state = guard.as_mut().expect("loaded above");
             let Some(evaluator) = &state.evaluator else {
-                let result = store.ingest(id, &batch, &RuleWrites::default()).await?;
+                let result = store.ingest(id, &batch, &RuleWrites::None).await?;
                 return Ok(Ingested {
                     result,
                     firings: Vec::new(),
@@ -169,13 +169,11 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
 impl PendingRules for Evaluation {
     async fn writes(&self) -> StoreResult<RuleWrites<'_>> {
         let (evaluator, firings) = self.result().await;
-        Ok(RuleWrites {
-            evaluated: Some(Evaluated {
-                from_step: self.from_step,
-                to_step: evaluator.last_step().or(self.from_step),
-                firings,
-            }),
-        })
+        Ok(Some(Evaluated {
+            from_step: self.from_step,
+            to_step: evaluator.last_step().or(self.from_step),
+            firings,
+        }))
     }
 }
 
@@ -272,11 +270,7 @@ async fn replay(
         };
         let metric = redline_core::MetricName::parse(summary.name.clone())
             .map_err(|e| StoreError::Corrupt(format!("stored metric name: {e}")))?;
-        let range = SeriesRange {
-            run: id,
-            metric: &metric,
-            steps: 0..=to,
-        };
+        let range = SeriesRange::new(id, &metric, 0..=to);
         for (step, value) in store.read_series(&range, usize::MAX).await? {
             steps.entry(step).or_default().push((slot, value));
         }

@@ -20,7 +20,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use redline_core::rules::Firing;
 
-use crate::store::alerts::action_name;
 use crate::store::{Store, StoreResult};
 
 /// The `Content-Type` of [`Telemetry::scrape`]'s text.
@@ -205,7 +204,7 @@ impl Telemetry {
     pub fn fired(&self, firings: &[Firing]) {
         for f in firings {
             let labels = FiringLabels {
-                action: action_name(&f.action),
+                action: f.action.name(),
                 severity: f.severity.as_str(),
             };
             self.firings.get_or_create(&labels).inc();

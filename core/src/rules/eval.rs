@@ -23,6 +23,18 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The name a rule event stores and `/metrics` labels it by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Stop { .. } => "stop",
+            Self::Checkpoint => "checkpoint",
+            Self::SetHparam { .. } => "regulate",
+        }
+    }
+}
+
 /// One action of one rule at one step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {

@@ -286,18 +286,18 @@ pub(crate) mod tests {
         on: Option<bool>,
     }
 
+    /// Also holds serde's names of the sorts to their `as_str`, which the runs page offers.
     #[test]
     fn an_unknown_name_is_refused_with_the_names_there_are() {
-        let Err(AppError::InvalidField(e)) =
-            parse_query::<crate::http::runs::ListRuns>("sort=sideways")
-        else {
+        use crate::http::runs::ListRuns;
+        use crate::store::RunSort;
+        let Err(AppError::InvalidField(e)) = parse_query::<ListRuns>("sort=sideways") else {
             panic!("sideways was accepted")
         };
         assert_eq!(e.field, "sort");
-        assert_eq!(
-            e.message,
-            "must be one of newest, oldest, name, updated, step, got \"sideways\""
-        );
+        let names: Vec<_> = RunSort::ALL.iter().map(|s| s.as_str()).collect();
+        let wanted = format!("must be one of {}, got \"sideways\"", names.join(", "));
+        assert_eq!(e.message, wanted);
     }
 
     #[test]

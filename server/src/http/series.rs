@@ -110,11 +110,7 @@ async fn read_series(
         });
     }
     let limit = q.limit.unwrap_or(DEFAULT_RAW_LIMIT);
-    let range = SeriesRange {
-        run: &id,
-        metric: &metric,
-        steps: lo..=hi,
-    };
+    let range = SeriesRange::new(&id, &metric, lo..=hi);
     let mut points = state.store.read_series(&range, limit + 1).await?;
     let next_from = (points.len() > limit).then(|| points[limit].0);
     points.truncate(limit);

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redline_core::rules::{Action, Firing, Severity};
+use redline_core::rules::Firing;
 use redline_core::wire::{DeliveryAttempt, NewWebhook, RuleEvent, Webhook, WebhookFormat};
 use redline_core::{RuleSetName, RunId, WebhookName};
 use secrecy::SecretString;
@@ -30,12 +30,9 @@ pub struct RunRules {
     pub last_step: Option<i64>,
 }
 
-/// What the rules concluded about one batch, written in the batch's ingest transaction.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RuleWrites<'a> {
-    /// `None` when the run has no rules: nothing is checked or written.
-    pub evaluated: Option<Evaluated<'a>>,
-}
+/// What the rules concluded about one batch, written in the batch's ingest transaction; `None`
+/// when the run has no rules: nothing is checked or written.
+pub type RuleWrites<'a> = Option<Evaluated<'a>>;
 
 /// What the rules concluded about a batch, as the store's ingest receives it: possibly still
 /// being computed (a large batch is evaluated on the blocking pool while the store writes its
@@ -151,7 +148,6 @@ pub trait AlertStore {
     /// Creates a webhook; `secret` is the one to sign with (given or generated).
     async fn create_webhook(&self, w: &NewWebhook, secret: &str) -> StoreResult<Webhook>;
     async fn webhooks(&self) -> StoreResult<Vec<Webhook>>;
-    async fn webhook(&self, name: &WebhookName) -> StoreResult<WebhookTarget>;
     /// Deletes the webhook with its undelivered messages and delivery log.
     async fn delete_webhook(&self, name: &WebhookName) -> StoreResult<()>;
     /// The newest `limit` attempts to deliver to `name`, newest first.
@@ -176,23 +172,4 @@ pub trait AlertStore {
         name: &WebhookName,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<Due>;
-}
-
-/// An action as rule events store it and `/metrics` labels it.
-pub fn action_name(a: &Action) -> &'static str {
-    match a {
-        Action::Alert => "alert",
-        Action::Stop { .. } => "stop",
-        Action::Checkpoint => "checkpoint",
-        Action::SetHparam { .. } => "regulate",
-    }
-}
-
-/// Orders severities for `min_severity` filters.
-pub fn severities_at_most(s: Severity) -> [&'static str; 3] {
-    match s {
-        Severity::Info => ["info", "info", "info"],
-        Severity::Warning => ["info", "warning", "warning"],
-        Severity::Critical => ["info", "warning", "critical"],
-    }
 }

@@ -12,12 +12,11 @@ use redline_core::wire::{
 use redline_core::{MetricValue, RuleSetName, RunId, WebhookName};
 
 use super::alerts::{
-    AlertStore, AttemptRecord, Due, NextStep, RuleWrites, RunRules, StoredRuleSet, WebhookTarget,
-    severities_at_most,
+    AlertStore, AttemptRecord, Due, NextStep, RuleWrites, RunRules, StoredRuleSet,
 };
 use super::exec::{Arg, Dialect, args, json};
 use super::sql::SqlStore;
-use super::{StoreError, StoreResult, now};
+use super::{StoreError, StoreResult};
 
 const RULE_SET_COLUMNS: &str = "name, version, source, created_at";
 
@@ -71,7 +70,7 @@ fn action_columns(a: &Action) -> (&'static str, Option<SignalColumns<'_>>) {
             Some(("set_hparam", Some(name.as_str()), Some(*value), None))
         }
     };
-    (super::alerts::action_name(a), signal)
+    (a.name(), signal)
 }
 
 fn trip_values(f: &Firing) -> Arg<'static> {
@@ -115,11 +114,11 @@ impl<D: Dialect> SqlStore<D> {
         writes: &RuleWrites<'_>,
         last_step: Option<i64>,
     ) -> StoreResult<usize> {
-        let Some(ev) = writes.evaluated else {
+        let Some(ev) = writes else {
             if let Some(step) = last_step {
                 let sql = "UPDATE runs SET last_step = CASE WHEN last_step >= $2 THEN last_step \
                      ELSE $2 END, updated_at = $3 WHERE pk = $1";
-                D::execute(tx, sql, args![pk, step, now()]).await?;
+                D::execute(tx, sql, args![pk, step, Utc::now()]).await?;
             }
             return Ok(0);
         };
@@ -127,11 +126,11 @@ impl<D: Dialect> SqlStore<D> {
              last_step = CASE WHEN $4 IS NULL OR last_step >= $4 THEN last_step ELSE $4 END, \
              updated_at = CASE WHEN $4 IS NULL THEN updated_at ELSE $5 END \
              WHERE pk = $1 AND rules_step IS NOT DISTINCT FROM $3";
-        let args = args![pk, ev.to_step, ev.from_step, last_step, now()];
+        let args = args![pk, ev.to_step, ev.from_step, last_step, Utc::now()];
         if D::execute(tx, sql, args).await? == 0 {
             return Err(StoreError::RulesMoved);
         }
-        let t = now();
+        let t = Utc::now();
         let mut signals = 0;
         for f in ev.firings {
             let (action, signal) = action_columns(&f.action);
@@ -163,12 +162,18 @@ impl<D: Dialect> SqlStore<D> {
                 D::execute(tx, sql, args![event, signal]).await?;
                 signals += 1;
             } else {
-                let [a, b, c] = severities_at_most(f.severity);
-                let sql = "INSERT INTO webhook_outbox (webhook_id, event_id, message_id, state, \
+                // Each webhook whose minimum severity this firing reaches.
+                let reached = Severity::ALL.into_iter().filter(|s| *s <= f.severity);
+                let reached: Vec<&str> = reached.map(Severity::as_str).collect();
+                let sql = format!(
+                    "INSERT INTO webhook_outbox (webhook_id, event_id, message_id, state, \
                      attempts, next_attempt_at, created_at) \
                      SELECT id, $1, $2 || CAST(id AS TEXT), 'pending', 0, $3, $3 FROM webhooks \
-                     WHERE min_severity IN ($4, $5, $6)";
-                D::execute(tx, sql, args![event, format!("msg_{event}_"), t, a, b, c]).await?;
+                     WHERE min_severity IN ({})",
+                    D::elements("$4")
+                );
+                let args = args![event, format!("msg_{event}_"), t, json(&reached)];
+                D::execute(tx, &sql, args).await?;
             }
         }
         Ok(signals)
@@ -221,7 +226,12 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
             "INSERT INTO rule_sets (name, version, source, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING {RULE_SET_COLUMNS}"
         );
-        let row = D::one(&mut tx, &sql, args![name.as_str(), version, source, now()]).await?;
+        let row = D::one(
+            &mut tx,
+            &sql,
+            args![name.as_str(), version, source, Utc::now()],
+        )
+        .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -230,7 +240,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
         let sql = "INSERT INTO rule_sets (name, version, source, created_at) \
              SELECT $1, 1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM rule_sets WHERE name = $1) \
              ON CONFLICT (name, version) DO NOTHING";
-        let args = args![name.as_str(), source, now()];
+        let args = args![name.as_str(), source, Utc::now()];
         D::execute(&mut *self.write().await?, sql, args).await?;
         Ok(())
     }
@@ -308,7 +318,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
             w.format.as_str(),
             secret,
             severity,
-            now()
+            Utc::now()
         ];
         let created: Option<Webhook> = D::optional(&mut *self.write().await?, &sql, args).await?;
         let Some(created) = created else {
@@ -326,12 +336,6 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
         Ok(D::all(&mut *self.read().await?, &sql, args![]).await?)
     }
 
-    async fn webhook(&self, name: &WebhookName) -> StoreResult<WebhookTarget> {
-        let sql = "SELECT name, url, format, secret FROM webhooks WHERE name = $1";
-        let target = D::optional(&mut *self.read().await?, sql, args![name.as_str()]).await?;
-        target.ok_or_else(|| StoreError::WebhookNotFound(name.to_string()))
-    }
-
     async fn delete_webhook(&self, name: &WebhookName) -> StoreResult<()> {
         let sql = "DELETE FROM webhooks WHERE name = $1";
         let missing = StoreError::WebhookNotFound(name.to_string());
@@ -343,7 +347,10 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
         name: &WebhookName,
         limit: u32,
     ) -> StoreResult<Vec<DeliveryAttempt>> {
-        self.webhook(name).await?;
+        let sql = "SELECT id FROM webhooks WHERE name = $1";
+        let found: Option<(i64,)> =
+            D::optional(&mut *self.read().await?, sql, args![name.as_str()]).await?;
+        found.ok_or_else(|| StoreError::WebhookNotFound(name.to_string()))?;
         let sql = "SELECT o.message_id, o.event_id, a.attempt, a.started_at, a.status, \
              a.latency_ms, a.error, a.outcome FROM webhook_attempts a \
              JOIN webhook_outbox o ON o.id = a.outbox_id JOIN webhooks w ON w.id = o.webhook_id \
@@ -373,8 +380,8 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
     async fn record_attempt(&self, due: &Due, a: &AttemptRecord) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
         let (state, next_at, finished) = match a.next {
-            NextStep::Delivered => ("delivered", a.started_at, Some(now())),
-            NextStep::GiveUp => ("failed", a.started_at, Some(now())),
+            NextStep::Delivered => ("delivered", a.started_at, Some(Utc::now())),
+            NextStep::GiveUp => ("failed", a.started_at, Some(Utc::now())),
             NextStep::RetryAt(at) => ("pending", at, None),
         };
         let sql = "UPDATE webhook_outbox SET state = $2, attempts = attempts + 1, \
@@ -419,7 +426,7 @@ impl<D: Dialect> AlertStore for SqlStore<D> {
         let sql = "INSERT INTO webhook_outbox (webhook_id, event_id, message_id, state, attempts, \
              next_attempt_at, created_at) SELECT id, NULL, $2, 'pending', 0, $3, $4 \
              FROM webhooks WHERE name = $1 RETURNING id";
-        let args = args![name.as_str(), message_id, lease_until, now()];
+        let args = args![name.as_str(), message_id, lease_until, Utc::now()];
         let id: Option<(i64,)> = D::optional(&mut tx, sql, args).await?;
         let (id,) = id.ok_or_else(|| StoreError::WebhookNotFound(name.to_string()))?;
         let due = Self::due(&mut tx, id).await?;

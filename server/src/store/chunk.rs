@@ -4,7 +4,8 @@
 //! stored in about a hundred row writes, and a million-step series be read back from about a
 //! thousand rows (docs/storage.md). Both stores use this module; only their SQL differs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
 use itertools::{EitherOrBoth, Itertools};
 use redline_core::series::Bucket;
@@ -21,6 +22,11 @@ pub type Point = (i64, f64);
 /// The chunk number holding `step`.
 pub fn chunk_of(step: i64) -> i64 {
     step >> CHUNK_SHIFT
+}
+
+/// The first and last chunk numbers holding `steps`.
+pub fn chunks_of(steps: &RangeInclusive<i64>) -> (i64, i64) {
+    (chunk_of(*steps.start()), chunk_of(*steps.end()))
 }
 
 pub fn encode(points: &[Point]) -> Vec<u8> {
@@ -157,16 +163,16 @@ pub fn touched_chunks(batch: &PointBatch, ids: &HashMap<String, i32>) -> Vec<(i3
     let mut keys = Vec::new();
     for (name, points) in &batch.series {
         let id = ids[name.as_str()];
-        let mut last = None;
-        for &(step, _) in points {
-            let c = chunk_of(step);
-            if last != Some(c) {
-                keys.push((id, c));
-                last = Some(c);
-            }
-        }
+        keys.extend(by_chunk(points).map(|(c, _)| (id, c)));
     }
     keys
+}
+
+/// A series' points (sorted by step, as a batch holds them) cut at chunk boundaries.
+fn by_chunk(points: &[Point]) -> impl Iterator<Item = (i64, &[Point])> {
+    points
+        .chunk_by(|a, b| chunk_of(a.0) == chunk_of(b.0))
+        .map(|c| (chunk_of(c[0].0), c))
 }
 
 /// Turns a batch into chunk writes, given the chunks it touches that are already stored.
@@ -182,17 +188,9 @@ pub fn plan(
     let mut decoded = Vec::new();
     for (name, points) in &batch.series {
         let metric_id = ids[name.as_str()];
-        let mut by_chunk: BTreeMap<i64, &[Point]> = BTreeMap::new();
-        let mut start = 0;
-        while start < points.len() {
-            let c = chunk_of(points[start].0);
-            let len = points[start..].partition_point(|p| chunk_of(p.0) == c);
-            by_chunk.insert(c, &points[start..start + len]);
-            start += len;
-        }
         let mut added_total = 0;
         let mut last: Option<Point> = None;
-        for (chunk, incoming) in by_chunk {
+        for (chunk, incoming) in by_chunk(points) {
             decoded.clear();
             if let Some(data) = existing.get(&(metric_id, chunk)) {
                 decode_into(data, &mut decoded)?;

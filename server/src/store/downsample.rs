@@ -20,11 +20,7 @@ pub async fn downsampled(
     buckets: u32,
 ) -> StoreResult<DownsampledSeries> {
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(MAX_STEP));
-    let range = SeriesRange {
-        run: id,
-        metric,
-        steps: lo..=hi,
-    };
+    let range = SeriesRange::new(id, metric, lo..=hi);
     let summaries = store.chunk_summaries(&range).await?;
     let empty = |from, to| DownsampledSeries {
         metric: metric.to_string(),

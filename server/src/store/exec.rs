@@ -152,13 +152,16 @@ pub trait Exec: Database {
         Self::fetch(c, sql, args).try_collect()
     }
 
+    /// The first row, if any, once the statement is done. Not the first row of [`Self::fetch`]:
+    /// SQLite commits a statement of its own (an `UPDATE … RETURNING` outside a transaction) only
+    /// when it runs to completion, and that stream hands over the row before the worker thread
+    /// gets there. A reader elsewhere could then miss a write already reported done, and a CLI
+    /// that exits at once could lose it. sqlx's `fetch_optional` completes the statement first.
     fn optional<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
         args: Args<'c>,
-    ) -> impl Future<Output = sqlx::Result<Option<R>>> + Send + 'c {
-        async move { Self::fetch(c, sql, args).try_next().await }
-    }
+    ) -> BoxFuture<'c, sqlx::Result<Option<R>>>;
 
     fn one<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
@@ -213,6 +216,20 @@ where
             .fetch(c)
             .map(|row| row?.decode())
             .boxed()
+    }
+
+    fn optional<'c, R: Decode + 'c>(
+        c: &'c mut D::Connection,
+        sql: &'c str,
+        args: Args<'c>,
+    ) -> BoxFuture<'c, sqlx::Result<Option<R>>> {
+        Box::pin(async move {
+            Self::query(sql, args)
+                .fetch_optional(c)
+                .await?
+                .map(|row| row.decode())
+                .transpose()
+        })
     }
 
     fn execute<'c>(

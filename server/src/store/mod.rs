@@ -33,9 +33,6 @@ pub use sql::SqlStore;
 use crate::config::DatabaseUrl;
 use chunk::Point;
 
-pub type SqliteStore = SqlStore<sqlx::Sqlite>;
-pub type PostgresStore = SqlStore<sqlx::Postgres>;
-
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +101,7 @@ impl RunSort {
         Self::Step,
     ];
 
-    /// The name a query gives it (`serde` reads the same names: a test checks).
+    /// The name a query gives it (serde reads the same names: `http::extract`'s tests check).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Newest => "newest",
@@ -203,7 +200,11 @@ pub struct SeriesRange<'a> {
     pub steps: RangeInclusive<i64>,
 }
 
-impl SeriesRange<'_> {
+impl<'a> SeriesRange<'a> {
+    pub fn new(run: &'a RunId, metric: &'a MetricName, steps: RangeInclusive<i64>) -> Self {
+        Self { run, metric, steps }
+    }
+
     /// The same series over other steps.
     #[must_use]
     pub fn with_steps(&self, steps: RangeInclusive<i64>) -> Self {
@@ -235,24 +236,7 @@ pub struct OpsCounts {
 /// Opens (creating where needed) and migrates the store at `url`.
 pub async fn connect(url: &DatabaseUrl) -> StoreResult<Arc<dyn Store>> {
     Ok(match url {
-        DatabaseUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        DatabaseUrl::Sqlite(path) => Arc::new(SqlStore::<sqlx::Sqlite>::open(path).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(SqlStore::<sqlx::Postgres>::connect(url).await?),
     })
-}
-
-fn now() -> DateTime<Utc> {
-    Utc::now()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RunSort;
-
-    #[test]
-    fn a_sort_reads_back_from_its_name() {
-        for sort in RunSort::ALL {
-            let read: RunSort = serde_json::from_value(sort.as_str().into()).unwrap();
-            assert_eq!(read, sort);
-        }
-    }
 }

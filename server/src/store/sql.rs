@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use futures::TryStreamExt;
 use redline_core::series::Bucket;
 use redline_core::wire::{
@@ -12,15 +13,15 @@ use redline_core::wire::{
     Signal, UpdateRun, ValidSignal,
 };
 use redline_core::{MetricName, RunId};
+use sqlx::Pool;
 use sqlx::pool::PoolConnection;
-use sqlx::{Pool, Transaction};
 use tokio::sync::broadcast;
 
 use super::exec::{Arg, Args, Dialect, args, json};
 use super::rows::{self, MetricRow, RUN_COLUMNS, SIGNAL_COLUMNS};
 use super::{
     OpsCounts, PendingRules, Point, RunDetails, RunFilter, SeriesRange, Store, StoreError,
-    StoreResult, TokenInfo, chunk, now,
+    StoreResult, TokenInfo, chunk,
 };
 
 /// A store over one database: `writer` takes every write transaction, `reader` the plain reads
@@ -29,7 +30,8 @@ use super::{
 pub struct SqlStore<D: Dialect> {
     pub(super) writer: Pool<D>,
     pub(super) reader: Pool<D>,
-    metric_ids: MetricIds,
+    /// Metric-name ids. Names are only ever added to `metric_names`, so a cached id stays right.
+    metric_ids: RwLock<HashMap<String, i32>>,
     pub(super) signal_tx: broadcast::Sender<RunId>,
 }
 
@@ -41,14 +43,12 @@ const OPS_COUNTS_SQL: &str = "SELECT \
     (SELECT count(*) FROM webhook_attempts WHERE outcome = 'retry') AS attempts_retried, \
     (SELECT count(*) FROM webhook_attempts WHERE outcome = 'failed') AS attempts_failed";
 
-type Tx<D> = Transaction<'static, D>;
-
 impl<D: Dialect> SqlStore<D> {
     pub(super) fn new(writer: Pool<D>, reader: Pool<D>) -> Self {
         Self {
             writer,
             reader,
-            metric_ids: MetricIds::default(),
+            metric_ids: RwLock::default(),
             signal_tx: broadcast::channel(1024).0,
         }
     }
@@ -91,16 +91,18 @@ impl<D: Dialect> SqlStore<D> {
 
     /// The run's primary key and the metric's id, or which of them does not exist.
     async fn series_key(&self, r: &SeriesRange<'_>) -> StoreResult<(i64, i32)> {
-        let pk = self.read_run_pk(r.run).await?;
-        let sql = "SELECT m.metric_id FROM run_metrics m JOIN metric_names n \
-             ON n.id = m.metric_id WHERE m.run_pk = $1 AND n.name = $2";
-        let found: Option<(i32,)> =
-            D::optional(&mut *self.read().await?, sql, args![pk, r.metric.as_str()]).await?;
-        let (metric_id,) = found.ok_or_else(|| StoreError::SeriesNotFound {
-            run: r.run.clone(),
-            metric: r.metric.clone(),
-        })?;
-        Ok((pk, metric_id))
+        let sql = "SELECT r.pk, (SELECT m.metric_id FROM run_metrics m JOIN metric_names n \
+             ON n.id = m.metric_id WHERE m.run_pk = r.pk AND n.name = $2) FROM runs r \
+             WHERE r.run_id = $1";
+        let args = args![r.run.as_str(), r.metric.as_str()];
+        match D::optional(&mut *self.read().await?, sql, args).await? {
+            Some((pk, Some(metric_id))) => Ok((pk, metric_id)),
+            Some((_, None)) => Err(StoreError::SeriesNotFound {
+                run: r.run.clone(),
+                metric: r.metric.clone(),
+            }),
+            None => Err(StoreError::RunNotFound(r.run.clone())),
+        }
     }
 
     /// The run; `lock` holds its row until the transaction ends.
@@ -112,9 +114,18 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn metric_ids(&self, batch: &PointBatch) -> StoreResult<HashMap<String, i32>> {
-        let (mut ids, missing) = self
-            .metric_ids
-            .split(batch.series.keys().map(MetricName::as_str));
+        let mut ids = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.metric_ids.read().expect("metric id cache poisoned");
+            for name in batch.series.keys().map(MetricName::as_str) {
+                if let Some(&id) = cache.get(name) {
+                    ids.insert(name.to_owned(), id);
+                } else {
+                    missing.push(name);
+                }
+            }
+        }
         if missing.is_empty() {
             return Ok(ids);
         }
@@ -128,16 +139,27 @@ impl<D: Dialect> SqlStore<D> {
         let found: Vec<(String, i32)> =
             D::all(&mut *self.read().await?, &select, args![json(&missing)]).await?;
         let found: HashMap<String, i32> = found.into_iter().collect();
-        self.metric_ids.remember(&found);
+        self.metric_ids
+            .write()
+            .expect("metric id cache poisoned")
+            .extend(found.iter().map(|(k, v)| (k.clone(), *v)));
         ids.extend(found);
         Ok(ids)
     }
 
-    async fn pending(tx: &mut Tx<D>, pk: i64) -> StoreResult<Vec<Signal>> {
+    /// The run's signals with id above `after`, oldest first; unacknowledged ones only when
+    /// `pending`.
+    async fn signals_in(
+        c: &mut D::Connection,
+        pk: i64,
+        after: i64,
+        pending: bool,
+    ) -> StoreResult<Vec<Signal>> {
         let sql = format!(
-            "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND acked_at IS NULL ORDER BY id"
+            "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND id > $2 \
+             AND (NOT $3 OR acked_at IS NULL) ORDER BY id"
         );
-        Ok(D::all(tx, &sql, args![pk]).await?)
+        Ok(D::all(c, &sql, args![pk, after, pending]).await?)
     }
 }
 
@@ -154,7 +176,7 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn create_or_resume_run(&self, id: &RunId, req: &CreateRun) -> StoreResult<(Run, bool)> {
         let mut tx = self.writer.begin().await?;
-        let t = now();
+        let t = Utc::now();
         let insert = format!(
             "INSERT INTO runs (run_id, name, project, tags, config, status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, 'running', $6, $6) ON CONFLICT (run_id) DO NOTHING \
@@ -256,7 +278,12 @@ impl<D: Dialect> Store for SqlStore<D> {
             "UPDATE runs SET status = $1, status_reason = $2, finished_at = $3, updated_at = $3 \
              WHERE run_id = $4 RETURNING {RUN_COLUMNS}"
         );
-        let args = args![status.as_str(), req.reason.as_deref(), now(), id.as_str()];
+        let args = args![
+            status.as_str(),
+            req.reason.as_deref(),
+            Utc::now(),
+            id.as_str()
+        ];
         let run = D::one(&mut tx, &sql, args).await?;
         tx.commit().await?;
         Ok(run)
@@ -269,7 +296,7 @@ impl<D: Dialect> Store for SqlStore<D> {
              WHERE run_id = $1 RETURNING {RUN_COLUMNS}"
         );
         let tags = req.tags.as_ref().map_or(Arg::Json(None), json);
-        let args = args![id.as_str(), req.name.as_deref(), tags, now()];
+        let args = args![id.as_str(), req.name.as_deref(), tags, Utc::now()];
         let run: Option<Run> = D::optional(&mut *self.write().await?, &sql, args).await?;
         run.ok_or_else(|| StoreError::RunNotFound(id.clone()))
     }
@@ -306,7 +333,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         if created > 0 {
             D::notify(&mut tx, id).await?;
         }
-        let signals = Self::pending(&mut tx, pk).await?;
+        let signals = Self::signals_in(&mut tx, pk, 0, true).await?;
         tx.commit().await?;
         if created > 0 {
             let _ = self.signal_tx.send(id.clone());
@@ -332,8 +359,8 @@ impl<D: Dialect> Store for SqlStore<D> {
         let (pk, metric_id) = self.series_key(r).await?;
         let sql = "SELECT data FROM series_chunks WHERE run_pk = $1 AND metric_id = $2 \
              AND chunk BETWEEN $3 AND $4 ORDER BY chunk";
-        let (from, to) = (*r.steps.start(), *r.steps.end());
-        let args = args![pk, metric_id, chunk::chunk_of(from), chunk::chunk_of(to)];
+        let (first, last) = chunk::chunks_of(&r.steps);
+        let args = args![pk, metric_id, first, last];
         let mut c = self.read().await?;
         let mut chunks = D::fetch::<(Vec<u8>,)>(&mut c, sql, args);
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
@@ -353,10 +380,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let (pk, metric_id) = self.series_key(r).await?;
         let sql = "SELECT chunk, summary, CASE WHEN summary IS NULL THEN data END FROM series_chunks \
              WHERE run_pk = $1 AND metric_id = $2 AND chunk BETWEEN $3 AND $4 ORDER BY chunk";
-        let (first, last) = (
-            chunk::chunk_of(*r.steps.start()),
-            chunk::chunk_of(*r.steps.end()),
-        );
+        let (first, last) = chunk::chunks_of(&r.steps);
         let args = args![pk, metric_id, first, last];
         // A chunk's number, its stored summary, and its points where it has no summary.
         let rows: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> =
@@ -397,7 +421,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             s.keep_step,
             &s.reason,
             s.source_rule.as_deref(),
-            now()
+            Utc::now()
         ];
         let signal = D::one(&mut tx, &sql, args).await?;
         D::notify(&mut tx, id).await?;
@@ -414,12 +438,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         pending_only: bool,
     ) -> StoreResult<Vec<Signal>> {
         let pk = self.read_run_pk(id).await?;
-        let sql = format!(
-            "SELECT {SIGNAL_COLUMNS} FROM signals WHERE run_pk = $1 AND id > $2 \
-             AND (NOT $3 OR acked_at IS NULL) ORDER BY id"
-        );
-        let args = args![pk, after, pending_only];
-        Ok(D::all(&mut *self.read().await?, &sql, args).await?)
+        Self::signals_in(&mut *self.read().await?, pk, after, pending_only).await
     }
 
     async fn ack_signal(&self, id: &RunId, signal: i64, ack: &AckSignal) -> StoreResult<Signal> {
@@ -451,7 +470,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             "UPDATE signals SET acked_at = $1, applied_step = $2, refused = $3 WHERE id = $4 \
              RETURNING {SIGNAL_COLUMNS}"
         );
-        let args = args![now(), ack.step, ack.refused.as_deref(), signal];
+        let args = args![Utc::now(), ack.step, ack.refused.as_deref(), signal];
         let acked = D::one(&mut tx, &sql, args).await?;
         tx.commit().await?;
         Ok(acked)
@@ -467,7 +486,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let taken = StoreError::Conflict(format!(
             "a token named {name:?} already exists: revoke it or pick another name"
         ));
-        self.change(sql, args![name, token_hash, now()], taken)
+        self.change(sql, args![name, token_hash, Utc::now()], taken)
             .await
     }
 
@@ -487,39 +506,9 @@ impl<D: Dialect> Store for SqlStore<D> {
         let sql = "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, $1) WHERE name = $2";
         self.change(
             sql,
-            args![now(), name],
+            args![Utc::now(), name],
             StoreError::TokenNotFound(name.to_owned()),
         )
         .await
-    }
-}
-
-/// Caches metric-name ids. Names are only ever added to `metric_names`, so a cached id stays right.
-#[derive(Debug, Default)]
-struct MetricIds(RwLock<HashMap<String, i32>>);
-
-impl MetricIds {
-    /// The ids of `names` known so far, and the names still to look up.
-    fn split<'a>(
-        &self,
-        names: impl Iterator<Item = &'a str>,
-    ) -> (HashMap<String, i32>, Vec<String>) {
-        let cache = self.0.read().expect("metric id cache poisoned");
-        let mut known = HashMap::new();
-        let mut missing = Vec::new();
-        for name in names {
-            match cache.get(name) {
-                Some(&id) => {
-                    known.insert(name.to_owned(), id);
-                }
-                None => missing.push(name.to_owned()),
-            }
-        }
-        (known, missing)
-    }
-
-    fn remember(&self, found: &HashMap<String, i32>) {
-        let mut cache = self.0.write().expect("metric id cache poisoned");
-        cache.extend(found.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }
