@@ -131,6 +131,7 @@ pub trait Exec: Database {
     /// The statement with its arguments bound.
     fn query<'q>(sql: &'q str, args: Args<'q>) -> Query<'q, Self, Self::Arguments<'q>>;
 
+    /// Rows as the statement yields them, for reads (see [`Self::optional`] for why not writes).
     fn fetch<'c, R: Decode + 'c>(
         c: &'c mut Self::Connection,
         sql: &'c str,
