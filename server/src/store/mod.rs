@@ -78,7 +78,8 @@ pub struct RunFilter {
     pub offset: u32,
 }
 
-/// The orders runs can be listed in; every one ends on the insertion order, so pages are stable.
+/// The orders runs can be listed in, newest first by default; every one ends on the insertion
+/// order, so pages are stable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunSort {
