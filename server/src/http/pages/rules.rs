@@ -10,9 +10,7 @@ use redline_core::rules::RuleSet;
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::{self, Chrome, Form, form_problem};
-use crate::error::AppError;
-use crate::http::extract::Query;
+use super::view::{self, Chrome, Form, PageQuery, form_problem};
 use crate::http::rules::WhichVersion;
 use crate::http::rules::{rule_set_name, store_rule_file};
 use crate::state::AppState;
@@ -108,7 +106,7 @@ pub async fn rule_set_page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    query: Result<Query<WhichVersion>, AppError>,
+    PageQuery(q): PageQuery<WhichVersion>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(
         &state,
@@ -116,8 +114,6 @@ pub async fn rule_set_page(
         &format!("/rules/{}", view::url_encode(&name)),
     )
     .await?;
-    // A bad parameter is a page, not the API's JSON error.
-    let Query(q) = query?;
     show(&state, &viewer, &name, q.version, None, None).await
 }
 

@@ -10,9 +10,7 @@ use redline_core::wire::{Run, RunStatus};
 
 use super::error::PageError;
 use super::session::Viewer;
-use super::view::{self, Chrome, RunView};
-use crate::error::AppError;
-use crate::http::extract::Query;
+use super::view::{self, Chrome, PageQuery, RunView};
 use crate::http::runs::ListRuns;
 use crate::state::AppState;
 use crate::store::RunSort;
@@ -66,11 +64,9 @@ fn row(v: RunView, now: chrono::DateTime<chrono::Utc>) -> Row {
 pub async fn runs_page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<ListRuns>, AppError>,
+    PageQuery(q): PageQuery<ListRuns>,
 ) -> Result<Html<String>, PageError> {
     let viewer = Viewer::of(&state, &headers, "/").await?;
-    // Taken as a result, so that a bad parameter is a page, not the API's JSON error.
-    let Query(q) = query?;
     let mut filter = q.filter(50);
     let (limit, offset) = (filter.limit, filter.offset);
     // One more than a page tells whether there is a next one.

@@ -12,9 +12,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::error::PageError;
-use super::view::{Chrome, Form};
+use super::view::{Chrome, Form, PageQuery};
 use crate::error::AppError;
-use crate::http::extract::Query;
 use crate::http::guard::is_same_origin;
 use crate::state::AppState;
 use serde::Deserialize;
@@ -156,10 +155,8 @@ pub struct LoginParams {
 
 pub async fn login_page(
     State(state): State<AppState>,
-    query: Result<Query<LoginParams>, AppError>,
+    PageQuery(q): PageQuery<LoginParams>,
 ) -> Result<Html<String>, PageError> {
-    // A bad parameter is a page, not the API's JSON error.
-    let Query(q) = query?;
     let page = LoginPage {
         chrome: Chrome::new(&state, None),
         next: local_path(q.next.as_deref()),

@@ -20,7 +20,7 @@ use super::error::PageError;
 use super::session::Viewer;
 use crate::charts::{View, format_value};
 use crate::error::AppError;
-use crate::http::extract::{checked_pairs, from_pairs, read_body, step_range};
+use crate::http::extract::{checked_pairs, from_pairs, parse_query, read_body, step_range};
 use crate::http::media::MediaType;
 use crate::state::AppState;
 use crate::store::{RunDetails, Store, StoreResult};
@@ -107,6 +107,19 @@ impl ViewParams {
             width: self.width.unwrap_or(default.width),
             ..default
         })
+    }
+}
+
+/// A page's query parameters, read as the API's [`crate::http::extract::Query`] reads them; a
+/// bad one answers with an error page, not the API's JSON.
+#[derive(Debug)]
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, PageError> {
+        Ok(Self(parse_query(parts.uri.query().unwrap_or_default())?))
     }
 }
 
