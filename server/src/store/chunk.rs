@@ -112,9 +112,9 @@ pub fn stored_summary(summary: Option<&[u8]>, data: Option<&[u8]>) -> Result<Buc
 
 /// Merges `incoming` into `existing` (both sorted by step, no repeats). A step already stored
 /// keeps its value: the first write wins, so a resent batch changes nothing.
-/// Returns the merged points and how many of `incoming` were new. Written out rather than
-/// itertools' `merge_join_by`: the tails are copied whole, so the usual case, a new chunk, is a
-/// `memcpy` (19x faster for 1,024 points).
+/// Returns the merged points and how many of `incoming` were new. Written out rather than with
+/// itertools' `merge_join_by`, which moves one point at a time: here the tails are copied whole,
+/// so the usual case, a new chunk, is one `memcpy`.
 fn merge(existing: &[Point], incoming: &[Point]) -> (Vec<Point>, usize) {
     let mut out = Vec::with_capacity(existing.len() + incoming.len());
     let (mut i, mut j, mut added) = (0, 0, 0);
