@@ -261,7 +261,11 @@ pub trait Dialect: Exec + std::fmt::Debug + Send + Sync + 'static {
     /// A `SELECT` of the elements of the JSON array of text bound as `param`.
     fn elements(param: &str) -> String;
 
-    /// The stored chunks among `keys` of the run `pk`, by (metric id, chunk).
+    /// The stored chunks among `keys` of the run `pk`, by (metric id, chunk). A dialect's own:
+    /// the one statement both could share (`metric_id IN (elements) AND chunk BETWEEN`, filtered
+    /// afterwards, as SQLite's is) is planned by PostgreSQL as a hash join over a scan of every
+    /// index entry of the run (the chunk is the key's last column), a cost that grows with the
+    /// run, where its `UNNEST` join looks up each key.
     fn read_chunks<'c>(
         c: &'c mut Self::Connection,
         pk: i64,
