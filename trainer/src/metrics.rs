@@ -139,6 +139,16 @@ mod tests {
 
     use super::*;
 
+    /// The composite form's figures (`got`) match the kernels' (`want`).
+    fn assert_close(got: &TopK, want: &TopK, what: &str) {
+        assert!(
+            (got.mass - want.mass).abs() < 1e-5
+                && (got.entropy - want.entropy).abs() < 1e-4
+                && (got.top1 - want.top1).abs() < 1e-5,
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+
     #[test]
     fn topk_metrics_match_a_hand_computation() {
         // One sequence of 3 tokens: two scored positions; the second is masked out.
@@ -198,12 +208,7 @@ mod tests {
         for k in [1, 5, v] {
             let fast = topk_stats_rows(&rows, &weights, k).unwrap();
             let slow = topk_stats_rows_composite(&rows, &weights, k).unwrap();
-            assert!(
-                (fast.mass - slow.mass).abs() < 1e-5
-                    && (fast.entropy - slow.entropy).abs() < 1e-4
-                    && (fast.top1 - slow.top1).abs() < 1e-5,
-                "k={k}: {fast:?} vs {slow:?}"
-            );
+            assert_close(&slow, &fast, &format!("k={k}"));
         }
         let (h, hc) = (
             entropy(&logits, &mask).unwrap(),
@@ -227,12 +232,7 @@ mod tests {
             for k in [1, 10, 40] {
                 let want = topk_stats_rows(&logits, &weights, k).unwrap();
                 let got = topk_stats_rows_composite(&logits, &weights, k).unwrap();
-                assert!(
-                    (got.mass - want.mass).abs() < 1e-5
-                        && (got.entropy - want.entropy).abs() < 1e-4
-                        && (got.top1 - want.top1).abs() < 1e-5,
-                    "{dtype:?} k={k}: {got:?} vs {want:?}"
-                );
+                assert_close(&got, &want, &format!("{dtype:?} k={k}"));
             }
             let rows = logits.unsqueeze(1).unwrap().repeat((1, 2, 1)).unwrap();
             let mask = weights.unsqueeze(1).unwrap();

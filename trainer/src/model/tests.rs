@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 
 use super::*;
 use crate::metrics::token_logps;
@@ -16,6 +18,22 @@ pub(super) fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Every parameter of `varmap` has a gradient in `got` equal to its gradient in `want`, to 1e-4
+/// of the larger of its scale and 1e-3.
+fn assert_same_gradients(what: &str, varmap: &VarMap, want: &GradStore, got: &GradStore) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let a = want.get(var).unwrap();
+        let b = got
+            .get(var)
+            .unwrap_or_else(|| panic!("{what} {name}: no gradient"));
+        let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
+        assert!(
+            diff <= 1e-4 * scale.max(1e-3),
+            "{what} {name}: gradients differ by {diff} (scale {scale})"
+        );
+    }
 }
 
 pub(super) fn fixture(arch: &str) -> PathBuf {
@@ -99,7 +117,7 @@ fn every_parameter_receives_a_gradient() {
 #[test]
 fn gradients_match_finite_differences() {
     let loaded = load_weights(&fixture("qwen2"), &Device::Cpu).unwrap();
-    let varmap = candle_nn::VarMap::new();
+    let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
     let model = Decoder::new(&loaded.config, vb).unwrap();
     load::copy_into(&varmap, &loaded.tensors, &loaded.config).unwrap();
@@ -260,7 +278,7 @@ fn sharded_bf16_checkpoints_load_and_convert_to_f32() {
 fn the_composite_path_gives_the_fused_paths_logits() {
     for arch in ["llama", "qwen2"] {
         let loaded = load_weights(&fixture(arch), &Device::Cpu).unwrap();
-        let varmap = candle_nn::VarMap::new();
+        let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &Device::Cpu);
         let composite = Decoder::new(&loaded.config, vb).unwrap();
         load::copy_into(&varmap, &loaded.tensors, &loaded.config).unwrap();
@@ -332,19 +350,7 @@ fn packed_pairs_give_the_unpacked_rows_logits_and_gradients() {
             loss(&plain).backward().unwrap(),
             loss(&packed).backward().unwrap(),
         );
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let (a, b) = (
-                g_plain.get(var).unwrap(),
-                g_packed
-                    .get(var)
-                    .unwrap_or_else(|| panic!("{name}: no gradient")),
-            );
-            let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
-            assert!(
-                diff <= 1e-4 * scale.max(1e-3),
-                "{arch} {name}: gradients differ by {diff} (scale {scale})"
-            );
-        }
+        assert_same_gradients(&format!("{arch} packed"), &varmap, &g_plain, &g_packed);
     }
 }
 
@@ -366,19 +372,8 @@ fn the_composite_ops_cuda_takes_give_the_fused_logits_and_gradients() {
         let (composite_logits, composite_grads) = fused::with_composite_ops(run);
         let worst = max_abs(&(&fused_logits - &composite_logits).unwrap());
         assert!(worst < 1e-4, "{arch}: composite logits differ by {worst}");
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let (a, b) = (
-                fused_grads.get(var).unwrap(),
-                composite_grads
-                    .get(var)
-                    .unwrap_or_else(|| panic!("{arch} {name}: no gradient on the composite path")),
-            );
-            let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
-            assert!(
-                diff <= 1e-4 * scale.max(1e-3),
-                "{arch} {name}: gradients differ by {diff} (scale {scale})"
-            );
-        }
+        let what = format!("{arch} composite");
+        assert_same_gradients(&what, &varmap, &fused_grads, &composite_grads);
     }
 }
 
