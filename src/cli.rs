@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use redline_server::config::{ApiToken, ConnectionLimits};
 use redline_server::http::parse_public_host;
+use redline_trainer::config::{DeviceSpec, Precision};
 
 use crate::demo::task::Task;
 
@@ -609,10 +610,10 @@ pub struct BenchTrainArgs {
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N (the `cuda` build).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// What Redline computes in, f32 or bf16; with --model, TRL runs with bf16 autocast or in f32 to match.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub device: DeviceSpec,
+    /// What Redline computes in; with --model, TRL runs with bf16 autocast or in f32 to match.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: Precision,
     /// Redline alone, no TRL.
     #[arg(long)]
     pub no_trl: bool,
@@ -627,7 +628,7 @@ pub struct BenchDeviceArgs {
     /// The device held to the CPU: cuda or cuda:N (cpu runs every part against itself, as a
     /// dry run of the command).
     #[arg(long, default_value = "cuda")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// The model of the comparison (f32 logits and DPO steps on both sides).
     #[arg(long, default_value = "trainer/tests/fixtures/tiny-llama")]
     pub fixture: PathBuf,

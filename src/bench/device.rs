@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
-use redline_trainer::config::DeviceSpec;
+use redline_trainer::config::{DeviceSpec, Precision};
 use redline_trainer::data::PairTokenizer;
 use redline_trainer::generate::{Sampling, complete};
 use redline_trainer::metrics::topk_stats_rows;
@@ -18,11 +18,7 @@ use super::train::Trial;
 use crate::cli::BenchDeviceArgs;
 
 pub fn run(args: &BenchDeviceArgs) -> anyhow::Result<()> {
-    let device = args
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(anyhow::Error::msg)?
-        .open()?;
+    let device = args.device.open()?;
     let mut worst = 0.0f64;
     println!(
         "## {} against the CPU ({}, f32)",
@@ -49,11 +45,11 @@ pub fn run(args: &BenchDeviceArgs) -> anyhow::Result<()> {
         "| logits (the CPU's largest magnitude; the largest difference) | {largest:.4} | | {rel:.2e} |"
     );
 
-    let trial = |dev: &str| {
+    let trial = |dev: DeviceSpec| {
         Trial {
             model: &args.fixture,
             device: dev,
-            dtype: "f32",
+            dtype: Precision::F32,
             batch: 4,
             max_length: 64,
             steps: args.steps,
@@ -61,7 +57,7 @@ pub fn run(args: &BenchDeviceArgs) -> anyhow::Result<()> {
         }
         .run()
     };
-    let (cpu_rows, dev_rows) = (trial("cpu")?, trial(&args.device)?);
+    let (cpu_rows, dev_rows) = (trial(DeviceSpec::Cpu)?, trial(args.device)?);
     anyhow::ensure!(
         cpu_rows.len() == dev_rows.len(),
         "the CPU logged {} rows, the device {}",

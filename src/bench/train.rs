@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::Device;
-use redline_trainer::config::{Precision, TrainArgs, TrainConfig};
+use redline_trainer::config::{DeviceSpec, Precision, TrainArgs, TrainConfig};
 use redline_trainer::data::{PairTokenizer, load_pairs};
-use redline_trainer::model::{ModelConfig, load_weights};
+use redline_trainer::model::ModelConfig;
 
 use crate::cli::BenchTrainArgs;
 
@@ -17,8 +16,8 @@ use crate::cli::BenchTrainArgs;
 /// the rows of its metrics.jsonl.
 pub(super) struct Trial<'a> {
     pub model: &'a Path,
-    pub device: &'a str,
-    pub dtype: &'a str,
+    pub device: DeviceSpec,
+    pub dtype: Precision,
     pub batch: usize,
     pub max_length: usize,
     pub steps: usize,
@@ -39,11 +38,8 @@ impl Trial<'_> {
                 max_steps: Some(self.steps),
                 shuffle: Some(false),
                 precompute_ref: Some(self.precompute_ref),
-                device: Some(self.device.parse().map_err(anyhow::Error::msg)?),
-                dtype: Some(
-                    <Precision as clap::ValueEnum>::from_str(self.dtype, false)
-                        .map_err(anyhow::Error::msg)?,
-                ),
+                device: Some(self.device),
+                dtype: Some(self.dtype),
                 output_dir: Some(out.path().to_path_buf()),
                 run_id: Some("bench".into()),
                 ..TrainArgs::default()
@@ -77,8 +73,8 @@ fn redline_rate(
 ) -> anyhow::Result<(f64, f64)> {
     let rows = Trial {
         model,
-        device: &args.device,
-        dtype: &args.dtype,
+        device: args.device,
+        dtype: args.dtype,
         batch: args.batch,
         max_length: args.max_length,
         steps: args.steps + 1,
@@ -112,7 +108,8 @@ fn trl_rate(
         cmd.arg(&args.peers_dir);
     }
     if script == Path::new(DEVICE_WRAPPER) {
-        cmd.args(["--device", &args.device, "--dtype", &args.dtype]);
+        let (device, dtype) = (args.device.to_string(), args.dtype.to_string());
+        cmd.args(["--device", &device, "--dtype", &dtype]);
     }
     let status = cmd
         .arg(model)
@@ -210,7 +207,8 @@ fn run_model(model: &Path, args: &BenchTrainArgs) -> anyhow::Result<()> {
             "a venv (or a folder whose bin/python is a Python) with torch, transformers and TRL",
         )?;
     }
-    let config = load_weights(model, &Device::Cpu)?.config;
+    // The configuration alone: the weights are the trial's to load.
+    let config = ModelConfig::from_file(&model.join("config.json"))?;
     let work = Work::of(&config, model, args)?;
     eprintln!("Redline on {} in {}…", args.device, args.dtype);
     let (ours, topk_share) = redline_rate(model, args, false)?;
@@ -313,6 +311,9 @@ fn matmul_params(c: &ModelConfig) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+    use redline_trainer::model::load_weights;
+
     use super::*;
 
     /// The count behind the MFU figures is the fixtures' own matrices, counted from their files.

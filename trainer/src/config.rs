@@ -199,6 +199,14 @@ pub enum Precision {
     Bf16,
 }
 
+/// The name `--dtype` takes.
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(value.get_name())
+    }
+}
+
 impl Precision {
     pub fn dtype(self) -> candle_core::DType {
         match self {
